@@ -1,0 +1,47 @@
+"""attnbench attention backends: a registry of interchangeable implementations of one contract.
+
+    from kernels import attend, get_backend, backend_names, use_backend
+    out = attend(q, k, v, backend="manual")          # by name
+    with use_backend("sdpa_flash"):                  # or by context manager
+        out = attend(q, k, v)
+
+Note: PyPI has an unrelated package also called `kernels`; run from the repository root or an editable
+install so that this one is imported.
+"""
+
+from . import manual, per_head_loop, sdpa  # noqa: F401  (importing registers the built-in backends)
+from .registry import (
+    DEFAULT_BACKEND,
+    ENTRY_POINT_GROUP,
+    AttendFn,
+    AttentionInputError,
+    Backend,
+    UnknownBackendError,
+    all_backends,
+    attend,
+    backend_names,
+    bottom_right_causal_mask,
+    check_inputs,
+    default_scale,
+    get_backend,
+    register_backend,
+    use_backend,
+)
+
+__all__ = [
+    "DEFAULT_BACKEND",
+    "ENTRY_POINT_GROUP",
+    "AttendFn",
+    "AttentionInputError",
+    "Backend",
+    "UnknownBackendError",
+    "all_backends",
+    "attend",
+    "backend_names",
+    "bottom_right_causal_mask",
+    "check_inputs",
+    "default_scale",
+    "get_backend",
+    "register_backend",
+    "use_backend",
+]

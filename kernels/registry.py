@@ -1,0 +1,221 @@
+"""The backend contract, the registry, and input validation shared by every backend.
+
+A backend computes multi-head attention on already-projected tensors:
+
+    out = backend(q, k, v, *, causal=True, dropout_p=0.0, scale=None)
+    q: (B, H, Tq, D); k, v: (B, H, Tk, D) with Tq <= Tk; same dtype and device; out: (B, H, Tq, D)
+
+`scale` defaults to 1/sqrt(D), the per-head size. Causal attention with Tq < Tk is aligned to the bottom
+right: query i sits at absolute position Tk - Tq + i and sees keys 0 .. Tk - Tq + i (KV-cache decoding,
+chunked prefill).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import importlib
+import importlib.metadata
+import math
+from dataclasses import dataclass
+from typing import Callable, Iterator, Protocol
+
+import torch
+
+ENTRY_POINT_GROUP = "attnbench.backends"
+DEFAULT_BACKEND = "sdpa"
+
+
+class AttendFn(Protocol):
+    def __call__(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        *,
+        causal: bool = True,
+        dropout_p: float = 0.0,
+        scale: float | None = None,
+    ) -> torch.Tensor: ...
+
+
+class AttentionInputError(ValueError):
+    """Raised when inputs break the backend contract (rank, shapes, dtypes, devices, dropout)."""
+
+
+class UnknownBackendError(KeyError):
+    """Raised for a backend name that is neither registered nor an importable `module:function`."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message and wrap it in quotes
+        return str(self.args[0])
+
+
+def always_supported(device: torch.device, dtype: torch.dtype) -> str | None:
+    return None
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A registered attention implementation.
+
+    `unsupported_reason(device, dtype)` returns None when the backend can run there, else a sentence
+    saying why not (tests and benchmarks skip with that sentence).
+    """
+
+    name: str
+    fn: AttendFn
+    description: str
+    unsupported_reason: Callable[[torch.device, torch.dtype], str | None] = always_supported
+
+    def supports(self, device: torch.device | str, dtype: torch.dtype) -> bool:
+        return self.unsupported_reason(torch.device(device), dtype) is None
+
+    def why_unsupported(self, device: torch.device | str, dtype: torch.dtype) -> str | None:
+        return self.unsupported_reason(torch.device(device), dtype)
+
+    def __call__(self, q, k, v, *, causal=True, dropout_p=0.0, scale=None) -> torch.Tensor:
+        check_inputs(q, k, v, dropout_p=dropout_p, scale=scale)
+        return self.fn(q, k, v, causal=causal, dropout_p=dropout_p, scale=scale)
+
+
+def check_inputs(q, k, v, *, dropout_p: float = 0.0, scale: float | None = None) -> None:
+    """Raise AttentionInputError naming the first broken rule of the backend contract."""
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            raise AttentionInputError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 4:
+            raise AttentionInputError(
+                f"{name} must have rank 4 (B, H, T, D), got rank {t.dim()} with shape {tuple(t.shape)}"
+            )
+    if k.shape != v.shape:
+        raise AttentionInputError(f"k and v shapes differ: k {tuple(k.shape)} vs v {tuple(v.shape)}")
+    (bq, hq, tq, dq), (bk, hk, tk, dk) = q.shape, k.shape
+    if (bq, hq, dq) != (bk, hk, dk):
+        raise AttentionInputError(
+            f"q {tuple(q.shape)} and k/v {tuple(k.shape)} must agree on batch, heads and head size (B, H, _, D)"
+        )
+    if tq > tk:
+        raise AttentionInputError(f"Tq must be <= Tk, got Tq={tq} > Tk={tk}")
+    if tq == 0 or dq == 0:
+        raise AttentionInputError(f"empty sequence or head size: q {tuple(q.shape)}")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise AttentionInputError(f"q, k, v dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}")
+    if not q.dtype.is_floating_point:
+        raise AttentionInputError(f"attention needs floating-point inputs, got {q.dtype}")
+    if not (q.device == k.device == v.device):
+        raise AttentionInputError(f"q, k, v devices differ: {q.device}, {k.device}, {v.device}")
+    if not (0.0 <= dropout_p < 1.0):
+        raise AttentionInputError(f"dropout_p must be in [0, 1), got {dropout_p}")
+    if scale is not None and not (math.isfinite(scale) and scale > 0):
+        raise AttentionInputError(f"scale must be a positive finite number or None, got {scale}")
+
+
+def default_scale(q: torch.Tensor, scale: float | None) -> float:
+    """1/sqrt(D), D the per-head size (not the model width), unless given."""
+    return 1.0 / math.sqrt(q.size(-1)) if scale is None else scale
+
+
+def bottom_right_causal_mask(tq: int, tk: int, device: torch.device) -> torch.Tensor:
+    """(Tq, Tk) bool, True where query i (absolute position Tk - Tq + i) may see key j."""
+    rows = torch.arange(tk - tq, tk, device=device)[:, None]  # (Tq, 1) absolute query positions
+    cols = torch.arange(tk, device=device)[None, :]  # (1, Tk)
+    return cols <= rows
+
+
+_REGISTRY: dict[str, Backend] = {}
+_entry_points_loaded = False
+_default_backend: contextvars.ContextVar[str] = contextvars.ContextVar("attnbench_backend", default=DEFAULT_BACKEND)
+
+
+def register_backend(
+    name: str,
+    fn: AttendFn,
+    description: str,
+    unsupported_reason: Callable[[torch.device, torch.dtype], str | None] = always_supported,
+    *,
+    replace: bool = False,
+) -> Backend:
+    """Register `fn` under `name`; returns the Backend. Re-registering a name needs replace=True."""
+    if name in _REGISTRY and not replace:
+        raise ValueError(f"backend {name!r} is already registered ({_REGISTRY[name].description})")
+    backend = Backend(name, fn, description, unsupported_reason)
+    _REGISTRY[name] = backend
+    return backend
+
+
+def _as_backend(name: str, obj: object) -> Backend:
+    if isinstance(obj, Backend):
+        return obj
+    if callable(obj):
+        doc = (getattr(obj, "__doc__", None) or "").strip().splitlines()
+        return Backend(name, obj, doc[0] if doc else f"plug-in backend {name}")
+    raise TypeError(f"{name!r} must be a kernels.Backend or an attention callable, got {type(obj).__name__}")
+
+
+def load_entry_point_backends() -> None:
+    """Register backends that installed packages declare in the `attnbench.backends` entry-point group.
+
+    Each entry point names either a `kernels.Backend` or a plain attention callable (its name is the
+    entry point's name, its description the first line of its docstring).
+    """
+    global _entry_points_loaded
+    if _entry_points_loaded:
+        return
+    _entry_points_loaded = True
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name not in _REGISTRY:
+            backend = _as_backend(ep.name, ep.load())
+            _REGISTRY[ep.name] = Backend(ep.name, backend.fn, backend.description, backend.unsupported_reason)
+
+
+def load_backend_spec(spec: str) -> Backend:
+    """Import 'package.module:attr' and return it as a Backend named by the spec."""
+    module_name, _, attr = spec.partition(":")
+    try:
+        obj = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as e:
+        raise UnknownBackendError(f"cannot load backend {spec!r}: {e}") from e
+    return _as_backend(spec, obj)
+
+
+def get_backend(name: str | None = None) -> Backend:
+    """The backend registered as `name` (default: the one chosen by `use_backend`, else 'sdpa').
+
+    A name of the form 'package.module:function' is imported and wrapped on the fly.
+    """
+    name = _default_backend.get() if name is None else name
+    load_entry_point_backends()
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    if ":" in name:
+        return load_backend_spec(name)
+    raise UnknownBackendError(
+        f"unknown attention backend {name!r}; known backends: {', '.join(backend_names())} "
+        "(or give 'package.module:function')"
+    )
+
+
+def backend_names() -> list[str]:
+    load_entry_point_backends()
+    return list(_REGISTRY)
+
+
+def all_backends() -> list[Backend]:
+    load_entry_point_backends()
+    return list(_REGISTRY.values())
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[Backend]:
+    """Within this block, `attend(...)` without an explicit backend uses `name`."""
+    backend = get_backend(name)
+    token = _default_backend.set(backend.name if backend.name in _REGISTRY else name)
+    try:
+        yield backend
+    finally:
+        _default_backend.reset(token)
+
+
+def attend(q, k, v, *, causal=True, dropout_p=0.0, scale=None, backend: str | None = None) -> torch.Tensor:
+    """Attention with the named backend (or the one chosen by `use_backend`, default 'sdpa')."""
+    return get_backend(backend)(q, k, v, causal=causal, dropout_p=dropout_p, scale=scale)

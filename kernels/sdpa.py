@@ -1,0 +1,91 @@
+"""The SDPA family: `torch.nn.functional.scaled_dot_product_attention`, free or pinned to one kernel.
+
+SDPA's own `is_causal=True` aligns the mask to the top left when Tq != Tk. The contract wants bottom-right
+alignment, so for Tq < Tk we prepend Tk - Tq dummy query rows, run the square causal case (where both
+alignments agree) and keep the last Tq rows. That keeps every pinned kernel usable (flash takes no explicit
+mask) at the cost of computing the dummy rows; their gradient is zero.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from .registry import register_backend
+
+
+def sdpa_attention(q, k, v, *, causal=True, dropout_p=0.0, scale=None, kernel: SDPBackend | None = None):
+    # q: (B, H, Tq, D); k, v: (B, H, Tk, D)
+    tq, tk = q.size(-2), k.size(-2)
+    if causal and tq < tk:
+        pad = q.new_zeros(*q.shape[:-2], tk - tq, q.size(-1))  # (B, H, Tk - Tq, D)
+        q = torch.cat([pad, q], dim=-2)  # (B, H, Tk, D): square, so top-left == bottom-right
+    with sdpa_kernel(kernel) if kernel is not None else contextlib.nullcontext():
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=causal, scale=scale)
+    return out[..., tk - tq :, :] if causal and tq < tk else out  # (B, H, Tq, D)
+
+
+def _sm(device: torch.device) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(device)
+
+
+def _flash_reason(device, dtype):
+    if device.type == "cpu":
+        return None  # PyTorch ships a CPU flash kernel for every floating dtype
+    if device.type != "cuda":
+        return f"flash runs on CPU and CUDA, not {device.type}"
+    if _sm(device) < (8, 0):
+        return f"flash needs CUDA sm80+, this GPU is sm{''.join(map(str, _sm(device)))}"
+    if dtype not in (torch.float16, torch.bfloat16):
+        return f"flash on CUDA needs fp16/bf16, not {dtype}"
+    return None
+
+
+def _efficient_reason(device, dtype):
+    if device.type != "cuda":
+        return "memory-efficient attention needs CUDA; PyTorch has no CPU kernel for it"
+    if dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        return f"memory-efficient attention supports fp16/bf16/fp32, not {dtype}"
+    return None
+
+
+def _cudnn_reason(device, dtype):
+    if device.type != "cuda":
+        return "cuDNN attention needs CUDA"
+    if not torch.backends.cudnn.is_available():
+        return "cuDNN is not available in this PyTorch build"
+    if _sm(device) < (8, 0):
+        return "cuDNN attention needs sm80+"
+    if dtype not in (torch.float16, torch.bfloat16):
+        return f"cuDNN attention needs fp16/bf16, not {dtype}"
+    return None
+
+
+register_backend("sdpa", sdpa_attention, "F.scaled_dot_product_attention, PyTorch picks the kernel")
+register_backend(
+    "sdpa_math",
+    functools.partial(sdpa_attention, kernel=SDPBackend.MATH),
+    "SDPA pinned to the math (reference, materialized) kernel",
+)
+register_backend(
+    "sdpa_flash",
+    functools.partial(sdpa_attention, kernel=SDPBackend.FLASH_ATTENTION),
+    "SDPA pinned to the flash-attention kernel (blockwise, O(T) memory)",
+    _flash_reason,
+)
+register_backend(
+    "sdpa_efficient",
+    functools.partial(sdpa_attention, kernel=SDPBackend.EFFICIENT_ATTENTION),
+    "SDPA pinned to the memory-efficient (xFormers-style) kernel",
+    _efficient_reason,
+)
+register_backend(
+    "sdpa_cudnn",
+    functools.partial(sdpa_attention, kernel=SDPBackend.CUDNN_ATTENTION),
+    "SDPA pinned to the cuDNN attention kernel",
+    _cudnn_reason,
+)

@@ -1,0 +1,234 @@
+"""Training loop: AdamW, warmup + cosine schedule, gradient clipping, evaluation, checkpoints, resume, watch.
+
+    result = train(TrainConfig(max_iters=2000), GPTConfig(backend="sdpa"), Dataset.load())
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from .data import CharTokenizer, Dataset, all_windows, get_batch
+from .model import GPT, GPTConfig
+
+
+@dataclass
+class TrainConfig:
+    max_iters: int = 2000  # optimizer steps
+    batch_size: int = 12  # sequences per step
+    learning_rate: float = 1e-3  # peak lr, reached after warmup
+    min_lr: float = 1e-4  # cosine decays to this at max_iters
+    warmup_iters: int = 100  # linear warmup from 0
+    weight_decay: float = 0.1  # AdamW decay on matrices only (not biases, norms, embeddings)
+    beta1: float = 0.9
+    beta2: float = 0.99  # nanoGPT's choice for small char models
+    grad_clip: float = 1.0  # clip the global grad norm to this; 0 disables
+    eval_interval: int = 250  # evaluate every this many steps (and at the end); 0: only at the end
+    eval_iters: int = 50  # random batches per estimate; 0 evaluates the *whole* split (precise, slower)
+    seed: int = 1337  # model init and batch sampling
+    device: str = "cpu"
+    dtype: str = "float32"  # parameters and activations: float32 or float64 (bf16 autocast: "bfloat16")
+    out: str | None = None  # checkpoint path (best val loss, written atomically); None: no checkpoint
+    watch: int = 0  # every N steps, sample one more character and print the growing text; 0: off
+    progress: bool = True  # tqdm progress bar
+
+
+@dataclass
+class TrainResult:
+    model: GPT
+    tokenizer: CharTokenizer
+    history: list[dict] = field(default_factory=list)  # one row per evaluation: step, train/val loss, ppl
+    step_times: list[float] = field(default_factory=list)  # seconds per optimizer step (no evaluation)
+    best_val: float = math.inf
+    eval_seconds: float = 0.0
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warmup to learning_rate, then cosine decay to min_lr at max_iters."""
+    if step < cfg.warmup_iters:
+        return cfg.learning_rate * (step + 1) / cfg.warmup_iters
+    progress = min(1.0, (step - cfg.warmup_iters) / max(1, cfg.max_iters - cfg.warmup_iters))
+    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.learning_rate - cfg.min_lr)
+
+
+def make_optimizer(model: GPT, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW with weight decay on 2-D weight matrices only: no decay on biases, norms and embeddings."""
+    embeddings = {id(model.wte.weight), id(model.wpe.weight)}
+    decay, no_decay = [], []
+    for p in model.parameters():
+        (decay if p.dim() >= 2 and id(p) not in embeddings else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), foreach=True)
+
+
+@torch.no_grad()
+def evaluate(model: GPT, data: torch.Tensor, cfg: TrainConfig, generator: torch.Generator | None = None) -> float:
+    """Mean cross-entropy on `data`: eval_iters random batches, or every window of it when eval_iters == 0."""
+    was_training = model.training
+    model.eval()
+    T = model.config.block_size
+    if cfg.eval_iters == 0:
+        x, y = all_windows(data, T)  # (N, T)
+        total, count = 0.0, 0
+        for i in range(0, len(x), 256):
+            xb, yb = x[i : i + 256].to(cfg.device), y[i : i + 256].to(cfg.device)
+            _, loss, _ = model(xb, yb)
+            total += loss.item() * xb.numel()
+            count += xb.numel()
+        mean = total / count
+    else:
+        losses = [
+            model(*(t.to(cfg.device) for t in get_batch(data, cfg.batch_size, T, generator)))[1].item()
+            for _ in range(cfg.eval_iters)
+        ]
+        mean = sum(losses) / len(losses)
+    model.train(was_training)
+    return mean
+
+
+def save_checkpoint(path: str | os.PathLike, **state) -> None:
+    """torch.save to a temporary file beside `path`, then rename: a crash never leaves half a checkpoint."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | os.PathLike, *, backend: str | None = None, device: str = "cpu"):
+    """Rebuild (model, tokenizer, checkpoint dict) from a checkpoint, optionally under another backend."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    ckpt = torch.load(path, map_location=device, weights_only=False)
+    config = GPTConfig(**ckpt["model_config"])
+    if backend is not None:
+        config.backend = backend
+    model = GPT(config).to(device)
+    model.load_state_dict(ckpt["model"])
+    return model, CharTokenizer.from_state_dict(ckpt["tokenizer"]), ckpt
+
+
+def train(
+    cfg: TrainConfig,
+    model_cfg: GPTConfig,
+    dataset: Dataset,
+    *,
+    resume: str | os.PathLike | None = None,
+    on_eval: Callable[[dict], bool | None] | None = None,
+    log: Callable[[str], None] = print,
+) -> TrainResult:
+    """Train a GPT on `dataset`. `on_eval(row)` sees each evaluation row; returning True stops training.
+
+    With `resume`, model, optimizer, RNG and step come from that checkpoint and the run continues where it
+    stopped (model_cfg's backend still applies: a run may resume under another backend).
+    """
+    model_cfg.vocab_size = dataset.tokenizer.vocab_size
+    dtype = getattr(torch, cfg.dtype)
+    torch.manual_seed(cfg.seed)
+    model = GPT(model_cfg).to(cfg.device)
+    if dtype == torch.float64:
+        model = model.double()
+    optimizer = make_optimizer(model, cfg)
+    batch_gen = torch.Generator().manual_seed(cfg.seed)
+    eval_gen = torch.Generator().manual_seed(cfg.seed + 1)
+    result = TrainResult(model, dataset.tokenizer)
+    start = 0
+    if resume is not None:
+        _, _, ckpt = load_checkpoint(resume, device=cfg.device)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        batch_gen.set_state(ckpt["batch_rng"])
+        eval_gen.set_state(ckpt["eval_rng"])
+        torch.set_rng_state(ckpt["torch_rng"])
+        start = ckpt["step"]
+        result.history = ckpt["history"]
+        result.best_val = ckpt["best_val"]
+        log(f"resumed from {resume} at step {start} (best val {result.best_val:.4f})")
+    autocast = torch.autocast(device_type=torch.device(cfg.device).type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16)
+    watch_text = torch.zeros((1, 1), dtype=torch.long, device=cfg.device)
+
+    def run_eval(step: int) -> bool:
+        t0 = time.perf_counter()
+        with autocast:
+            train_loss = evaluate(model, dataset.train, cfg, eval_gen)
+            val_loss = evaluate(model, dataset.val, cfg, eval_gen)
+        result.eval_seconds += time.perf_counter() - t0
+        row = {
+            "step": step,
+            "train_loss": train_loss,
+            "val_loss": val_loss,
+            "train_ppl": math.exp(train_loss),
+            "val_ppl": math.exp(val_loss),
+            "lr": lr_at(min(step, cfg.max_iters - 1), cfg),
+            "train_seconds": sum(result.step_times),
+        }
+        result.history.append(row)
+        if val_loss < result.best_val:
+            result.best_val = val_loss
+            if cfg.out:
+                save_checkpoint(
+                    cfg.out,
+                    model=model.state_dict(),
+                    optimizer=optimizer.state_dict(),
+                    model_config=asdict(model.config),
+                    train_config=asdict(cfg),
+                    tokenizer=dataset.tokenizer.state_dict(),
+                    step=step,
+                    history=result.history,
+                    best_val=result.best_val,
+                    batch_rng=batch_gen.get_state(),
+                    eval_rng=eval_gen.get_state(),
+                    torch_rng=torch.get_rng_state(),
+                )
+        log(
+            f"step {step:5d} | train {train_loss:.4f} (ppl {row['train_ppl']:.2f}) | "
+            f"val {val_loss:.4f} (ppl {row['val_ppl']:.2f}) | lr {row['lr']:.2e}"
+        )
+        return bool(on_eval and on_eval(row))
+
+    model.train()
+    bar = tqdm(range(start, cfg.max_iters), initial=start, total=cfg.max_iters, disable=not cfg.progress, desc="train")
+    loss = None
+    for step in bar:
+        if cfg.eval_interval and step % cfg.eval_interval == 0 and step > start and run_eval(step):
+            break
+        t0 = time.perf_counter()
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        x, y = (t.to(cfg.device) for t in get_batch(dataset.train, cfg.batch_size, model_cfg.block_size, batch_gen))
+        with autocast:
+            _, loss, _ = model(x, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        if torch.device(cfg.device).type == "cuda":
+            torch.cuda.synchronize()
+        result.step_times.append(time.perf_counter() - t0)
+        if cfg.watch and (step + 1) % cfg.watch == 0:
+            model.eval()
+            sampled = model.generate(watch_text[:, -model_cfg.block_size :], 1)  # (1, ctx + 1)
+            model.train()
+            watch_text = torch.cat([watch_text, sampled[:, -1:]], dim=1)  # the whole growing text
+            line = dataset.tokenizer.decode(watch_text[0, -60:].tolist()).replace("\n", "⏎")
+            bar.write(f"step {step + 1:5d} loss {loss.item():.3f} | {line}")
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    else:
+        run_eval(cfg.max_iters)
+    bar.close()
+    return result
