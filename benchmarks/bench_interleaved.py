@@ -1,0 +1,81 @@
+"""Interleaved ratios: for one configuration (device, dtype, T, mode) all backends are timed round by round in a
+shuffled order, and each backend's row carries the median (p25, p75) of its per-round ratio to the baseline.
+
+The first case of a configuration measures every backend of it; the other cases read that measurement.
+"""
+
+import pytest
+import torch
+
+from benchmarks.interleaved import interleaved_times, ratio_summary, record_rounds
+from benchmarks.measure import attention_call, attention_inputs, time_call, unavailable_reason
+from kernels import get_backend
+
+BUDGET_S = {"cpu": 30.0, "cuda": 5.0}  # timed seconds per configuration (all backends), sets the rounds
+MIN_ROUNDS, MAX_ROUNDS = 5, 30  # at least 5 paired ratios for a median with a p25/p75 spread
+
+
+def measure_config(c, state) -> dict:
+    """Warm up every backend of c's configuration (first_call_s), then time them interleaved."""
+    s = state.settings
+    dtype = getattr(torch, c.dtype)
+    B, H, D = s.shape(c.device)
+    calls, first_s, warm_s, skipped = {}, {}, {}, {}
+    for name in dict.fromkeys([c.baseline, *s.backends]):  # the baseline is timed even when not selected
+        backend = get_backend(name)
+        reason = unavailable_reason(backend, c.device, dtype)
+        if reason:
+            skipped[name] = reason
+            continue
+        q, k, v, do = attention_inputs(B, H, c.T, D, c.device, dtype, requires_grad=c.mode == "fwd+bwd")
+        call = attention_call(backend, c.mode, q, k, v, do)
+        try:
+            first_s[name] = time_call(call, c.device)
+            warm_s[name] = time_call(call, c.device)
+        except torch.OutOfMemoryError:
+            skipped[name] = f"out of memory at T={c.T}"
+            continue
+        if warm_s[name] > s.max_call_s[c.device]:
+            skipped[name] = f"{warm_s[name]:.1f} s per call > budget {s.max_call_s[c.device]:.0f} s"
+            continue
+        calls[name] = call
+    if c.baseline not in calls:
+        return {"skipped": skipped, "no_baseline": f"baseline {c.baseline} not timed: {skipped.get(c.baseline)}"}
+    budget = BUDGET_S[c.device] / (10 if s.quick else 1)
+    round_s = sum(warm_s[name] for name in calls)
+    rounds = max(MIN_ROUNDS - (2 if s.quick else 0), min(MAX_ROUNDS, int(budget / round_s)))
+    times = interleaved_times(calls, rounds, c.device, seed=c.T)
+    return {"times": times, "ratios": ratio_summary(times, c.baseline), "first_s": first_s, "skipped": skipped}
+
+
+def test_interleaved(benchmark, interleaved_case, bench_state):
+    c = interleaved_case
+    if c.config not in bench_state.interleaved:
+        bench_state.interleaved[c.config] = measure_config(c, bench_state)
+    m = bench_state.interleaved[c.config]
+    if c.backend in m["skipped"]:
+        pytest.skip(m["skipped"][c.backend])
+    if "no_baseline" in m:
+        pytest.skip(m["no_baseline"])
+    times = m["times"][c.backend]
+    record_rounds(benchmark, times)
+    B, H, D = bench_state.settings.shape(c.device)
+    median_s = benchmark.stats.stats.median
+    benchmark.extra_info.update(
+        {
+            "kind": "interleaved",
+            "backend": c.backend,
+            "device": c.device,
+            "dtype": c.dtype,
+            "mode": c.mode,
+            "B": B,
+            "H": H,
+            "T": c.T,
+            "D": D,
+            "baseline": c.baseline,
+            **m["ratios"][c.backend],  # ratio_median, ratio_p25, ratio_p75, speedup_median, rounds
+            "median_s": median_s,
+            "first_call_s": m["first_s"][c.backend],
+            "tokens_per_s": B * c.T / median_s,
+        }
+    )

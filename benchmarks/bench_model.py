@@ -1,0 +1,99 @@
+"""Model level: tokens/s of one GPT training step (forward, backward, AdamW) and of generation (with and without
+the KV cache), per backend, on the spine's CPU config: 4 layers, 4 heads, width 128, block 64, batch 12.
+
+Data are random token ids (throughput does not depend on the text). On a dtype other than float32 the model
+keeps float32 parameters and runs under autocast to that dtype, as reference_model.train does for bf16.
+"""
+
+import contextlib
+import dataclasses
+
+import pytest
+import torch
+
+from benchmarks.measure import plan_rounds, synced, time_call, unavailable_reason
+from kernels import get_backend
+from reference_model.model import GPT, GPTConfig
+from reference_model.train import TrainConfig, make_optimizer
+
+SPINE = GPTConfig(block_size=64, vocab_size=65, n_layer=4, n_head=4, n_embd=128)
+BATCH = 12  # sequences per training step
+NEW_TOKENS = SPINE.block_size - 1  # generated after a 1-token prompt: the whole block, no context cropping
+BUDGET_S = {"cpu": 1.0, "cuda": 0.5}  # timed seconds per row
+
+
+def build(c, bench_state):
+    """Seeded GPT on the case's device with its backend, and the autocast context for its dtype."""
+    dtype = getattr(torch, c.dtype)
+    reason = unavailable_reason(get_backend(c.backend), c.device, dtype)
+    if reason:
+        pytest.skip(reason)
+    torch.manual_seed(0)
+    model = GPT(dataclasses.replace(SPINE, backend=c.backend)).to(c.device)
+    if dtype == torch.float32:
+        autocast = contextlib.nullcontext()
+    else:
+        autocast = torch.autocast(device_type=torch.device(c.device).type, dtype=dtype)
+    budget = BUDGET_S[torch.device(c.device).type] / (5 if bench_state.settings.quick else 1)
+    return model, autocast, budget
+
+
+def row(c, B, T, tokens, median_s, first_call_s, kind, **extra):
+    return {
+        "kind": kind,
+        "backend": c.backend,
+        "device": c.device,
+        "dtype": c.dtype,
+        "B": B,
+        "T": T,
+        "tokens_per_s": tokens / median_s,
+        "median_s": median_s,
+        "first_call_s": first_call_s,
+        **extra,
+    }
+
+
+def test_train_step(benchmark, train_step_case, bench_state):
+    c = train_step_case
+    model, autocast, budget = build(c, bench_state)
+    tcfg = TrainConfig()
+    optimizer = make_optimizer(model, tcfg)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randint(SPINE.vocab_size, (2, BATCH, SPINE.block_size), generator=g).to(c.device)  # (B, T) each
+    model.train()
+
+    def step():
+        with autocast:
+            _, loss, _ = model(x, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
+        optimizer.step()
+
+    step = synced(step, c.device)
+    first_call_s = time_call(step, c.device)
+    rounds, iterations = plan_rounds(time_call(step, c.device), budget, min_rounds=5)
+    benchmark.pedantic(step, rounds=rounds, iterations=iterations, warmup_rounds=0)
+    median_s = benchmark.stats.stats.median
+    tokens = BATCH * SPINE.block_size
+    benchmark.extra_info.update(row(c, BATCH, SPINE.block_size, tokens, median_s, first_call_s, "train_step"))
+
+
+def test_generate(benchmark, generate_case, bench_state):
+    c = generate_case
+    model, autocast, budget = build(c, bench_state)
+    model.eval()
+    prompt = torch.zeros((1, 1), dtype=torch.long, device=c.device)  # (1, 1)
+
+    def generate():
+        with autocast:
+            model.generate(prompt, NEW_TOKENS, top_k=10, use_cache=c.use_cache, generator=None)
+
+    generate = synced(generate, c.device)
+    first_call_s = time_call(generate, c.device)
+    rounds, iterations = plan_rounds(time_call(generate, c.device), budget, min_rounds=3)
+    benchmark.pedantic(generate, rounds=rounds, iterations=iterations, warmup_rounds=0)
+    median_s = benchmark.stats.stats.median
+    benchmark.extra_info.update(
+        row(c, 1, NEW_TOKENS, NEW_TOKENS, median_s, first_call_s, "generate", use_cache=c.use_cache)
+    )

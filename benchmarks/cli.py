@@ -1,0 +1,105 @@
+"""`attnbench` command line.
+
+attnbench run [--quick] [--backends a,b] [--T 128:2048] [--dtype float32] [--device cpu] [--name N]
+attnbench regen reports/NAME
+attnbench compare reports/A reports/B [--threshold 0.1] [--fail-on-regression]
+attnbench train ... | attnbench sample ...      (reference_model.cli)
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+
+def _csv(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="attnbench", description="Attention backends: correctness, benchmarks, reports.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="the main job: benchmarks, speed-ups, training to target, correctness, report")
+    r.add_argument("--backends", type=_csv, help="comma-separated backend names (default: all registered)")
+    r.add_argument("--T", help="sequence lengths: 128,256,512 or a power-of-two range 128:2048 (default: sweep's)")
+    r.add_argument("--dtype", help="dtypes for the op benchmarks, e.g. float32 or bfloat16,float16")
+    r.add_argument("--device", choices=["cpu", "cuda", "all"], help="default: cpu, plus cuda when available")
+    r.add_argument("--quick", action="store_true", help="a small sweep, about 2 minutes on a 2-core CPU")
+    r.add_argument("--target", type=float, help="validation loss for the training-to-target check")
+    r.add_argument("--name", help="report directory name under --out-dir (default: a timestamp)")
+    r.add_argument("--out-dir", default="reports", help="where reports go (default: reports)")
+    r.add_argument("--data", help="tiny Shakespeare path (default: $ATTNBENCH_DATA, then the user cache)")
+    r.add_argument("--heat-steps", type=int, help="training steps of the heat-map model (default 500, quick 150)")
+    r.add_argument("--correctness-k", help="pytest -k expression to narrow the correctness stage")
+    r.add_argument("--force", action="store_true", help="replace an existing report of the same name")
+    r.add_argument("-v", "--verbose", action="store_true", help="stream every line of the pytest subprocesses")
+
+    g = sub.add_parser("regen", help="rebuild report.md/html/csv and plots of a saved run from its JSON")
+    g.add_argument("dir", help="a report directory, e.g. reports/2026-01-01_120000")
+
+    c = sub.add_parser("compare", help="compare two saved runs and flag regressions")
+    c.add_argument("a", help="baseline run: report directory or pytest-benchmark JSON file")
+    c.add_argument("b", help="new run: report directory or pytest-benchmark JSON file")
+    c.add_argument("--threshold", type=float, default=0.1, help="relative slowdown that counts (default 0.1)")
+    c.add_argument("--fail-on-regression", action="store_true", help="exit 1 when any row regressed")
+    c.add_argument("--csv", help="also write every matched row to this CSV file")
+
+    for name in ("train", "sample"):
+        sub.add_parser(name, help=f"{name} the reference GPT (reference_model.cli)", add_help=False)
+    return p
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in ("train", "sample"):  # everything after the subcommand belongs to reference_model.cli
+        from reference_model.cli import main as model_main
+
+        return model_main(argv)
+    args = build_parser().parse_args(argv)
+
+    from benchmarks.report.load import ReportInputError
+    from kernels import UnknownBackendError
+
+    try:
+        if args.command == "run":
+            from benchmarks.report.main_job import Job, JobConfig, parse_T
+
+            cfg = JobConfig(
+                backends=args.backends,
+                T=parse_T(args.T) if args.T else None,
+                dtype=args.dtype,
+                device=args.device,
+                quick=args.quick,
+                target=args.target,
+                name=args.name,
+                out_dir=args.out_dir,
+                data=args.data,
+                heat_steps=args.heat_steps,
+                correctness_k=args.correctness_k,
+                verbose=args.verbose,
+                force=args.force,
+            )
+            return Job(cfg, "attnbench " + shlex.join(argv)).run()
+        if args.command == "regen":
+            from benchmarks.report.build import regen
+
+            print(f"rebuilt {regen(args.dir)}")
+            return 0
+        if args.command == "compare":
+            from benchmarks.report.compare import compare, render
+
+            m = compare(args.a, args.b, args.threshold)
+            print(render(m, args.threshold))
+            if args.csv:
+                m.to_csv(args.csv, index=False)
+            return 1 if args.fail_on_regression and m["regression"].any() else 0
+    except (ReportInputError, UnknownBackendError, ValueError) as e:
+        print(f"attnbench {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

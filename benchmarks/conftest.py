@@ -1,0 +1,287 @@
+"""pytest wiring of the attnbench benchmarks: options, the sweep's cases, session state, the JSON summary.
+
+`pytest` alone never collects bench_*.py (the default run stays fast); `pytest --benchmark-only` runs them.
+Cases are generated here from the options, over the backend registry, so a newly registered backend is
+benchmarked without any edit. See /work/notes/benchmarks.md (README material) for the options and fields.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import torch
+
+from kernels import backend_names
+
+from benchmarks.interleaved import DEFAULT_BASELINE
+from benchmarks.measure import MODES, matmul_peak_flop_per_s
+from benchmarks.scaling import scaling_table
+
+BENCH_FILES = "bench_*.py"
+POW2 = [2**i for i in range(7, 15)]  # 128 .. 16384
+
+
+@dataclass(frozen=True)
+class DeviceDefaults:
+    B: int  # batch
+    H: int  # heads
+    D: int  # head size
+    Ts: list[int]  # sequence lengths of the op sweep
+    quick_Ts: list[int]  # ... with --bench-quick
+    dtypes: list[str]
+    interleaved_Ts: list[int]  # one interleaved configuration per T (fwd+bwd)
+    max_call_s: float  # a case whose call is estimated slower than this is skipped (with the estimate)
+    row_budget_s: float  # timed seconds per op row; sets the number of rounds
+
+
+# CPU: 4 heads (not 8) so that the whole default sweep fits in a few minutes on 2 cores; D=64 is the usual head size.
+DEFAULTS = {
+    "cpu": DeviceDefaults(1, 4, 64, POW2[:6], [128, 256, 512], ["float32"], [1024, 2048, 4096], 10.0, 1.0),
+    "cuda": DeviceDefaults(1, 8, 64, POW2, [128, 512, 2048], ["bfloat16", "float16"], [1024, 4096, 16384], 5.0, 0.5),
+}
+QUICK_INTERLEAVED_T = [256]
+
+
+@dataclass(frozen=True)
+class OpCase:
+    backend: str
+    device: str
+    dtype: str
+    T: int
+    mode: str
+
+    @property
+    def id(self) -> str:
+        return f"{self.backend}-{self.device}-{self.dtype}-{self.mode}-T{self.T}"
+
+
+@dataclass(frozen=True)
+class InterleavedCase(OpCase):
+    baseline: str = DEFAULT_BASELINE
+
+    @property
+    def config(self) -> tuple:  # all backends of one config are timed together
+        return (self.device, self.dtype, self.T, self.mode, self.baseline)
+
+
+@dataclass(frozen=True)
+class ModelCase:
+    backend: str
+    device: str
+    dtype: str
+    use_cache: bool | None = None  # generation only
+
+    @property
+    def id(self) -> str:
+        cache = "" if self.use_cache is None else ("-cache" if self.use_cache else "-nocache")
+        return f"{self.backend}-{self.device}-{self.dtype}{cache}"
+
+
+@dataclass
+class BenchSettings:
+    backends: list[str]
+    devices: list[str]
+    dtypes: dict[str, list[str]]  # per device
+    Ts: dict[str, list[int]]  # per device
+    interleaved_Ts: dict[str, list[int]]
+    baseline: str
+    quick: bool
+    max_call_s: dict[str, float]
+
+    def shape(self, device: str) -> tuple[int, int, int]:
+        d = DEFAULTS[device]
+        return d.B, d.H, d.D
+
+    def row_budget_s(self, device: str) -> float:
+        return DEFAULTS[device].row_budget_s / (5 if self.quick else 1)
+
+
+@dataclass
+class BenchState:
+    """What one session shares: settings, measured matmul peaks, op results (for budget estimates), the summary."""
+
+    settings: BenchSettings
+    peak_flops: dict[tuple[str, str], float] = field(default_factory=dict)
+    op_results: dict[tuple, dict[int, dict]] = field(default_factory=dict)  # (backend, device, dtype, mode) -> T -> row
+    interleaved: dict[tuple, dict] = field(default_factory=dict)  # InterleavedCase.config -> measurement
+    summary: dict = field(default_factory=dict)  # merged into the JSON's top-level "attnbench" key
+
+    def peak_flop_per_s(self, device: str, dtype: str) -> float:
+        """The machine's matmul peak for (device, dtype), measured once per session."""
+        key = (device, dtype)
+        if key not in self.peak_flops:
+            self.peak_flops[key] = matmul_peak_flop_per_s(device, getattr(torch, dtype))
+        return self.peak_flops[key]
+
+
+def _csv(value: str | None) -> list[str] | None:
+    return None if value is None else [s.strip() for s in value.split(",") if s.strip()]
+
+
+def pytest_addoption(parser):
+    g = parser.getgroup("attnbench", "attnbench benchmarks (pytest --benchmark-only)")
+    g.addoption("--bench-backends", default=None, help="comma-separated registered backends (default: all)")
+    g.addoption("--bench-device", default=None, choices=["cpu", "cuda", "all"], help="default: cpu, plus cuda if present")
+    g.addoption("--bench-dtypes", default=None, help="e.g. float32,bfloat16 (default: float32 on cpu; bf16,fp16 on cuda)")
+    g.addoption("--bench-T", default=None, help="sequence lengths (default: 128..4096 on cpu, 128..16384 on cuda)")
+    g.addoption("--bench-quick", action="store_true", help="a small, fast sweep (smoke tests, attnbench run --quick)")
+    g.addoption("--bench-baseline", default=DEFAULT_BASELINE, help="baseline backend of the interleaved ratios")
+    g.addoption("--bench-interleaved-T", default=None, help="T of the interleaved ratios (default 1024,2048,4096 cpu)")
+    g.addoption("--bench-max-call-s", type=float, default=None, help="skip cases estimated slower per call (s)")
+    g.addoption("--bench-json", default=None, metavar="PATH", help="write the pytest-benchmark JSON atomically here")
+
+
+def pytest_ignore_collect(collection_path: Path, config):
+    """Without --benchmark-only, bench_*.py files are not even collected (nor imported)."""
+    if fnmatch.fnmatch(collection_path.name, BENCH_FILES) and not config.getoption("benchmark_only", False):
+        return True
+    return None
+
+
+def _settings(config) -> BenchSettings:
+    quick = config.getoption("bench_quick")
+    names = backend_names()
+    backends = _csv(config.getoption("bench_backends")) or names
+    unknown = [b for b in backends if b not in names]
+    if unknown:
+        raise pytest.UsageError(f"--bench-backends: unknown {unknown}; registered: {names}")
+    device_opt = config.getoption("bench_device")
+    if device_opt is None:
+        devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    else:
+        devices = ["cpu", "cuda"] if device_opt == "all" else [device_opt]
+    dtypes_opt = _csv(config.getoption("bench_dtypes"))
+    for d in dtypes_opt or []:
+        if not isinstance(getattr(torch, d, None), torch.dtype):
+            raise pytest.UsageError(f"--bench-dtypes: {d!r} is not a torch dtype")
+    T_opt = _csv(config.getoption("bench_T"))
+    it_opt = _csv(config.getoption("bench_interleaved_T"))
+    try:
+        T_opt = T_opt and [int(t) for t in T_opt]
+        it_opt = it_opt and [int(t) for t in it_opt]
+    except ValueError as e:
+        raise pytest.UsageError(f"--bench-T / --bench-interleaved-T take integers: {e}") from None
+    max_call = config.getoption("bench_max_call_s")
+    return BenchSettings(
+        backends=backends,
+        devices=devices,
+        dtypes={d: dtypes_opt or DEFAULTS[d].dtypes for d in devices},
+        Ts={d: T_opt or (DEFAULTS[d].quick_Ts if quick else DEFAULTS[d].Ts) for d in devices},
+        interleaved_Ts={d: it_opt or (QUICK_INTERLEAVED_T if quick else DEFAULTS[d].interleaved_Ts) for d in devices},
+        baseline=config.getoption("bench_baseline"),
+        quick=quick,
+        max_call_s={d: max_call or DEFAULTS[d].max_call_s for d in devices},
+    )
+
+
+STATE = pytest.StashKey[BenchState]()
+
+
+class AtomicFile:
+    """Where pytest-benchmark writes its JSON: a temporary file beside `path`, renamed over it once complete."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def __enter__(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, self.tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
+        self.fh = os.fdopen(fd, "wb")
+        return self.fh
+
+    def __exit__(self, exc_type, exc, tb):
+        self.fh.flush()
+        os.fsync(self.fh.fileno())
+        self.fh.close()
+        if exc_type is None:
+            os.replace(self.tmp, self.path)
+        else:
+            os.unlink(self.tmp)
+        return False
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_configure(config):
+    config.stash[STATE] = BenchState(_settings(config))
+    session = getattr(config, "_benchmarksession", None)  # pytest-benchmark's, built in its own pytest_configure
+    if session is None:
+        return
+    # --benchmark-json opens (and truncates) its file at option parsing and writes it at the end in place;
+    # write it (and --bench-json) through a temporary file and a rename instead, so no half-written JSON exists.
+    if config.getoption("bench_json"):
+        session.json = AtomicFile(config.getoption("bench_json"))
+    elif session.json and hasattr(session.json, "name"):
+        session.json.close()
+        session.json = AtomicFile(session.json.name)
+
+
+@pytest.fixture(scope="session")
+def bench_state(pytestconfig) -> BenchState:
+    return pytestconfig.stash[STATE]
+
+
+@pytest.fixture(scope="session")
+def attnbench_summary(bench_state) -> dict:
+    """A dict merged into the JSON's top-level "attnbench" key (e.g. train-to-target's "curve_agreement")."""
+    return bench_state.summary
+
+
+def pytest_generate_tests(metafunc):
+    if not {"op_case", "interleaved_case", "train_step_case", "generate_case"} & set(metafunc.fixturenames):
+        return
+    s = metafunc.config.stash[STATE].settings
+    combos = [(dev, dt) for dev in s.devices for dt in s.dtypes[dev]]
+    if "op_case" in metafunc.fixturenames:  # T ascending within a series: larger T are estimated from smaller
+        cases = [
+            OpCase(b, dev, dt, T, mode) for dev, dt in combos for b in s.backends for mode in MODES for T in s.Ts[dev]
+        ]
+        metafunc.parametrize("op_case", cases, ids=[c.id for c in cases])
+    if "interleaved_case" in metafunc.fixturenames:
+        cases = [
+            InterleavedCase(b, dev, dt, T, "fwd+bwd", s.baseline)
+            for dev, dt in combos
+            for T in s.interleaved_Ts[dev]
+            for b in s.backends
+        ]
+        metafunc.parametrize("interleaved_case", cases, ids=[c.id for c in cases])
+    if "train_step_case" in metafunc.fixturenames:
+        cases = [ModelCase(b, dev, dt) for dev, dt in combos for b in s.backends]
+        metafunc.parametrize("train_step_case", cases, ids=[c.id for c in cases])
+    if "generate_case" in metafunc.fixturenames:
+        cases = [ModelCase(b, dev, dt, cache) for dev, dt in combos for b in s.backends for cache in (True, False)]
+        metafunc.parametrize("generate_case", cases, ids=[c.id for c in cases])
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_benchmark_update_machine_info(config, machine_info):
+    machine_info["torch"] = {
+        "version": torch.__version__,
+        "num_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+    }
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_benchmark_update_json(config, benchmarks, output_json):
+    """Top-level "attnbench": matmul peaks, op shapes, scaling exponents from the op rows, and test contributions."""
+    state = config.stash[STATE]
+    rows = [b.get("extra_info", {}) for b in output_json.get("benchmarks", [])]
+    peaks = {f"{dev}/{dt}": v for (dev, dt), v in state.peak_flops.items()}
+    summary = output_json.setdefault("attnbench", {})
+    summary.update(
+        {
+            "peak_flop_per_s": next(iter(peaks.values()), None),  # the first measured (cpu/float32 by default)
+            "peak_flop_per_s_by": peaks,  # "device/dtype" -> FLOP/s
+            "op_shape": {dev: dict(zip("BHD", state.settings.shape(dev))) for dev in state.settings.devices},
+            "scaling": scaling_table(rows),
+        }
+    )
+    summary.update(state.summary)

@@ -1,0 +1,48 @@
+"""pytest options and hypothesis profiles for the attnbench test suite.
+
+--backend NAME_OR_SPEC   narrow the run to registered backends, or cover a `package.module:function` too
+                         (repeatable or comma-separated; `all` = every registered backend; see tests/backends.py)
+--hypothesis-profile P   ci (derandomized; the default when the CI environment variable is set),
+                         dev (the default otherwise), thorough (>= 500 examples per property)
+"""
+
+from __future__ import annotations
+
+import os
+
+from hypothesis import HealthCheck, settings
+
+import backends
+
+# Deadlines are off: the machines are shared and noisy, and a slow example is not a wrong one.
+_common = dict(
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.differing_executors],
+)
+settings.register_profile("ci", max_examples=25, derandomize=True, **_common)  # reproducible: same examples every run
+settings.register_profile("dev", max_examples=40, **_common)  # random, a little wider than CI
+settings.register_profile("thorough", max_examples=500, **_common)  # before a release, or after touching a kernel
+settings.load_profile("ci" if os.environ.get("CI") else "dev")  # --hypothesis-profile overrides this
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--backend",
+        action="append",
+        default=None,
+        metavar="NAME_OR_SPEC",
+        help="attention backends to test: registered names and/or package.module:function specs "
+        "(repeatable or comma-separated; 'all' = every registered backend). Default: all registered.",
+    )
+
+
+def pytest_configure(config):
+    backends.configure(config.getoption("--backend"))
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    table = getattr(config, "_attnbench_kill_table", None)
+    if table:
+        terminalreporter.write_sep("=", "mutation kill table (x = killed by an assertion, E = crashed, . = survived)")
+        terminalreporter.write_line(table)

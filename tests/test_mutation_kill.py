@@ -1,0 +1,88 @@
+"""Mutation kill test: every deliberately broken backend must be caught by at least one named property.
+
+Each mutant runs against every property of tests/properties.py (the same definitions the normal tests use),
+on CPU in the dtypes the property draws, with a small fixed number of derandomized examples and no shrinking.
+The kill table (mutant x property) is printed in pytest's terminal summary:
+  x = killed by an AssertionError (the property caught it), E = killed by a crash, . = survived.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+from hypothesis import Phase
+from mutants import CATALOGUE, Mutant
+from properties import PROPERTIES, run_property
+
+from kernels import Backend
+
+KILL_EXAMPLES = 12  # examples per (mutant, property); a mutant is usually killed within the first few
+
+
+def all_mutants() -> list[Mutant]:
+    extra = []
+    if importlib.util.find_spec("mutants_online_softmax") is not None:  # written by the kernels helper
+        extra = list(importlib.import_module("mutants_online_softmax").MUTANTS)
+    return CATALOGUE + extra
+
+
+def _verdict(prop_name: str, backend: Backend) -> str:
+    prop = PROPERTIES[prop_name]
+    dtypes = [torch.float32] if prop.level == "model" else list(prop.dtypes or (torch.float32, torch.float64))
+    try:
+        run_property(
+            prop,
+            backend,
+            "cpu",
+            dtypes,
+            max_examples=KILL_EXAMPLES,
+            derandomize=True,
+            phases=[Phase.explicit, Phase.generate],  # no shrinking: we only need "caught or not"
+            report_multiple_bugs=False,
+        )
+    except AssertionError:
+        return "x"
+    except Exception:  # noqa: BLE001  a crash (NaN-driven index errors, shape errors...) also exposes the bug
+        return "E"
+    return "."
+
+
+def kill_table(rows: dict[str, dict[str, str]]) -> str:
+    names = list(PROPERTIES)
+    width = max(len(m) for m in rows)
+    lines = [" " * width + "  " + " ".join(f"{i:>2}" for i in range(len(names))) + "  killed by"]
+    for mutant, verdicts in rows.items():
+        marks = " ".join(f"{verdicts[p]:>2}" for p in names)
+        lines.append(f"{mutant:<{width}}  {marks}  {sum(v != '.' for v in verdicts.values())}/{len(names)}")
+    lines.append("properties: " + ", ".join(f"{i}={n}" for i, n in enumerate(names)))
+    killed = sum(any(v != "." for v in r.values()) for r in rows.values())
+    lines.append(f"killed {killed}/{len(rows)} mutants ({100 * killed / max(len(rows), 1):.0f}%)")
+    return "\n".join(lines)
+
+
+@pytest.fixture(scope="module")
+def kill_rows(request):
+    rows: dict[str, dict[str, str]] = {}
+    yield rows
+    table = kill_table(rows)
+    request.config._attnbench_kill_table = table  # shown by tests/conftest.py's terminal summary
+    print("\n" + table)
+
+
+@pytest.mark.parametrize("mutant", all_mutants(), ids=lambda m: m.name)
+def test_mutant_is_killed(mutant: Mutant, kill_rows):
+    backend = Backend(f"mutant:{mutant.name}", mutant.fn, mutant.bug)  # never registered
+    verdicts = {name: _verdict(name, backend) for name in PROPERTIES}
+    kill_rows[mutant.name] = verdicts
+    killers = [n for n, v in verdicts.items() if v != "."]
+    assert killers, f"mutant {mutant.name!r} ({mutant.bug}) survived every property: {list(PROPERTIES)}"
+
+
+def test_catalogue_is_never_registered():
+    import kernels
+
+    names = set(kernels.backend_names())
+    leaked = [m.name for m in all_mutants() if m.name in names or m.fn in {b.fn for b in kernels.all_backends()}]
+    assert not leaked, f"mutants registered as real backends: {leaked}"

@@ -1,0 +1,301 @@
+"""Reports: build from a synthetic pytest-benchmark run, compare two runs, bad input, atomic writes."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmarks.cli import main as cli
+from benchmarks.report import build, compare, heatmap
+from benchmarks.report.load import ReportInputError, load_benchmark_json
+
+BACKENDS = ["manual", "per_head_loop", "sdpa"]
+SPEED = {"manual": 1.0, "per_head_loop": 1.6, "sdpa": 0.5}  # relative op time of each synthetic backend
+
+
+def bench(extra: dict, median: float, noise: float, rng: random.Random) -> dict:
+    """One pytest-benchmark entry in the agreed schema; `noise` is the relative spread of the rounds."""
+    rounds = [median * (1 + rng.gauss(0, noise)) for _ in range(15)]
+    rounds.sort()
+    med = rounds[7]
+    name = f"test_{extra['kind']}[{extra['backend']}-{extra.get('mode', '')}-{extra.get('T', '')}]"
+    stats = {
+        "min": rounds[0],
+        "max": rounds[-1],
+        "mean": sum(rounds) / 15,
+        "stddev": noise * median,
+        "median": med,
+        "q1": rounds[3],
+        "q3": rounds[11],
+        "iqr": rounds[11] - rounds[3],
+        "rounds": 15,
+        "iterations": 1,
+        "ops": 1 / med,
+        "total": sum(rounds),
+    }
+    return {
+        "group": extra["kind"],
+        "name": name,
+        "fullname": f"benchmarks/x.py::{name}",
+        "params": {},
+        "extra_info": extra,
+        "stats": stats,
+    }
+
+
+def synthetic_run(tmp: Path, seed: int = 0, noise: float = 0.01, slow: dict | None = None) -> Path:
+    """A run directory like `attnbench run` writes; `slow` multiplies one backend's times (injected regression)."""
+    rng, slow = random.Random(seed), slow or {}
+    tmp.mkdir(parents=True, exist_ok=True)
+    B, H, D = 2, 4, 32
+    ops, inter, model, ttt = [], [], [], []
+    for b in BACKENDS:
+        f = SPEED[b] * slow.get(b, 1.0)
+        for mode, m in (("fwd", 1.0), ("fwd+bwd", 3.5)):
+            for T in (128, 256, 512, 1024):
+                t = 1e-4 * f * m * (T / 128) ** 2
+                mem = B * H * T * T * 4 * (1.0 if b != "sdpa" else 128 / T) + 1e5
+                e = dict(
+                    kind="op",
+                    backend=b,
+                    device="cpu",
+                    dtype="float32",
+                    B=B,
+                    H=H,
+                    T=T,
+                    D=D,
+                    mode=mode,
+                    median_s=t,
+                    first_call_s=2 * t,
+                    tokens_per_s=B * T / t,
+                    flops=2.0 * B * H * T * T * D,
+                    flop_per_s=2.0 * B * H * T * T * D / t,
+                    peak_flop_per_s=1e11,
+                    fraction_of_peak=2.0 * B * H * T * T * D / t / 1e11,
+                    peak_mem_bytes=mem,
+                    score_matrix_bytes=B * H * T * T * 4,
+                )
+                ops.append(bench(e, t, noise, rng))
+                r = f / SPEED["manual"]
+                e = dict(
+                    kind="interleaved",
+                    backend=b,
+                    device="cpu",
+                    dtype="float32",
+                    mode=mode,
+                    T=T,
+                    B=B,
+                    H=H,
+                    D=D,
+                    baseline="manual",
+                    ratio_median=r,
+                    ratio_p25=r * (1 - 2 * noise),
+                    ratio_p75=r * (1 + 2 * noise),
+                    speedup_median=1 / r,
+                    rounds=21,
+                )
+                inter.append(bench(e, t, noise, rng))
+        for kind, use_cache in (("train_step", None), ("generate", True), ("generate", False)):
+            t = 0.02 * f * (0.5 if use_cache else 1.0)
+            e = dict(kind=kind, backend=b, device="cpu", dtype="float32", B=8, T=64, tokens_per_s=512 / t, median_s=t)
+            if use_cache is not None:
+                e["use_cache"] = use_cache
+            model.append(bench(e, t, noise, rng))
+        steps = 300
+        curve = [[s, 4.2 * math.exp(-s / 150) + 1.9] for s in range(0, steps + 1, 50)]
+        secs = 30.0 * f
+        e = dict(
+            kind="train_to_target",
+            backend=b,
+            device="cpu",
+            dtype="float32",
+            target=2.1,
+            reached=True,
+            steps=steps,
+            train_seconds=secs,
+            eval_seconds=3.0,
+            final_val_loss=curve[-1][1],
+            curve=curve,
+            leak_flag=False,
+            leak_floor=1.0,
+            recipe={"n_layer": 2, "lr": 3e-3},
+        )
+        ttt.append(bench(e, secs, 0.0, rng))
+    top = {"attnbench": {"peak_flop_per_s": 1e11}}
+    for name, rows in (
+        ("bench_ops", ops),
+        ("bench_interleaved", inter),
+        ("bench_model", model),
+        ("bench_train_to_target", ttt),
+    ):
+        doc = {
+            "machine_info": {"cpu": {"brand_raw": "synthetic"}},
+            "commit_info": {},
+            "benchmarks": rows,
+            "datetime": "2026-01-01T00:00:00",
+            "version": "5.2.0",
+            **top,
+        }
+        (tmp / f"{name}.json").write_text(json.dumps(doc))
+    support = {b: {"cpu float32": None, "cuda float16": "needs CUDA"} for b in BACKENDS}
+    stages = [{"stage": s, "status": "ok", "seconds": 1.0, "detail": ""} for s in ("bench_ops", "correctness")]
+    info = {
+        "name": tmp.name,
+        "command": "attnbench run --quick",
+        "config": {"quick": True},
+        "backends": BACKENDS,
+        "support": support,
+        "stages": stages,
+        "wall_seconds": 100.0,
+        "started": "2026-01-01 00:00:00",
+    }
+    (tmp / "run.json").write_text(json.dumps(info))
+    (tmp / "env.json").write_text(json.dumps({"torch": torch.__version__, "cpu_model": "synthetic", "git": {}}))
+    cases = "".join(
+        f'<testcase classname="tests.test_equivalence" name="test_forward[{b}-float32]" time="0.1"><properties>'
+        f'<property name="backend" value="{b}"/><property name="max_err" value="{1e-7 * (i + 1)}"/>'
+        f'<property name="bound" value="1e-6"/></properties></testcase>'
+        f'<testcase classname="tests.test_causality" name="test_future_does_not_leak[{b}]" time="0.1"/>'
+        for i, b in enumerate(BACKENDS)
+    )
+    (tmp / "correctness.xml").write_text(
+        f'<?xml version="1.0"?><testsuites><testsuite name="pytest">{cases}</testsuite></testsuites>'
+    )
+    return tmp
+
+
+def test_build_report_from_synthetic_run(tmp_path):
+    run = synthetic_run(tmp_path / "r1")
+    md_path = build.build_in_place(run)
+    md = md_path.read_text()
+    for section in ("Verdict per backend", "Speed-up (interleaved)", "Memory", "Training to target", "Repeat this run"):
+        assert f"## {section}" in md
+    assert "attnbench run --quick" in md
+    # the verdict names every backend, with passing correctness and the memory classes the data implies
+    verdict = md.split("## Verdict per backend")[1].split("###")[0]
+    for b in BACKENDS:
+        assert f"| {b} |" in verdict
+    assert "PASS: 2 passed, 0 failed" in verdict and "3.00e-07 / 1.00e-06 (0.30)" in verdict
+    assert "quadratic (T^1.9" in verdict and "linear (T^0.9" in verdict  # sdpa's synthetic memory grows as T
+    assert "2.00x" in verdict  # sdpa at half of manual's time
+    for png in ("time_vs_T.png", "memory_vs_T.png", "loss_curves.png", "time_to_target.png", "speedup.png"):
+        assert (run / png).stat().st_size > 1000
+        assert f"]({png})" in md
+    html = (run / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 5 and 'src="time_vs_T.png"' not in html
+    csv = build.pd.read_csv(run / "results.csv")
+    assert len(csv) == 3 * 8 + 3 * 8 + 3 * 3 + 3  # one row per measurement
+    assert {"kind", "backend", "T", "mode", "stats_median", "speedup_median", "recipe_lr"} <= set(csv.columns)
+
+
+def test_regen_cli_rebuilds_from_json(tmp_path):
+    run = synthetic_run(tmp_path / "r1")
+    assert cli(["regen", str(run)]) == 0
+    first = (run / "report.md").read_text()
+    (run / "report.md").unlink()
+    assert cli(["regen", str(run)]) == 0
+    assert (run / "report.md").read_text() == first
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r1"]  # no leftover temp dirs
+
+
+def test_compare_flags_injected_slowdown_only(tmp_path, capsys):
+    a = synthetic_run(tmp_path / "a", seed=1)
+    slow = synthetic_run(tmp_path / "slow", seed=2, slow={"per_head_loop": 1.3})
+    m = compare.compare(a, slow, threshold=0.1)
+    flagged = m[m["regression"]]
+    assert set(flagged["backend"]) == {"per_head_loop"}
+    assert set(flagged["kind"]) == {"op", "train_step", "generate", "train_to_target", "interleaved"}
+    assert cli(["compare", str(a), str(slow), "--fail-on-regression"]) == 1
+    assert "REGRESSIONS: " in capsys.readouterr().out
+    assert cli(["compare", str(a), str(slow)]) == 0  # flagged, but not asked to fail
+
+
+@pytest.mark.parametrize("noise", [0.0, 0.03])
+def test_compare_does_not_flag_identical_or_noisy_runs(tmp_path, noise):
+    a = synthetic_run(tmp_path / "a", seed=1, noise=noise)
+    b = synthetic_run(tmp_path / "b", seed=1 if noise == 0 else 7, noise=noise)
+    m = compare.compare(a, b, threshold=0.1)
+    assert not m["regression"].any() and (m["only_in"] == "").all()
+    assert cli(["compare", str(a), str(b), "--fail-on-regression"]) == 0
+
+
+@pytest.mark.parametrize("damage", ["missing", "empty", "truncated"])
+def test_bad_json_names_the_file(tmp_path, damage, capsys):
+    run = synthetic_run(tmp_path / "r1")
+    f = run / "bench_ops.json"
+    if damage == "missing":
+        f.unlink()
+        with pytest.raises(ReportInputError, match="bench_ops.json: file does not exist"):
+            load_benchmark_json(f)
+    elif damage == "empty":
+        f.write_text("")
+    else:
+        f.write_text(f.read_text()[:500])
+    if damage != "missing":
+        with pytest.raises(
+            ReportInputError, match=f"bench_ops.json: .*{'empty' if damage == 'empty' else 'truncated'}"
+        ):
+            load_benchmark_json(f)
+        assert cli(["regen", str(run)]) == 2
+        assert "bench_ops.json" in capsys.readouterr().err
+    assert cli(["compare", str(f), str(run / "bench_model.json")]) == 2
+    assert "bench_ops.json" in capsys.readouterr().err
+
+
+def test_interrupted_regen_leaves_earlier_report_intact(tmp_path, monkeypatch):
+    run = synthetic_run(tmp_path / "r1")
+    build.regen(run)
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(build.plots, "loss_curves", interrupted)  # Ctrl-C in the middle of writing plots
+    with pytest.raises(KeyboardInterrupt):
+        build.regen(run)
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r1"]
+
+
+def test_interrupted_run_leaves_earlier_reports_intact(tmp_path, monkeypatch):
+    from benchmarks.report import main_job
+
+    earlier = synthetic_run(tmp_path / "reports" / "earlier")
+    build.build_in_place(earlier)
+    before = sorted(p.name for p in earlier.iterdir())
+
+    def interrupted(self, stage, bar):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(main_job.Job, "bench_stage", interrupted)
+    cfg = main_job.JobConfig(backends=["manual"], name="new", out_dir=str(tmp_path / "reports"))
+    assert main_job.Job(cfg, "attnbench run").run() == 130
+    assert sorted(p.name for p in (tmp_path / "reports").iterdir()) == ["earlier"]
+    assert sorted(p.name for p in earlier.iterdir()) == before
+
+
+def test_parse_T():
+    from benchmarks.report.main_job import parse_T
+
+    assert parse_T("128:1024") == [128, 256, 512, 1024]
+    assert parse_T("100:300") == [128, 256]
+    assert parse_T("64,96") == [64, 96]
+    with pytest.raises(ValueError, match="--T"):
+        parse_T("big")
+
+
+@pytest.mark.parametrize("backend", ["manual", "per_head_loop", "sdpa"])
+def test_attention_matrix_trick_gives_softmax_weights(backend):
+    g = torch.Generator().manual_seed(0)
+    for T, D in ((5, 16), (20, 8)):  # padding when D > Tk and when Tk > D
+        q, k = torch.randn(2, 3, T, D, generator=g), torch.randn(2, 3, T, D, generator=g)
+        P = heatmap.attention_matrix(backend, q, k)
+        scores = (q @ k.transpose(-2, -1)) / math.sqrt(D)
+        ref = scores.masked_fill(torch.ones(T, T).triu(1).bool(), float("-inf")).softmax(-1)
+        torch.testing.assert_close(P, ref, atol=1e-6, rtol=1e-5)
+        assert torch.all(P.triu(1) == 0)  # nothing above the diagonal: causal
