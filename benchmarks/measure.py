@@ -129,8 +129,8 @@ def attention_call(backend: Backend, mode: str, q, k, v, do) -> Callable[[], Non
     elif mode == "fwd+bwd":
 
         def call():
-            q.grad = k.grad = v.grad = None  # every call allocates its gradients afresh: calls are identical
             backend(q, k, v, causal=True).backward(do)
+            q.grad = k.grad = v.grad = None  # freed inside the call: every call allocates and frees the same
 
     else:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")

@@ -34,7 +34,7 @@ import torch
 
 from .registry import AttentionInputError, default_scale, register_backend
 
-DEFAULT_BLOCK = 256  # keys per step: larger means fewer Python steps, more memory (Tq * block scores)
+DEFAULT_BLOCK = 128  # keys per step: larger means fewer Python steps, more memory (Tq * block scores)
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -91,7 +91,7 @@ class _ChunkedAttention(torch.autograd.Function):
             m_old = m[:, r0:]  # (BH, Tq - r0) view
             m_new = torch.maximum(m_old, s.amax(dim=-1))  # (BH, Tq - r0), finite: every row sees key j0
             alpha = torch.exp(m_old - m_new)  # (BH, Tq - r0) rescales what was summed relative to m_old
-            p = torch.exp(s.sub_(m_new[..., None]))  # (BH, Tq - r0, bk) unnormalized probabilities
+            p = s.sub_(m_new[..., None]).exp_()  # (BH, Tq - r0, bk) unnormalized probabilities, in place
             l[:, r0:] = l[:, r0:] * alpha + p.sum(dim=-1)
             if dropout_p > 0:
                 p = p * _dropout_keep(p.shape, dropout_p, seed, j, q.device).to(cdt)
@@ -127,7 +127,7 @@ class _ChunkedAttention(torch.autograd.Function):
             s = qs[:, r0:] @ kb.transpose(1, 2)  # (BH, Tq - r0, bk)
             if n_diag:
                 s[:, :n_diag].masked_fill_(_diag_mask(r0, n_diag, j0, j1, tk - tq, q3.device), float("-inf"))
-            p = torch.exp(s.sub_(lse[:, r0:, None]))  # (BH, Tq - r0, bk) normalized probabilities
+            p = s.sub_(lse[:, r0:, None]).exp_()  # (BH, Tq - r0, bk) normalized probabilities, in place
             dp = do[:, r0:] @ vb.transpose(1, 2)  # (BH, Tq - r0, bk) gradient w.r.t. the dropped P
             if p_drop > 0:
                 keep = _dropout_keep(p.shape, p_drop, ctx.seed, j, q3.device).to(p.dtype)
@@ -135,7 +135,7 @@ class _ChunkedAttention(torch.autograd.Function):
                 dp = dp * keep
             else:
                 dv[:, j0:j1] = p.transpose(1, 2) @ do[:, r0:]  # (BH, bk, D)
-            ds = p * (dp - delta[:, r0:, None])  # (BH, Tq - r0, bk) gradient w.r.t. scaled scores
+            ds = dp.sub_(delta[:, r0:, None]).mul_(p)  # (BH, Tq - r0, bk) gradient w.r.t. scaled scores
             dq[:, r0:] += ds @ kb  # (BH, Tq - r0, D); the scale is applied once below
             dk[:, j0:j1] = ds.transpose(1, 2) @ qs[:, r0:]  # (BH, bk, D) = scale * dS^T Q
         shape_q, shape_k = (*dout.shape[:2], tq, d), (*dout.shape[:2], tk, d)

@@ -67,16 +67,15 @@ def resolve_data_path(
     cached = cache_dir() / FILE_NAME
     if cached.is_file():
         return _verified(cached, expected_sha256)
-    hint = (
-        f"Put tiny Shakespeare at {cached}, or pass its path with --data, or set {DATA_ENV}=/path/to/{FILE_NAME}"
-    )
+    hint = f"Put tiny Shakespeare at {cached}, or pass its path with --data, or set {DATA_ENV}=/path/to/{FILE_NAME}"
     if not download:
         raise DataError(f"no dataset found. {hint}")
     try:
         cached.parent.mkdir(parents=True, exist_ok=True)
-        with urllib.request.urlopen(url, timeout=30) as r, tempfile.NamedTemporaryFile(
-            dir=cached.parent, delete=False
-        ) as tmp:
+        with (
+            urllib.request.urlopen(url, timeout=30) as r,
+            tempfile.NamedTemporaryFile(dir=cached.parent, delete=False) as tmp,
+        ):
             tmp.write(r.read())
         _verified(Path(tmp.name), expected_sha256)
         os.replace(tmp.name, cached)  # only a verified file ever lands in the cache
@@ -114,7 +113,7 @@ class CharTokenizer:
         return {"chars": "".join(self.chars)}
 
     @classmethod
-    def from_state_dict(cls, state: dict) -> "CharTokenizer":
+    def from_state_dict(cls, state: dict) -> CharTokenizer:
         return cls(state["chars"])
 
 
@@ -125,14 +124,14 @@ class Dataset:
     val: torch.Tensor  # (N_val,) int64 token ids, last 10%
 
     @classmethod
-    def from_text(cls, text: str, train_fraction: float = 0.9) -> "Dataset":
+    def from_text(cls, text: str, train_fraction: float = 0.9) -> Dataset:
         tok = CharTokenizer(text)
         data = torch.tensor(tok.encode(text), dtype=torch.long)
         n = int(train_fraction * len(data))
         return cls(tok, data[:n], data[n:])
 
     @classmethod
-    def load(cls, path: str | os.PathLike | None = None, **resolve_kwargs) -> "Dataset":
+    def load(cls, path: str | os.PathLike | None = None, **resolve_kwargs) -> Dataset:
         return cls.from_text(resolve_data_path(path, **resolve_kwargs).read_text(encoding="utf-8"))
 
     def split(self, name: str) -> torch.Tensor:

@@ -117,7 +117,7 @@ class GPT(nn.Module):
     def backend(self) -> str:
         return self.config.backend
 
-    def set_backend(self, name: str) -> "GPT":
+    def set_backend(self, name: str) -> GPT:
         """Switch the attention backend of every layer in place (parameters untouched)."""
         backend = get_backend(name)
         for block in self.blocks:

@@ -1,17 +1,20 @@
 """Training loop: AdamW, warmup + cosine schedule, gradient clipping, evaluation, checkpoints, resume, watch.
 
-    result = train(TrainConfig(max_iters=2000), GPTConfig(backend="sdpa"), Dataset.load())
+result = train(TrainConfig(max_iters=2000), GPTConfig(backend="sdpa"), Dataset.load())
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import signal
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
@@ -28,15 +31,16 @@ class TrainConfig:
     min_lr: float = 1e-4  # cosine decays to this at max_iters
     warmup_iters: int = 100  # linear warmup from 0
     weight_decay: float = 0.1  # AdamW decay on matrices only (not biases, norms, embeddings)
-    beta1: float = 0.9
+    beta1: float = 0.9  # AdamW momentum (first-moment decay)
     beta2: float = 0.99  # nanoGPT's choice for small char models
     grad_clip: float = 1.0  # clip the global grad norm to this; 0 disables
     eval_interval: int = 250  # evaluate every this many steps (and at the end); 0: only at the end
     eval_iters: int = 50  # random batches per estimate; 0 evaluates the *whole* split (precise, slower)
-    seed: int = 1337  # model init and batch sampling
-    device: str = "cpu"
-    dtype: str = "float32"  # parameters and activations: float32 or float64 (bf16 autocast: "bfloat16")
-    out: str | None = None  # checkpoint path (best val loss, written atomically); None: no checkpoint
+    seed: int = 1337  # model init, batch sampling, dropout and watch sampling all derive from it
+    device: str = "cpu"  # torch device to train on (cpu, cuda, cuda:1, ...)
+    dtype: str = "float32"  # float32 or float64 parameters, or bfloat16 (fp32 weights, bf16 autocast)
+    threads: int = 0  # torch.set_num_threads for CPU training; 0 leaves PyTorch's default
+    out: str | None = None  # best-val checkpoint path (atomic); Ctrl-C also saves <stem>.last<suffix> here
     watch: int = 0  # every N steps, sample one more character and print the growing text; 0: off
     progress: bool = True  # tqdm progress bar
 
@@ -49,6 +53,7 @@ class TrainResult:
     step_times: list[float] = field(default_factory=list)  # seconds per optimizer step (no evaluation)
     best_val: float = math.inf
     eval_seconds: float = 0.0
+    steps_done: int = 0  # optimizer steps taken so far, counting those before a resume
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -121,6 +126,33 @@ def load_checkpoint(path: str | os.PathLike, *, backend: str | None = None, devi
     return model, CharTokenizer.from_state_dict(ckpt["tokenizer"]), ckpt
 
 
+def last_checkpoint_path(out: str | os.PathLike) -> Path:
+    """Where an interrupted run leaves its last state: ckpt.pt -> ckpt.last.pt (beside the best-val one)."""
+    out = Path(out)
+    return out.with_name(f"{out.stem}.last{out.suffix}")
+
+
+@contextlib.contextmanager
+def _deferred_sigint(enabled: bool):
+    """While active, a first Ctrl-C only sets flag["hit"] (the loop stops cleanly at the next step boundary,
+    after saving); a second one interrupts at once. Signals can only be caught in the main thread."""
+    flag = {"hit": False}
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum, frame):
+        if flag["hit"]:
+            raise KeyboardInterrupt
+        flag["hit"] = True
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def train(
     cfg: TrainConfig,
     model_cfg: GPTConfig,
@@ -132,11 +164,18 @@ def train(
 ) -> TrainResult:
     """Train a GPT on `dataset`. `on_eval(row)` sees each evaluation row; returning True stops training.
 
-    With `resume`, model, optimizer, RNG and step come from that checkpoint and the run continues where it
-    stopped (model_cfg's backend still applies: a run may resume under another backend).
+    With `resume`, model, optimizer, every RNG, the watch text and the step come from that checkpoint (the
+    best-val one or the `.last` one left by Ctrl-C) and the run continues exactly where it stopped: same
+    batches, same dropout masks, same final weights as an uninterrupted run with the same configs.
+    model_cfg's backend still applies (a run may resume under another backend).
+
+    With cfg.out, a first Ctrl-C finishes the current step, saves `last_checkpoint_path(cfg.out)` and raises
+    KeyboardInterrupt; a second Ctrl-C interrupts at once.
     """
     model_cfg.vocab_size = dataset.tokenizer.vocab_size
     dtype = getattr(torch, cfg.dtype)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     model = GPT(model_cfg).to(cfg.device)
     if dtype == torch.float64:
@@ -144,8 +183,11 @@ def train(
     optimizer = make_optimizer(model, cfg)
     batch_gen = torch.Generator().manual_seed(cfg.seed)
     eval_gen = torch.Generator().manual_seed(cfg.seed + 1)
+    watch_gen = torch.Generator(cfg.device).manual_seed(cfg.seed + 2)  # watch sampling never shifts training RNG
+    watch_text = torch.zeros((1, 1), dtype=torch.long, device=cfg.device)  # (1, chars so far), starts at id 0
+    on_cuda = torch.device(cfg.device).type == "cuda"
     result = TrainResult(model, dataset.tokenizer)
-    start = 0
+    start, evaluated_at = 0, None
     if resume is not None:
         _, _, ckpt = load_checkpoint(resume, device=cfg.device)
         model.load_state_dict(ckpt["model"])
@@ -153,12 +195,39 @@ def train(
         batch_gen.set_state(ckpt["batch_rng"])
         eval_gen.set_state(ckpt["eval_rng"])
         torch.set_rng_state(ckpt["torch_rng"])
+        if on_cuda and ckpt.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(ckpt["cuda_rng"], torch.device(cfg.device))
+        if "watch_rng" in ckpt:
+            watch_gen.set_state(ckpt["watch_rng"])
+            watch_text = ckpt["watch_text"].to(cfg.device)
         start = ckpt["step"]
+        evaluated_at = start if ckpt.get("evaluated", True) else None  # the eval at `start` already ran
         result.history = ckpt["history"]
         result.best_val = ckpt["best_val"]
         log(f"resumed from {resume} at step {start} (best val {result.best_val:.4f})")
-    autocast = torch.autocast(device_type=torch.device(cfg.device).type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16)
-    watch_text = torch.zeros((1, 1), dtype=torch.long, device=cfg.device)
+    autocast = torch.autocast(
+        device_type=torch.device(cfg.device).type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16
+    )
+
+    def save(path, step: int, evaluated: bool) -> None:
+        save_checkpoint(
+            path,
+            model=model.state_dict(),
+            optimizer=optimizer.state_dict(),
+            model_config=asdict(model.config),
+            train_config=asdict(cfg),
+            tokenizer=dataset.tokenizer.state_dict(),
+            step=step,  # the next step to train
+            evaluated=evaluated,  # whether the evaluation due at `step` already ran
+            history=result.history,
+            best_val=result.best_val,
+            batch_rng=batch_gen.get_state(),
+            eval_rng=eval_gen.get_state(),
+            torch_rng=torch.get_rng_state(),
+            cuda_rng=torch.cuda.get_rng_state(torch.device(cfg.device)) if on_cuda else None,
+            watch_rng=watch_gen.get_state(),
+            watch_text=watch_text.cpu(),
+        )
 
     def run_eval(step: int) -> bool:
         t0 = time.perf_counter()
@@ -179,20 +248,7 @@ def train(
         if val_loss < result.best_val:
             result.best_val = val_loss
             if cfg.out:
-                save_checkpoint(
-                    cfg.out,
-                    model=model.state_dict(),
-                    optimizer=optimizer.state_dict(),
-                    model_config=asdict(model.config),
-                    train_config=asdict(cfg),
-                    tokenizer=dataset.tokenizer.state_dict(),
-                    step=step,
-                    history=result.history,
-                    best_val=result.best_val,
-                    batch_rng=batch_gen.get_state(),
-                    eval_rng=eval_gen.get_state(),
-                    torch_rng=torch.get_rng_state(),
-                )
+                save(cfg.out, step, evaluated=True)
         log(
             f"step {step:5d} | train {train_loss:.4f} (ppl {row['train_ppl']:.2f}) | "
             f"val {val_loss:.4f} (ppl {row['val_ppl']:.2f}) | lr {row['lr']:.2e}"
@@ -201,34 +257,42 @@ def train(
 
     model.train()
     bar = tqdm(range(start, cfg.max_iters), initial=start, total=cfg.max_iters, disable=not cfg.progress, desc="train")
-    loss = None
-    for step in bar:
-        if cfg.eval_interval and step % cfg.eval_interval == 0 and step > start and run_eval(step):
-            break
-        t0 = time.perf_counter()
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, cfg)
-        x, y = (t.to(cfg.device) for t in get_batch(dataset.train, cfg.batch_size, model_cfg.block_size, batch_gen))
-        with autocast:
-            _, loss, _ = model(x, y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        if torch.device(cfg.device).type == "cuda":
-            torch.cuda.synchronize()
-        result.step_times.append(time.perf_counter() - t0)
-        if cfg.watch and (step + 1) % cfg.watch == 0:
-            model.eval()
-            sampled = model.generate(watch_text[:, -model_cfg.block_size :], 1)  # (1, ctx + 1)
-            model.train()
-            watch_text = torch.cat([watch_text, sampled[:, -1:]], dim=1)  # the whole growing text
-            line = dataset.tokenizer.decode(watch_text[0, -60:].tolist()).replace("\n", "⏎")
-            bar.write(f"step {step + 1:5d} loss {loss.item():.3f} | {line}")
-        if step % 10 == 0:
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-    else:
-        run_eval(cfg.max_iters)
-    bar.close()
+    result.steps_done = start
+    with _deferred_sigint(enabled=bool(cfg.out)) as interrupted, contextlib.closing(bar):
+        for step in bar:
+            if interrupted["hit"]:  # Ctrl-C: keep everything needed to continue this very run
+                path = last_checkpoint_path(cfg.out)
+                save(path, step, evaluated=False)
+                bar.write(f"interrupted at step {step}: saved {path} (continue with --resume {path})")
+                raise KeyboardInterrupt
+            if cfg.eval_interval and step % cfg.eval_interval == 0 and step > 0 and step != evaluated_at:
+                if run_eval(step):
+                    break
+            t0 = time.perf_counter()
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, cfg)
+            x, y = (t.to(cfg.device) for t in get_batch(dataset.train, cfg.batch_size, model_cfg.block_size, batch_gen))
+            with autocast:
+                _, loss, _ = model(x, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            if on_cuda:
+                torch.cuda.synchronize()
+            result.step_times.append(time.perf_counter() - t0)
+            result.steps_done = step + 1
+            if cfg.watch and (step + 1) % cfg.watch == 0:
+                model.eval()
+                sampled = model.generate(watch_text[:, -model_cfg.block_size :], 1, generator=watch_gen)  # (1, ctx+1)
+                model.train()
+                watch_text = torch.cat([watch_text, sampled[:, -1:]], dim=1)  # (1, chars so far): the growing text
+                line = dataset.tokenizer.decode(watch_text[0, -72:].tolist()).replace("\n", "⏎")
+                bar.write(f"step {step + 1:5d} | loss {loss.item():.3f} | {line}")
+            if cfg.progress and step % 10 == 0:
+                bar.set_postfix(loss=f"{loss.item():.3f}")  # .item() syncs on CUDA: only every 10 steps
+        else:
+            if evaluated_at != cfg.max_iters:
+                run_eval(cfg.max_iters)
     return result

@@ -54,7 +54,8 @@ def reference_weights(q, k, *, causal: bool = True, scale: float | None = None) 
 def abs_logit_bound(q, k, scale: float | None = None) -> float:
     """max_ij scale * sum_d |q_id| |k_jd|: how large a logit's rounding error can be relative to eps."""
     scale = 1.0 / math.sqrt(q.size(-1)) if scale is None else scale
-    return float(((q.double().abs() @ k.double().abs().transpose(-2, -1)) * scale).max())
+    q, k = q.detach().double().abs(), k.detach().double().abs()
+    return float(((q @ k.transpose(-2, -1)) * scale).max())
 
 
 def rounding_noise(dtype: torch.dtype, magnitude: float, abs_logit: float = 0.0, n_terms: int = 1) -> float:

@@ -1,9 +1,8 @@
 """Causality at op level (future inputs, gradients, prefix runs; Tq < Tk in absolute positions) and in the GPT."""
 
 import pytest
-from properties import check_backend
-
 from backends import backend_params, device_params
+from properties import check_backend
 
 
 @pytest.mark.parametrize("device", device_params())

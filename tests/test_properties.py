@@ -1,9 +1,8 @@
 """Structural properties: convex combination, batch/head independence, dropout, huge logits, eval mode."""
 
 import pytest
-from properties import check_backend
-
 from backends import backend_params, device_params
+from properties import check_backend
 
 
 @pytest.mark.parametrize("device", device_params())

@@ -1,0 +1,5 @@
+"""`python -m reference_model train|sample` (see reference_model/cli.py)."""
+
+from .cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,211 @@
+"""Command line for the reference GPT: `python -m reference_model train|sample` (also `attnbench train|sample`).
+
+    python -m reference_model train --max-iters 2000 --out ckpt.pt --watch 10
+    python -m reference_model sample --checkpoint ckpt.pt --prompt "ROMEO:" --top-k 20
+
+Every GPTConfig and TrainConfig field is a `train` flag (generated from the dataclasses, help text from the
+comment beside each field). Bad input ends with exit code 2 and one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import inspect
+import math
+import re
+import statistics
+import sys
+import time
+import typing
+
+import torch
+
+from kernels import backend_names, get_backend
+
+from .data import DATA_ENV, FILE_NAME, SHA256, DataError, Dataset, cache_dir
+from .model import GPTConfig
+from .train import TrainConfig, evaluate, last_checkpoint_path, load_checkpoint, train
+
+# Fields that are not flags: vocab_size comes from the data's tokenizer.
+_NOT_FLAGS = {"vocab_size"}
+
+
+class CLIError(Exception):
+    """A user mistake: printed as one line, exit code 2."""
+
+
+def _field_comments(cls) -> dict[str, str]:
+    """The `# why` comment beside each dataclass field, read from the source."""
+    comments = {}
+    for line in inspect.getsource(cls).splitlines():
+        m = re.match(r"\s+(\w+): [^#]*#\s*(.*)$", line)
+        if m:
+            comments[m.group(1)] = m.group(2).strip()
+    return comments
+
+
+def _add_dataclass_flags(parser: argparse.ArgumentParser, cls, title: str) -> None:
+    group = parser.add_argument_group(title)
+    hints = typing.get_type_hints(cls)
+    comments = _field_comments(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in _NOT_FLAGS:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        kind = hints[f.name]
+        helptext = f"{comments.get(f.name, f.name)} (default: {f.default})"
+        # default=SUPPRESS: only flags the user gave land in the namespace (so --resume can tell them apart)
+        if kind is bool:
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=helptext)
+        else:
+            base = next((t for t in typing.get_args(kind) if t is not type(None)), kind)  # str | None -> str
+            group.add_argument(flag, type=base, default=argparse.SUPPRESS, metavar=base.__name__.upper(), help=helptext)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m reference_model", description="Train the reference GPT on tiny Shakespeare, or sample it."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser(
+        "train",
+        help="train a GPT (prints a summary: precise val loss, wall time, ms/step)",
+        description="Train the reference GPT on character-level tiny Shakespeare.",
+        epilog=(
+            f"Data: --data PATH, else ${DATA_ENV}, else {cache_dir() / FILE_NAME} "
+            "(downloaded there and sha256-verified when missing). "
+            f"Known backends: {', '.join(backend_names())} (or 'package.module:function'). "
+            "Ctrl-C with --out saves <out stem>.last<suffix>; continue the same run with --resume."
+        ),
+    )
+    t.add_argument("--data", metavar="PATH", help=f"tiny Shakespeare text file (default: ${DATA_ENV}, then the cache)")
+    t.add_argument("--no-verify", action="store_true", help="skip the sha256 check (to train on another text file)")
+    t.add_argument(
+        "--resume",
+        metavar="CKPT",
+        help="continue the run saved in CKPT (its configs apply; flags given here override them)",
+    )
+    _add_dataclass_flags(t, GPTConfig, "model (GPTConfig)")
+    _add_dataclass_flags(t, TrainConfig, "training (TrainConfig)")
+
+    s = sub.add_parser("sample", help="generate text from a checkpoint", description="Sample text from a checkpoint.")
+    s.add_argument("--checkpoint", required=True, metavar="CKPT", help="checkpoint written by train --out")
+    s.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
+    s.add_argument("--max-new-tokens", type=int, default=500, help="characters to generate (default: 500)")
+    s.add_argument("--temperature", type=float, default=0.8, help="> 0; lower is more conservative (default: 0.8)")
+    s.add_argument("--top-k", type=int, default=None, help="sample only among the k likeliest characters")
+    s.add_argument("--backend", default=None, help="attention backend (default: the one the checkpoint trained with)")
+    s.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    s.add_argument("--seed", type=int, default=1337, help="sampling seed: same seed, same text (default: 1337)")
+    s.add_argument("--no-cache", action="store_true", help="recompute the whole context per token (no KV cache)")
+    return parser
+
+
+def _check_backend(name: str, device: str, dtype: torch.dtype) -> None:
+    try:
+        backend = get_backend(name)
+    except KeyError as e:  # UnknownBackendError: names the known ones
+        raise CLIError(str(e)) from None
+    reason = backend.why_unsupported(device, dtype)
+    if reason:
+        raise CLIError(f"backend {name!r} cannot run on {device}/{dtype}: {reason}")
+
+
+def _load_checkpoint(path: str, backend: str | None, device: str):
+    try:
+        return load_checkpoint(path, backend=backend, device=device)
+    except FileNotFoundError as e:
+        raise CLIError(str(e)) from None
+
+
+def run_train(args: argparse.Namespace) -> int:
+    given = vars(args)
+    if args.resume:
+        ckpt = _load_checkpoint(args.resume, None, given.get("device", "cpu"))[2]
+        model_cfg, cfg = GPTConfig(**ckpt["model_config"]), TrainConfig(**ckpt["train_config"])
+        cfg.out = None if "out" not in given else cfg.out  # never overwrite the old run's files unless asked
+    else:
+        model_cfg, cfg = GPTConfig(), TrainConfig()
+    for obj in (model_cfg, cfg):
+        for f in dataclasses.fields(obj):
+            if f.name in given:
+                setattr(obj, f.name, given[f.name])
+    try:
+        model_cfg.__post_init__()  # re-validate after the flags
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if cfg.dtype not in ("float32", "float64", "bfloat16"):
+        raise CLIError(f"--dtype must be float32, float64 or bfloat16, got {cfg.dtype!r}")
+    _check_backend(model_cfg.backend, cfg.device, getattr(torch, cfg.dtype))
+    try:
+        dataset = Dataset.load(args.data, expected_sha256=None if args.no_verify else SHA256)
+    except DataError as e:
+        raise CLIError(str(e)) from None
+
+    t0 = time.perf_counter()
+    try:
+        result = train(cfg, model_cfg, dataset, resume=args.resume)
+    except KeyboardInterrupt:
+        print("stopped by Ctrl-C" + (f"; resume with --resume {last_checkpoint_path(cfg.out)}" if cfg.out else ""))
+        return 130
+    wall = time.perf_counter() - t0
+
+    t1 = time.perf_counter()
+    val = evaluate(result.model, dataset.val, dataclasses.replace(cfg, eval_iters=0))  # the whole val split
+    precise_s = time.perf_counter() - t1
+    ms = sorted(1000 * s for s in result.step_times)
+    q = statistics.quantiles(ms, n=10, method="inclusive") if len(ms) >= 2 else ms * 9
+    print(
+        f"summary | backend {model_cfg.backend} | device {cfg.device} | threads {torch.get_num_threads()} | "
+        f"steps {result.steps_done}/{cfg.max_iters}\n"
+        f"  final val loss (whole val split): {val:.4f} (ppl {math.exp(val):.2f}); best val during training "
+        f"{result.best_val:.4f}\n"
+        f"  wall time {wall:.1f} s (training {sum(ms) / 1000:.1f} s, evaluation {result.eval_seconds:.1f} s) "
+        f"+ final precise eval {precise_s:.1f} s\n"
+        f"  training step: median {statistics.median(ms):.2f} ms, p10 {q[0]:.2f} ms, p90 {q[-1]:.2f} ms "
+        f"over {len(ms)} steps (evaluation excluded)" + (f"\n  best-val checkpoint: {cfg.out}" if cfg.out else "")
+    )
+    return 0
+
+
+def run_sample(args: argparse.Namespace) -> int:
+    if args.backend is not None:
+        _check_backend(args.backend, args.device, torch.float32)
+    model, tokenizer, _ = _load_checkpoint(args.checkpoint, args.backend, args.device)
+    try:
+        ids = tokenizer.encode(args.prompt)
+    except ValueError as e:
+        raise CLIError(f"prompt: {e}") from None
+    if not ids:
+        raise CLIError("prompt is empty: give at least one character")
+    if args.temperature <= 0 or (args.top_k is not None and args.top_k < 1):
+        raise CLIError(f"need --temperature > 0 and --top-k >= 1, got {args.temperature} and {args.top_k}")
+    if len(ids) > model.config.block_size:
+        print(
+            f"note: the prompt has {len(ids)} characters; the model sees only the last {model.config.block_size}",
+            file=sys.stderr,
+        )
+    model.eval()
+    idx = torch.tensor([ids], dtype=torch.long, device=args.device)  # (1, T)
+    gen = torch.Generator(args.device).manual_seed(args.seed)
+    kwargs = dict(temperature=args.temperature, top_k=args.top_k, use_cache=not args.no_cache, generator=gen)
+    out = model.generate(idx, args.max_new_tokens, **kwargs)  # (1, T + max_new_tokens)
+    print(tokenizer.decode(out[0].tolist()))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help (0) or a bad flag (2, argparse already printed why)
+        return int(e.code or 0)
+    try:
+        return run_train(args) if args.command == "train" else run_sample(args)
+    except (CLIError, ValueError) as e:  # ValueError: bad config or input reported by the model / data code
+        print(f"error: {e}", file=sys.stderr)
+        return 2

@@ -1,0 +1,206 @@
+"""The measuring code of the benchmarks: FLOP formula, peak memory, scaling fit, interleaving, round planning."""
+
+import json
+import math
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from benchmarks.conftest import AtomicFile, pytest_ignore_collect
+from benchmarks.interleaved import interleaved_times, ratio_summary, round_orders
+from benchmarks.measure import (
+    attention_call,
+    attention_inputs,
+    causal_attention_flops,
+    extrapolate,
+    matmul_peak_flop_per_s,
+    peak_memory_bytes,
+    plan_rounds,
+    quantile,
+    score_matrix_bytes,
+)
+from benchmarks.scaling import fit_exponent, scaling_table
+from kernels import backend_names, get_backend
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_flop_formula():
+    B, H, T, D = 2, 3, 64, 16
+    fwd = causal_attention_flops(B, H, T, D, "fwd")
+    assert fwd == 4 * B * H * T * T * D / 2
+    assert causal_attention_flops(B, H, T, D, "bwd") == 2.5 * fwd
+    assert causal_attention_flops(B, H, T, D, "fwd+bwd") == 3.5 * fwd
+    with pytest.raises(ValueError, match="mode"):
+        causal_attention_flops(B, H, T, D, "backward")
+
+
+def test_flop_formula_is_half_the_counted_dense_forward():
+    """torch's FLOP counter sees manual's two dense (T x T x D) matmuls; causality halves the useful work."""
+    B, H, T, D = 1, 2, 128, 32
+    q, k, v, _ = attention_inputs(B, H, T, D, "cpu", torch.float32, requires_grad=False)
+    with FlopCounterMode(display=False) as counter:
+        get_backend("manual")(q, k, v)
+    assert counter.get_total_flops() == 2 * causal_attention_flops(B, H, T, D, "fwd")
+
+
+def test_score_matrix_bytes():
+    assert score_matrix_bytes(2, 4, 128, torch.float32) == 2 * 4 * 128 * 128 * 4
+    assert score_matrix_bytes(1, 1, 10, torch.bfloat16) == 200
+
+
+def test_cpu_peak_memory_of_known_allocations():
+    def fn():
+        a = torch.empty(2**20, dtype=torch.uint8)
+        b = torch.empty(2**21, dtype=torch.uint8)  # peak: a + b = 3 MiB
+        del a
+        c = torch.empty(2**19, dtype=torch.uint8)  # b + c = 2.5 MiB < peak
+        del b, c
+
+    assert peak_memory_bytes(fn, "cpu") == 3 * 2**20
+
+
+B, H, T, D = 1, 8, 256, 16  # small D: the (B, H, T, D) terms stay small beside the scores
+S = score_matrix_bytes(B, H, T, torch.float32)  # one (B, H, T, T) float32 score matrix: 2 MiB
+
+
+def peak(name: str, mode: str) -> int:
+    q, k, v, do = attention_inputs(B, H, T, D, "cpu", torch.float32, requires_grad=mode == "fwd+bwd")
+    call = attention_call(get_backend(name), mode, q, k, v, do)
+    call()  # warm
+    first, second = peak_memory_bytes(call), peak_memory_bytes(call)
+    assert first == second, f"{name} {mode}: peak memory not repeatable ({first} vs {second})"
+    return first
+
+
+def test_cpu_peak_memory_matches_the_score_matrix():
+    # manual: the scaled scores exist beside the raw ones (and masked beside scaled, softmax beside masked)
+    assert 2 * S <= peak("manual", "fwd") <= 2.5 * S
+    assert peak("manual", "fwd+bwd") >= 2 * S  # softmax kept for backward + its gradient
+    # per_head_loop: one head's (B, T, T) scores at a time in inference, all heads' softmax kept for backward
+    assert 2 * S / H <= peak("per_head_loop", "fwd") < S / 2
+    assert peak("per_head_loop", "fwd+bwd") >= S
+    # flash never materializes the scores
+    assert peak("sdpa_flash", "fwd") < S / 8
+
+
+def test_fit_exponent_recovers_known_exponents():
+    xs = [128, 256, 512, 1024, 2048]
+    for p in (1.0, 1.7, 2.0):
+        assert fit_exponent(xs, [3.0 * x**p for x in xs]) == pytest.approx(p, abs=1e-9)
+    rng = random.Random(0)
+    noisy = [5.0 * x**2 * math.exp(rng.uniform(-0.05, 0.05)) for x in xs]
+    assert fit_exponent(xs, noisy) == pytest.approx(2.0, abs=0.05)
+    with pytest.raises(ValueError):
+        fit_exponent([128, 128], [1.0, 2.0])
+    with pytest.raises(ValueError):
+        fit_exponent([128, 256], [0.0, 2.0])
+
+
+def test_scaling_table_fits_the_largest_T_per_series():
+    def row(backend, mode, T, t, m):
+        return {"kind": "op", "backend": backend, "device": "cpu", "dtype": "float32", "mode": mode, "T": T,
+                "median_s": t, "peak_mem_bytes": m}  # fmt: skip
+
+    Ts = [64, 128, 256, 512, 1024, 2048]
+    rows = [row("quad", "fwd", T, 1e-3 if T < 256 else T**2 * 1e-9, T**2) for T in Ts]  # flat at small T
+    rows += [row("lin", "fwd", T, T * 1e-6, T) for T in Ts] + [row("one", "fwd", 128, 1.0, 1)]
+    rows += [{"kind": "interleaved", "backend": "x"}]
+    table = {r["backend"]: r for r in scaling_table(rows, last=4)}
+    assert set(table) == {"quad", "lin"}  # one T only: no fit
+    assert table["quad"]["T_fit"] == [256, 512, 1024, 2048]
+    assert table["quad"]["time_exponent"] == pytest.approx(2.0)
+    assert table["lin"]["mem_exponent"] == pytest.approx(1.0)
+
+
+def test_round_orders_shuffle_each_round_and_keep_every_name():
+    names = ["a", "b", "c", "d"]
+    orders = round_orders(names, 20, seed=1)
+    assert all(sorted(o) == names for o in orders)
+    assert len({tuple(o) for o in orders}) > 1  # shuffled, not one fixed order
+    assert orders == round_orders(names, 20, seed=1)  # seeded
+
+
+def test_interleaved_times_run_round_by_round():
+    calls_seen = []
+    calls = {n: (lambda n=n: calls_seen.append(n)) for n in ("a", "b", "c")}
+    times = interleaved_times(calls, 5, seed=3, timer=lambda fn, device: (fn(), 1.0)[1])
+    assert calls_seen == [n for order in round_orders(list(calls), 5, seed=3) for n in order]
+    assert times == {n: [1.0] * 5 for n in calls}
+
+
+def test_ratio_summary_uses_per_round_ratios():
+    # the machine slows down 10x in round 3: per-round ratios do not see it, pooled medians would
+    times = {"base": [1.0, 1.0, 10.0, 1.0], "fast": [0.5, 0.4, 5.0, 0.5]}
+    s = ratio_summary(times, "base")
+    assert s["base"]["ratio_median"] == 1.0
+    assert s["fast"]["ratio_median"] == pytest.approx(0.5)
+    assert s["fast"]["ratio_p25"] == pytest.approx(0.475)
+    assert s["fast"]["speedup_median"] == pytest.approx(2.0)
+    assert s["fast"]["rounds"] == 4
+    with pytest.raises(ValueError, match="baseline"):
+        ratio_summary(times, "missing")
+
+
+def test_quantile_matches_numpy():
+    xs = [3.0, 1.0, 4.0, 1.5, 9.0, 2.6]
+    for q in (0.0, 0.25, 0.5, 0.75, 1.0):
+        assert quantile(xs, q) == pytest.approx(np.percentile(xs, 100 * q))
+
+
+def test_plan_rounds_and_extrapolate():
+    assert plan_rounds(0.1, 1.0) == (10, 1)
+    assert plan_rounds(5.0, 1.0) == (3, 1)  # never fewer than min_rounds
+    rounds, iterations = plan_rounds(1e-5, 1.0)
+    assert iterations == 100 and rounds == 50  # fast calls: several per round, capped rounds
+    assert extrapolate(4096, {1024: 1.0, 2048: 2.0}) == (2048, 8.0)
+    assert extrapolate(128, {1024: 1.0}) is None
+
+
+def test_matmul_peak_is_a_plausible_rate():
+    rate = matmul_peak_flop_per_s("cpu", torch.float32, n=256, reps=2)
+    assert 1e7 < rate < 1e14
+
+
+def test_atomic_file_replaces_only_when_complete(tmp_path):
+    path = tmp_path / "out.json"
+    path.write_text("old")
+    with pytest.raises(RuntimeError):
+        with AtomicFile(path) as fh:
+            fh.write(b"half")
+            raise RuntimeError("interrupted")
+    assert path.read_text() == "old" and os.listdir(tmp_path) == ["out.json"]
+    with AtomicFile(path) as fh:
+        fh.write(json.dumps({"ok": 1}).encode())
+    assert json.loads(path.read_text()) == {"ok": 1}
+
+
+class StubConfig:
+    def __init__(self, **options):
+        self.options = options
+
+    def getoption(self, name, default=None):
+        return self.options.get(name, default)
+
+
+def test_bench_files_are_ignored_without_benchmark_only():
+    bench, other = REPO / "benchmarks" / "bench_ops.py", REPO / "benchmarks" / "measure.py"
+    assert pytest_ignore_collect(bench, StubConfig()) is True
+    assert pytest_ignore_collect(bench, StubConfig(benchmark_only=True)) is None
+    assert pytest_ignore_collect(other, StubConfig()) is None
+
+
+def test_benchmark_only_collects_every_backend():
+    cmd = [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", "benchmarks/bench_ops.py",
+           "--benchmark-only", "--bench-quick", "--bench-device=cpu"]  # fmt: skip
+    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120).stdout
+    for name in backend_names():
+        for mode in ("fwd", "fwd+bwd"):
+            assert f"test_op[{name}-cpu-float32-{mode}-T128]" in out
