@@ -4,6 +4,8 @@ shuffled order, and each backend's row carries the median (p25, p75) of its per-
 The first case of a configuration measures every backend of it; the other cases read that measurement.
 """
 
+import os
+
 import pytest
 import torch
 
@@ -77,5 +79,6 @@ def test_interleaved(benchmark, interleaved_case, bench_state):
             "median_s": median_s,
             "first_call_s": m["first_s"][c.backend],
             "tokens_per_s": B * c.T / median_s,
+            "load_avg_1m": os.getloadavg()[0],
         }
     )

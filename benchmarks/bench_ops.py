@@ -5,10 +5,11 @@ one timed warm call that sets the number of rounds, then pytest-benchmark's peda
 smaller T of the same series predict to be too slow, or too big for memory, are skipped with the estimate.
 """
 
+import os
+import time
+
 import pytest
 import torch
-
-from kernels import get_backend
 
 from benchmarks.measure import (
     attention_call,
@@ -23,8 +24,10 @@ from benchmarks.measure import (
     time_call,
     unavailable_reason,
 )
+from kernels import get_backend
 
 MEMORY_FRACTION = 0.5  # skip a case whose estimated peak exceeds this share of the memory available now
+BACKEND_BUDGET_S = {"cpu": 120.0, "cuda": 60.0}  # wall seconds of one backend's op cases (compiles included)
 
 
 def budget_skip_reason(c, series: dict[int, dict], max_call_s: float) -> str | None:
@@ -50,8 +53,20 @@ def test_op(benchmark, op_case, bench_state):
         pytest.skip(reason)
     series = bench_state.op_results.setdefault((c.backend, c.device, c.dtype, c.mode), {})
     reason = budget_skip_reason(c, series, s.max_call_s[c.device])
+    spent, budget = bench_state.spent_s.get((c.backend, c.device), 0.0), BACKEND_BUDGET_S[c.device]
+    if spent > budget:
+        reason = f"{c.backend} spent its {budget:.0f} s op-sweep budget on {c.device} ({spent:.0f} s with compiles)"
     if reason:
         pytest.skip(reason)
+    t0 = time.perf_counter()
+    try:
+        measure_op(benchmark, c, bench_state, backend, dtype, series)
+    finally:
+        bench_state.spent_s[(c.backend, c.device)] = spent + time.perf_counter() - t0
+
+
+def measure_op(benchmark, c, bench_state, backend, dtype, series):
+    s = bench_state.settings
     B, H, D = s.shape(c.device)
     q, k, v, do = attention_inputs(B, H, c.T, D, c.device, dtype, requires_grad=c.mode == "fwd+bwd")
     call = synced(attention_call(backend, c.mode, q, k, v, do), c.device)
@@ -87,6 +102,7 @@ def test_op(benchmark, op_case, bench_state):
         "score_matrix_bytes": score_matrix_bytes(B, H, c.T, dtype),
         "rounds": rounds,
         "iterations": iterations,
+        "load_avg_1m": os.getloadavg()[0],  # a busy machine makes every time above noisy
     }
     benchmark.extra_info.update(row)
     series[c.T] = row

@@ -16,11 +16,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from kernels import backend_names
-
 from benchmarks.interleaved import DEFAULT_BASELINE
 from benchmarks.measure import MODES, matmul_peak_flop_per_s
 from benchmarks.scaling import scaling_table
+from kernels import backend_names
 
 BENCH_FILES = "bench_*.py"
 POW2 = [2**i for i in range(7, 15)]  # 128 .. 16384
@@ -109,6 +108,7 @@ class BenchState:
     peak_flops: dict[tuple[str, str], float] = field(default_factory=dict)
     op_results: dict[tuple, dict[int, dict]] = field(default_factory=dict)  # (backend, device, dtype, mode) -> T -> row
     interleaved: dict[tuple, dict] = field(default_factory=dict)  # InterleavedCase.config -> measurement
+    spent_s: dict[tuple, float] = field(default_factory=dict)  # (backend, device) -> wall seconds of its op cases
     summary: dict = field(default_factory=dict)  # merged into the JSON's top-level "attnbench" key
 
     def peak_flop_per_s(self, device: str, dtype: str) -> float:
@@ -126,14 +126,24 @@ def _csv(value: str | None) -> list[str] | None:
 def pytest_addoption(parser):
     g = parser.getgroup("attnbench", "attnbench benchmarks (pytest --benchmark-only)")
     g.addoption("--bench-backends", default=None, help="comma-separated registered backends (default: all)")
-    g.addoption("--bench-device", default=None, choices=["cpu", "cuda", "all"], help="default: cpu, plus cuda if present")
-    g.addoption("--bench-dtypes", default=None, help="e.g. float32,bfloat16 (default: float32 on cpu; bf16,fp16 on cuda)")
+    g.addoption(
+        "--bench-device", default=None, choices=["cpu", "cuda", "all"], help="default: cpu, plus cuda if present"
+    )
+    g.addoption(
+        "--bench-dtypes", default=None, help="e.g. float32,bfloat16 (default: float32 on cpu; bf16,fp16 on cuda)"
+    )
     g.addoption("--bench-T", default=None, help="sequence lengths (default: 128..4096 on cpu, 128..16384 on cuda)")
     g.addoption("--bench-quick", action="store_true", help="a small, fast sweep (smoke tests, attnbench run --quick)")
     g.addoption("--bench-baseline", default=DEFAULT_BASELINE, help="baseline backend of the interleaved ratios")
     g.addoption("--bench-interleaved-T", default=None, help="T of the interleaved ratios (default 1024,2048,4096 cpu)")
     g.addoption("--bench-max-call-s", type=float, default=None, help="skip cases estimated slower per call (s)")
     g.addoption("--bench-json", default=None, metavar="PATH", help="write the pytest-benchmark JSON atomically here")
+    t = parser.getgroup("attnbench-ttt", "attnbench training to a target loss (bench_train_to_target.py)")
+    t.addoption("--ttt-target", type=float, default=None, help="whole-split val loss to reach (default: 1.88)")
+    t.addoption("--ttt-backends", default=None, help="comma-separated backends (default: sdpa,manual; --ttt-full: all)")
+    t.addoption("--ttt-full", action="store_true", help="every backend (not just sdpa,manual) to the target")
+    t.addoption("--ttt-quick", action="store_true", help="every backend to a loose target (2.3) in seconds")
+    t.addoption("--ttt-recipe", default="fast", choices=["fast", "spine"], help="the tuned recipe or the spine's")
 
 
 def pytest_ignore_collect(collection_path: Path, config):
@@ -194,6 +204,9 @@ class AtomicFile:
     def __enter__(self):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, self.tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(self.tmp, 0o666 & ~umask)  # mkstemp makes it private; give it an ordinary file's mode
         self.fh = os.fdopen(fd, "wb")
         return self.fh
 
@@ -280,7 +293,9 @@ def pytest_benchmark_update_json(config, benchmarks, output_json):
         {
             "peak_flop_per_s": next(iter(peaks.values()), None),  # the first measured (cpu/float32 by default)
             "peak_flop_per_s_by": peaks,  # "device/dtype" -> FLOP/s
-            "op_shape": {dev: dict(zip("BHD", state.settings.shape(dev))) for dev in state.settings.devices},
+            "op_shape": {
+                dev: dict(zip("BHD", state.settings.shape(dev), strict=True)) for dev in state.settings.devices
+            },
             "scaling": scaling_table(rows),
         }
     )

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 import statistics
-from typing import Callable
+from collections.abc import Callable
 
 from benchmarks.measure import quantile, time_call
 
@@ -54,7 +54,7 @@ def ratio_summary(times: dict[str, list[float]], baseline: str) -> dict[str, dic
     for name, ts in times.items():
         if len(ts) != len(base):
             raise ValueError(f"{name} has {len(ts)} rounds, the baseline {len(base)}")
-        ratios = [t / b for t, b in zip(ts, base)]
+        ratios = [t / b for t, b in zip(ts, base, strict=True)]
         med = statistics.median(ratios)
         out[name] = {
             "ratio_median": med,

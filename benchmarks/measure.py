@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -85,9 +85,7 @@ def peak_memory_bytes(fn: Callable[[], object], device: torch.device | str = "cp
 
 def peak_of_memory_events(prof: profile) -> int:
     """Peak of the running sum of the profiler's '[memory]' events (+bytes allocated, -bytes freed), in time order."""
-    events = sorted(
-        (e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"
-    )
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
     running = peak = 0
     for _, nbytes in events:
         running += nbytes
@@ -95,7 +93,9 @@ def peak_of_memory_events(prof: profile) -> int:
     return peak
 
 
-def matmul_peak_flop_per_s(device: torch.device | str, dtype: torch.dtype, n: int | None = None, reps: int = 3) -> float:
+def matmul_peak_flop_per_s(
+    device: torch.device | str, dtype: torch.dtype, n: int | None = None, reps: int = 3
+) -> float:
     """The machine's dense matmul rate: best of `reps` timed (n x n) @ (n x n) products after one warm-up."""
     device = torch.device(device)
     if n is None:  # big enough to be compute bound, small enough to take well under a second
@@ -109,7 +109,15 @@ def matmul_peak_flop_per_s(device: torch.device | str, dtype: torch.dtype, n: in
 
 
 def attention_inputs(
-    B: int, H: int, T: int, D: int, device: torch.device | str, dtype: torch.dtype, *, requires_grad: bool, seed: int = 0
+    B: int,
+    H: int,
+    T: int,
+    D: int,
+    device: torch.device | str,
+    dtype: torch.dtype,
+    *,
+    requires_grad: bool,
+    seed: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Seeded q, k, v (B, H, T, D) and an output gradient `do` of the same shape."""
     g = torch.Generator(device=device).manual_seed(seed)

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from typing import Iterable
+from collections.abc import Iterable
 
 FIT_LAST = 4  # fit the largest this-many T of each series
 
 
 def fit_exponent(xs: Iterable[float], ys: Iterable[float]) -> float:
     """Slope p of the least-squares line log y = a + p log x. Needs >= 2 distinct positive x and positive y."""
-    pts = list(zip(xs, ys))
+    pts = list(zip(xs, ys, strict=True))
     if any(x <= 0 or y <= 0 for x, y in pts):
         raise ValueError(f"log-log fit needs positive values, got {pts}")
     lx = [math.log(x) for x, _ in pts]
@@ -26,7 +26,7 @@ def fit_exponent(xs: Iterable[float], ys: Iterable[float]) -> float:
     if len(set(lx)) < 2:
         raise ValueError(f"log-log fit needs at least 2 distinct x values, got {sorted(set(x for x, _ in pts))}")
     mx, my = sum(lx) / len(lx), sum(ly) / len(ly)
-    return sum((a - mx) * (b - my) for a, b in zip(lx, ly)) / sum((a - mx) ** 2 for a in lx)
+    return sum((a - mx) * (b - my) for a, b in zip(lx, ly, strict=True)) / sum((a - mx) ** 2 for a in lx)
 
 
 def scaling_table(rows: Iterable[dict], last: int = FIT_LAST) -> list[dict]:

@@ -2,9 +2,9 @@
 
 For each backend the GPT is trained from the same seed with one recipe (the `Recipe` dataclass below) by
 reference_model.train.train until the validation loss on the *whole* validation split first reaches the
-target. Recorded per backend: steps, training seconds (sum of the optimizer steps, evaluation excluded),
-evaluation seconds (apart), the loss curve, and a causality-leak flag. Across backends: whether the curves
-agree (max |difference| of val loss over the shared evaluation steps).
+target (then a short leak check, below). Recorded per backend: steps, training seconds (sum of the optimizer
+steps, evaluation excluded), evaluation seconds (apart), the loss curve, and a causality-leak flag. Across
+backends: whether the curves agree (max |difference| of val loss over the shared evaluation steps).
 
 Evaluating the whole val split costs as much as ~50 training steps, so the cadence is two-level: every
 `eval_interval` steps train() takes a cheap estimate (`probe_iters` random val batches, the same batches for
@@ -24,9 +24,9 @@ import math
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch.nn.modules.module import register_module_forward_pre_hook
@@ -62,7 +62,7 @@ class Recipe:
     target: float = 1.88  # whole-split validation loss to reach
     eval_interval: int = 100  # cheap estimate every this many steps
     probe_iters: int = 4  # random val batches per cheap estimate (same batches for every backend)
-    fine_margin: float = 0.1  # whole-split evaluation once the estimate is below target + this
+    fine_margin: float = 0.06  # whole-split evaluation once the estimate is below target + this
     fine_interval: int = 25  # ... every this many steps from then on (the resolution of steps-to-target)
     # Causality-leak plausibility floor (nats/char). A causal char model of this size cannot get near it in a
     # budget of this order: nanoGPT's 10.7M-parameter shakespeare-char model bottoms out at val ~1.47 after 5000
@@ -70,6 +70,10 @@ class Recipe:
     # log(vocab)/block_size from the last position alone) within a few hundred steps. Any observed loss (estimate
     # or whole split, train or val) below the floor flags the run.
     leak_floor: float = 1.3
+    # Stopping at the first crossing could catch a leaking model mid-plunge, still above the floor. So after the
+    # target is reached, training goes on this many steps (not counted in steps or train_seconds) with cheap
+    # estimates every fine_interval: a leaking model falls through the floor, a causal one barely moves.
+    leak_check_iters: int = 50
 
     def model_config(self, backend: str) -> GPTConfig:
         return GPTConfig(
@@ -174,15 +178,19 @@ def train_to_target(
     """Train with `backend` (a registered name or 'module:function') until the whole val split reaches target."""
     cfg = recipe.train_config(device)
     whole = dataclasses.replace(cfg, eval_iters=0)  # evaluate() on every window of the split
-    run = TargetRun(backend, device, "float32", asdict(recipe), False, 0, 0.0, 0.0, math.nan, leak_floor=recipe.leak_floor)
+    run = TargetRun(
+        backend, device, "float32", asdict(recipe), False, 0, 0.0, 0.0, math.nan, leak_floor=recipe.leak_floor
+    )
     whole_eval_s = 0.0
 
     def on_eval(row: dict) -> bool:
         nonlocal whole_eval_s
         step = row["step"]
-        run.steps, run.train_seconds = step, row["train_seconds"]
         run.probe_curve.append([step, row["val_loss"]])
         run.min_loss = min(run.min_loss, row["val_loss"], row["train_loss"])
+        if run.reached:  # the leak check after the target: estimates only
+            return step >= run.steps + recipe.leak_check_iters
+        run.steps, run.train_seconds = step, row["train_seconds"]
         if row["val_loss"] > recipe.target + recipe.fine_margin:
             return False
         cfg.eval_interval = recipe.fine_interval  # near the target: watch closely (train() reads it every step)
@@ -193,7 +201,7 @@ def train_to_target(
         run.final_val_loss, run.min_loss = val, min(run.min_loss, val)
         log(f"{backend}: step {step} whole-split val {val:.4f} after {run.train_seconds:.1f}s of training")
         run.reached = val <= recipe.target
-        return run.reached
+        return run.reached and recipe.leak_check_iters == 0
 
     with _GrabModel() as grab:
         result = train(cfg, recipe.model_config(backend), dataset, on_eval=on_eval, log=lambda s: None)

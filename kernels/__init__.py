@@ -9,7 +9,15 @@ Note: PyPI has an unrelated package also called `kernels`; run from the reposito
 install so that this one is imported.
 """
 
-from . import manual, per_head_loop, sdpa  # noqa: F401  (importing registers the built-in backends)
+from . import (  # noqa: F401  (importing a backend module registers it)
+    chunked,
+    compiled_manual,
+    flex,
+    manual,
+    per_head_loop,
+    sdpa,
+    triton_flash,
+)
 from .registry import (
     DEFAULT_BACKEND,
     ENTRY_POINT_GROUP,

@@ -70,6 +70,30 @@ def _dropout_keep(shape, p: float, seed: int, j: int, device) -> torch.Tensor:
     return keep.to(torch.float32) / (1.0 - p)
 
 
+def online_softmax_forward(qs, k3, v3, causal: bool, block: int, dropout_p: float = 0.0, seed: int = 0):
+    """The forward loop on (BH, T, D) tensors, qs already scaled. Returns out (BH, Tq, D), the running max m and the
+    denominator den (BH, Tq); the log-sum-exp of each row's scores is m + log(den)."""
+    bh, tq, d = qs.shape
+    tk = k3.size(1)
+    m = torch.full((bh, tq), float("-inf"), dtype=qs.dtype, device=qs.device)  # (BH, Tq) running max
+    den = torch.zeros((bh, tq), dtype=qs.dtype, device=qs.device)  # (BH, Tq) running denominator
+    acc = torch.zeros((bh, tq, d), dtype=qs.dtype, device=qs.device)  # (BH, Tq, D) running numerator
+    for j, (j0, j1, r0, n_diag) in enumerate(_key_blocks(tq, tk, block, causal)):
+        s = qs[:, r0:] @ k3[:, j0:j1].transpose(1, 2)  # (BH, Tq - r0, bk) scores
+        if n_diag:
+            s[:, :n_diag].masked_fill_(_diag_mask(r0, n_diag, j0, j1, tk - tq, qs.device), float("-inf"))
+        m_old = m[:, r0:]  # (BH, Tq - r0) view
+        m_new = torch.maximum(m_old, s.amax(dim=-1))  # (BH, Tq - r0), finite: every row sees key j0
+        alpha = torch.exp(m_old - m_new)  # (BH, Tq - r0) rescales what was summed relative to m_old
+        p = s.sub_(m_new[..., None]).exp_()  # (BH, Tq - r0, bk) unnormalized probabilities, in place
+        den[:, r0:] = den[:, r0:] * alpha + p.sum(dim=-1)
+        if dropout_p > 0:
+            p = p * _dropout_keep(p.shape, dropout_p, seed, j, qs.device).to(p.dtype)
+        acc[:, r0:] = torch.baddbmm(acc[:, r0:] * alpha[..., None], p, v3[:, j0:j1])  # (BH, Tq - r0, D)
+        m[:, r0:] = m_new
+    return acc / den[..., None], m, den
+
+
 class _ChunkedAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, causal: bool, scale: float, dropout_p: float, block: int):
@@ -79,35 +103,11 @@ class _ChunkedAttention(torch.autograd.Function):
         q3 = q.reshape(b * h, tq, d).to(cdt)  # (BH, Tq, D)
         k3 = k.reshape(b * h, tk, d).to(cdt)  # (BH, Tk, D)
         v3 = v.reshape(b * h, tk, d).to(cdt)  # (BH, Tk, D)
-        qs = q3 * scale  # (BH, Tq, D) scale folded into q once
-        m = torch.full((b * h, tq), float("-inf"), dtype=cdt, device=q.device)  # (BH, Tq) running max
-        l = torch.zeros((b * h, tq), dtype=cdt, device=q.device)  # (BH, Tq) running denominator
-        acc = torch.zeros((b * h, tq, d), dtype=cdt, device=q.device)  # (BH, Tq, D) running numerator
         seed = int(torch.randint(0, 2**31 - 1, ())) if dropout_p > 0 else 0
-        for j, (j0, j1, r0, n_diag) in enumerate(_key_blocks(tq, tk, block, causal)):
-            s = qs[:, r0:] @ k3[:, j0:j1].transpose(1, 2)  # (BH, Tq - r0, bk) scores
-            if n_diag:
-                s[:, :n_diag].masked_fill_(_diag_mask(r0, n_diag, j0, j1, tk - tq, q.device), float("-inf"))
-            m_old = m[:, r0:]  # (BH, Tq - r0) view
-            m_new = torch.maximum(m_old, s.amax(dim=-1))  # (BH, Tq - r0), finite: every row sees key j0
-            alpha = torch.exp(m_old - m_new)  # (BH, Tq - r0) rescales what was summed relative to m_old
-            p = s.sub_(m_new[..., None]).exp_()  # (BH, Tq - r0, bk) unnormalized probabilities, in place
-            l[:, r0:] = l[:, r0:] * alpha + p.sum(dim=-1)
-            if dropout_p > 0:
-                p = p * _dropout_keep(p.shape, dropout_p, seed, j, q.device).to(cdt)
-            acc[:, r0:] = torch.baddbmm(acc[:, r0:] * alpha[..., None], p, v3[:, j0:j1])  # (BH, Tq - r0, D)
-            m[:, r0:] = m_new
-        out = acc / l[..., None]  # (BH, Tq, D)
-        lse = m + torch.log(l)  # (BH, Tq) log-sum-exp of each row's scaled scores
-        ctx.save_for_backward(q3, k3, v3, out, lse)
-        ctx.causal, ctx.scale, ctx.dropout_p, ctx.block, ctx.seed, ctx.in_dtype = (
-            causal,
-            scale,
-            dropout_p,
-            block,
-            seed,
-            in_dtype,
-        )
+        out, m, den = online_softmax_forward(q3 * scale, k3, v3, causal, block, dropout_p, seed)  # scale folded in q
+        ctx.save_for_backward(q3, k3, v3, out, m + torch.log(den))  # lse: (BH, Tq)
+        ctx.causal, ctx.scale, ctx.dropout_p, ctx.block, ctx.seed = causal, scale, dropout_p, block, seed
+        ctx.in_dtype = in_dtype
         return out.reshape(b, h, tq, d).to(in_dtype)
 
     @staticmethod

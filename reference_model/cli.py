@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 import inspect
 import math
+import os
 import re
 import statistics
 import sys
@@ -85,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--resume",
         metavar="CKPT",
-        help="continue the run saved in CKPT (its configs apply; flags given here override them)",
+        help="continue the run saved in CKPT (best-val or .last): its configs and --out apply unless overridden here",
     )
     _add_dataclass_flags(t, GPTConfig, "model (GPTConfig)")
     _add_dataclass_flags(t, TrainConfig, "training (TrainConfig)")
@@ -125,7 +126,6 @@ def run_train(args: argparse.Namespace) -> int:
     if args.resume:
         ckpt = _load_checkpoint(args.resume, None, given.get("device", "cpu"))[2]
         model_cfg, cfg = GPTConfig(**ckpt["model_config"]), TrainConfig(**ckpt["train_config"])
-        cfg.out = None if "out" not in given else cfg.out  # never overwrite the old run's files unless asked
     else:
         model_cfg, cfg = GPTConfig(), TrainConfig()
     for obj in (model_cfg, cfg):
@@ -146,11 +146,13 @@ def run_train(args: argparse.Namespace) -> int:
     except DataError as e:
         raise CLIError(str(e)) from None
 
-    t0 = time.perf_counter()
+    t0, start_time = time.perf_counter(), time.time()
     try:
         result = train(cfg, model_cfg, dataset, resume=args.resume)
     except KeyboardInterrupt:
-        print("stopped by Ctrl-C" + (f"; resume with --resume {last_checkpoint_path(cfg.out)}" if cfg.out else ""))
+        last = last_checkpoint_path(cfg.out) if cfg.out else None
+        saved = last is not None and last.is_file() and os.path.getmtime(last) >= start_time
+        print(f"stopped by Ctrl-C; continue with --resume {last}" if saved else "stopped by Ctrl-C (nothing saved)")
         return 130
     wall = time.perf_counter() - t0
 
@@ -167,8 +169,12 @@ def run_train(args: argparse.Namespace) -> int:
         f"  wall time {wall:.1f} s (training {sum(ms) / 1000:.1f} s, evaluation {result.eval_seconds:.1f} s) "
         f"+ final precise eval {precise_s:.1f} s\n"
         f"  training step: median {statistics.median(ms):.2f} ms, p10 {q[0]:.2f} ms, p90 {q[-1]:.2f} ms "
-        f"over {len(ms)} steps (evaluation excluded)" + (f"\n  best-val checkpoint: {cfg.out}" if cfg.out else "")
+        f"over {len(ms)} steps (evaluation excluded)"
     )
+    if cfg.out and os.path.isfile(cfg.out):
+        print(f"  best-val checkpoint: {cfg.out}")
+    elif cfg.out:
+        print(f"  no checkpoint written to {cfg.out}: val never beat the resumed run's best {result.best_val:.4f}")
     return 0
 
 

@@ -3,16 +3,16 @@
 --backend NAME_OR_SPEC   narrow the run to registered backends, or cover a `package.module:function` too
                          (repeatable or comma-separated; `all` = every registered backend; see tests/backends.py)
 --hypothesis-profile P   ci (derandomized; the default when the CI environment variable is set),
-                         dev (the default otherwise), thorough (>= 500 examples per property)
+                         dev (the default otherwise), thorough (>= 500 examples per property);
+                         the HYPOTHESIS_PROFILE environment variable also picks one
 """
 
 from __future__ import annotations
 
 import os
 
-from hypothesis import HealthCheck, settings
-
 import backends
+from hypothesis import HealthCheck, settings
 
 # Deadlines are off: the machines are shared and noisy, and a slow example is not a wrong one.
 _common = dict(
@@ -20,10 +20,11 @@ _common = dict(
     print_blob=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.differing_executors],
 )
-settings.register_profile("ci", max_examples=25, derandomize=True, **_common)  # reproducible: same examples every run
+settings.register_profile("ci", max_examples=15, derandomize=True, **_common)  # reproducible: same examples every run
 settings.register_profile("dev", max_examples=40, **_common)  # random, a little wider than CI
 settings.register_profile("thorough", max_examples=500, **_common)  # before a release, or after touching a kernel
-settings.load_profile("ci" if os.environ.get("CI") else "dev")  # --hypothesis-profile overrides this
+# HYPOTHESIS_PROFILE (tox passes it through) or CI pick the default; --hypothesis-profile overrides both.
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "dev"))
 
 
 def pytest_addoption(parser):

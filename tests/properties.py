@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import copy
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
+from backends import candidate_dtypes, set_model_backend, supported_dtypes
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from reference import (
@@ -25,9 +26,8 @@ from reference import (
     reference_weights,
     rounding_noise,
 )
-from strategies import HUGE_MAGNITUDES, Case, ModelCase, causal_cut_cases, cases, model_cases
+from strategies import HUGE_MAGNITUDES, Case, ModelCase, cases, causal_cut_cases, model_cases
 
-from backends import candidate_dtypes, set_model_backend, supported_dtypes
 from kernels import Backend
 from reference_model.model import GPT, GPTConfig
 
@@ -111,7 +111,12 @@ def equivalence(backend: Backend, case: Case, device: str) -> RuleResult:
     results = []
     # Pass rule, per tensor: max|x - ref64| <= 2 * max|naive_d - ref64| + atol_d (tests/reference.py).
     for i, (name, x, n) in enumerate(
-        (("out", out.detach(), case.Tk), ("dq", grads[0], case.Tk), ("dk", grads[1], case.Tq), ("dv", grads[2], case.Tq))
+        (
+            ("out", out.detach(), case.Tk),
+            ("dq", grads[0], case.Tk),
+            ("dk", grads[1], case.Tq),
+            ("dv", grads[2], case.Tq),
+        )
     ):
         atol = rounding_noise(case.dtype, mags[name], a, n_terms=n)
         results.append(check_rule(name, x, refs[i], naives[i], atol, ctx))
@@ -433,7 +438,9 @@ PROPERTIES: dict[str, Property] = {
         Property("dropout_mean", dropout_expected_value, _dropout_cases, "E[dropout out] = out", dtypes=FLOATS),
         Property("dropout_off", dropout_off_when_zero, lambda d: cases(d), "dropout_p = 0 is deterministic"),
         Property("huge_logits", no_nan_huge_logits, _huge_cases, "no NaN with logits up to 1e6"),
-        Property("model_causal", model_causality, lambda d: model_cases(), "GPT logits ignore later tokens", level="model"),
+        Property(
+            "model_causal", model_causality, lambda d: model_cases(), "GPT logits ignore later tokens", level="model"
+        ),
         Property(
             "model_eval",
             model_eval_no_dropout,

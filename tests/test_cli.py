@@ -125,3 +125,10 @@ def test_checksum_is_checked_unless_told_not_to(corpus, capsys):
 def test_module_entry_point():
     r = subprocess.run([sys.executable, "-m", "reference_model", "sample"], capture_output=True, text=True)
     assert r.returncode == 2 and "--checkpoint" in r.stderr  # argparse: the required flag is missing
+
+
+def test_resume_continues_the_run(corpus, checkpoint, capsys, tmp_path):
+    args = ["train", "--data", str(corpus), "--no-verify", "--resume", str(checkpoint), "--max-iters", "9"]
+    assert main([*args, "--out", str(tmp_path / "more.pt")]) == 0
+    out = capsys.readouterr().out
+    assert "resumed from" in out and "steps 9/9" in out and "val never beat" in out

@@ -7,8 +7,6 @@ from properties import check_backend
 
 @pytest.mark.parametrize("device", device_params())
 @pytest.mark.parametrize("backend", backend_params())
-@pytest.mark.parametrize(
-    "prop", ["convex", "permutation", "dropout_mean", "dropout_off", "huge_logits", "model_eval"]
-)
+@pytest.mark.parametrize("prop", ["convex", "permutation", "dropout_mean", "dropout_off", "huge_logits", "model_eval"])
 def test_property(prop, backend, device, record_property):
     check_backend(prop, backend, device, record_property)

@@ -87,7 +87,7 @@ def verdict_table(run: Run, df: pd.DataFrame) -> pd.DataFrame:
             row.update({"correctness": "—", "worst error / bound": "—", "causality": "—"})
         support = info.get("support", {}).get(b, {})
         ok = [combo for combo, why in support.items() if why is None]
-        row["runs on"] = ", ".join(ok) if support else "—"
+        row["supports"] = ", ".join(ok) if support else "—"
         if b in set(il["backend"]):
             g = il[il["backend"] == b]
             cells = [f"{speedup_cell(r)} {r['mode']} T={int(r['T'])}" for _, r in g[g["T"] == g["T"].max()].iterrows()]
@@ -139,7 +139,8 @@ def speedup_table(df: pd.DataFrame) -> pd.DataFrame:
         cell=il.apply(speedup_cell, axis=1), col=il["mode"].astype(str) + " T=" + il["T"].astype(int).astype(str)
     )
     order = il.sort_values(["mode", "T"])["col"].unique()
-    return il.pivot_table(index="backend", columns="col", values="cell", aggfunc="first")[order].reset_index()
+    t = il.pivot_table(index="backend", columns="col", values="cell", aggfunc="first")[order]
+    return t.rename_axis(columns=None).reset_index()
 
 
 def op_tables(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
@@ -149,6 +150,7 @@ def op_tables(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     for (device, dtype, mode), g in ops.groupby(["device", "dtype", "mode"]):
         t = g.pivot_table(index="backend", columns="T", values="stats_median", aggfunc="first") * 1e3
         t.columns = [f"T={int(c)}" for c in t.columns]
+        t = t.rename_axis(columns=None)
         out.append((f"{device} {dtype} {mode}: median time (ms)", t.map(lambda x: fmt(x, ".3g")).reset_index()))
     return out
 
@@ -172,7 +174,7 @@ def op_largest_T(df: pd.DataFrame) -> pd.DataFrame:
         "peak_mem_bytes": ".3g",
         "score_matrix_bytes": ".3g",
     }
-    t = top[[c for c in cols if c in top]].copy()
+    t = top[[c for c in cols if c in top]].sort_values(["device", "dtype", "mode", "backend"])
     for c, spec in cols.items():
         if spec and c in t:
             t[c] = t[c].map(lambda x, s=spec: fmt(int(x) if s == "d" else x, s) if pd.notna(x) else "—")
@@ -189,6 +191,9 @@ def model_table(df: pd.DataFrame) -> pd.DataFrame:
         if c in m
     ]
     t = m[cols].sort_values(["kind", "backend"]).copy()
+    for c in ("B", "T"):
+        if c in t:
+            t[c] = t[c].astype("Int64")
     t["stats_median"] = (t["stats_median"] * 1e3).map(lambda x: fmt(x, ".3g"))
     if "tokens_per_s" in t:
         t["tokens_per_s"] = t["tokens_per_s"].map(lambda x: fmt(x, ".4g"))
@@ -210,7 +215,10 @@ def ttt_table(df: pd.DataFrame) -> pd.DataFrame:
         "leak_flag",
         "leak_floor",
     ]
-    return ttt[[c for c in cols if c in ttt]].round(3) if not ttt.empty else ttt
+    if ttt.empty:
+        return ttt
+    t = ttt[[c for c in cols if c in ttt]].round(3)
+    return t.astype({"steps": "Int64"}) if "steps" in t else t
 
 
 # -------------------------------------------------------------------------------------------- document
@@ -349,7 +357,8 @@ def build_in_place(run_dir: Path) -> Path:
     doc.p(
         "correctness: equivalence/property tests of `tests/` for this backend (worst error / bound: the largest "
         "max|out − ref64| over its bound, ratio < 1 passes); causality: the tests with 'causal' in their name; "
-        "runs on: device/dtype combinations the backend supports here; speed-up: interleaved median over the "
+        "supports: the device/dtype pairs the backend declares it can run (the others, with the reason, below); "
+        "speed-up: interleaved median over the "
         "baseline at the largest T, [p25–p75] spread; memory class: fitted exponent of peak memory against T; "
         "to target: training seconds and steps to the target validation loss."
     )

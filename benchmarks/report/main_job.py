@@ -22,10 +22,13 @@ from tqdm.auto import tqdm
 
 from . import envinfo
 from .build import build_in_place, swap_in
+from .load import ReportInputError, load_benchmark_json
 
 REPO = Path(__file__).resolve().parents[2]  # benchmarks/report/main_job.py -> repository root
 DEVICES, DTYPES = ("cpu", "cuda"), ("float32", "bfloat16", "float16")
 HEAT_PROMPT = "ROMEO:\nO, she doth teach"
+# --quick's correctness stage: the per-backend equivalence and causality properties (the whole suite otherwise)
+QUICK_CORRECTNESS = ("tests/test_equivalence.py", "tests/test_causality.py")
 
 
 @dataclass
@@ -131,14 +134,15 @@ class Job:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 text=True,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                env={"HYPOTHESIS_PROFILE": "ci", **os.environ, "PYTHONUNBUFFERED": "1"},
             )
             for line in self.proc.stdout:
                 f.write(line)
                 if self.cfg.verbose:
                     bar.write(f"  [{stage}] {line.rstrip()}")
-                elif line.strip():
-                    bar.set_postfix_str(line.strip()[-70:], refresh=True)
+                elif "%]" in line:  # pytest -v progress: 'path::test[id] PASSED [ 40%]'
+                    test, _, rest = line.rpartition("::")[2].partition(" ")
+                    bar.set_postfix_str(f"{test[:50]} {rest.strip()}", refresh=True)
             rc = self.proc.wait()
             self.proc = None
         return rc
@@ -155,21 +159,25 @@ class Job:
                 str(path.relative_to(REPO)),
                 "--benchmark-only",
                 f"--benchmark-json={out}",
-                "-q",
+                "-v",
                 *bench_options(self.cfg),
                 *extra,
             ],
             bar,
         )
-        n = len(json.loads(out.read_text()).get("benchmarks", [])) if out.is_file() and out.stat().st_size else 0
+        try:
+            n = len(load_benchmark_json(out)["benchmarks"])
+        except ReportInputError:  # not written, empty or truncated: drop it, the report says the stage failed
+            out.unlink(missing_ok=True)
+            n = 0
         if rc == 0 and n:
             return "ok", f"{n} rows"
-        out.unlink(missing_ok=True) if out.is_file() and not n else None
         return "failed", f"pytest exit {rc}, {n} rows; see logs/{stage}.log"
 
     def correctness_stage(self, stage: str, bar: tqdm) -> tuple[str, str]:
         xml = self.dir / "correctness.xml"
-        args = ["tests", f"--junitxml={xml}", "-q", f"--ignore={Path('tests') / 'test_report.py'}"]
+        quick = [f for f in QUICK_CORRECTNESS if (REPO / f).is_file()] if self.cfg.quick else []
+        args = [*(quick or ["tests"]), f"--junitxml={xml}", "-v", f"--ignore={Path('tests') / 'test_report.py'}"]
         if self.cfg.correctness_k:
             args += ["-k", self.cfg.correctness_k]
         rc = self.pytest(stage, args, bar)

@@ -1,0 +1,213 @@
+"""`triton_flash`: causal flash attention, forward and backward, written in Triton (FlashAttention-2 layout).
+
+Forward: one program per (query block, batch*head) walks the key blocks with the online softmax (running max
+m, denominator l, accumulator acc in fp32; see kernels/chunked.py for the math), stops at the last key block
+its queries can see (bottom-right causal: query i sits at absolute position Tk - Tq + i), and stores out and the
+log-sum-exp lse = m + log(l). Backward: delta = rowsum(dO * O) in PyTorch, then one kernel per key block for
+dK, dV (walking the query blocks that see it) and one per query block for dQ, both recomputing
+P = exp(scale * q k^T - lse). Any T and D work: sizes are padded to powers of two inside the kernels and masked.
+
+Runs on CUDA with Triton installed (fp16/bf16; fp32 with IEEE dots, slower), and on CPU tensors only under
+Triton's interpreter (TRITON_INTERPRET=1, set before the first call): numpy-speed, so small shapes only; that
+is how CI tests it without a GPU. Install with `pip install -e .[triton]`. No dropout (dropout_p > 0 raises).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+
+import torch
+
+from .registry import AttentionInputError, default_scale, register_backend
+
+BLOCK_M = 64  # queries per program
+BLOCK_N = 64  # keys per inner step
+INTERPRET_BLOCK = 16  # smaller blocks under the interpreter: it runs every block op in numpy
+DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@functools.cache
+def _kernels():
+    """Define the Triton kernels on first use (TRITON_INTERPRET is read when a kernel is defined)."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _fwd(Q, K, V, OUT, LSE, Tq, Tk, D, scale, CAUSAL: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+             BD: tl.constexpr, PREC: tl.constexpr):  # fmt: skip
+        pid_m, bh = tl.program_id(0), tl.program_id(1)
+        offs_m = pid_m * BM + tl.arange(0, BM)  # (BM,) query rows
+        offs_d = tl.arange(0, BD)  # (BD,)
+        row_ok, d_ok = offs_m < Tq, offs_d < D
+        q = tl.load(Q + bh * Tq * D + offs_m[:, None] * D + offs_d[None, :], mask=row_ok[:, None] & d_ok[None, :])
+        m_i = tl.full((BM,), float("-inf"), tl.float32)
+        l_i = tl.zeros((BM,), tl.float32)
+        acc = tl.zeros((BM, BD), tl.float32)
+        off = Tk - Tq
+        end = tl.minimum(Tk, (pid_m + 1) * BM + off) if CAUSAL else Tk  # keys past `end` are all in the future
+        for start_n in range(0, end, BN):
+            offs_n = start_n + tl.arange(0, BN)  # (BN,)
+            kv_mask = (offs_n < Tk)[:, None] & d_ok[None, :]
+            k = tl.load(K + bh * Tk * D + offs_n[:, None] * D + offs_d[None, :], mask=kv_mask)  # (BN, BD)
+            v = tl.load(V + bh * Tk * D + offs_n[:, None] * D + offs_d[None, :], mask=kv_mask)  # (BN, BD)
+            s = tl.dot(q, tl.trans(k), input_precision=PREC) * scale  # (BM, BN) fp32
+            ok = (offs_n < Tk)[None, :]
+            if CAUSAL:
+                ok = ok & (offs_n[None, :] <= offs_m[:, None] + off)
+            s = tl.where(ok, s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, 1))  # finite: every row sees key 0, in the first block
+            alpha = tl.exp(m_i - m_new)
+            p = tl.exp(s - m_new[:, None])  # (BM, BN)
+            l_i = l_i * alpha + tl.sum(p, 1)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
+            m_i = m_new
+        out = acc / l_i[:, None]
+        tl.store(OUT + bh * Tq * D + offs_m[:, None] * D + offs_d[None, :], out.to(OUT.dtype.element_ty),
+                 mask=row_ok[:, None] & d_ok[None, :])  # fmt: skip
+        tl.store(LSE + bh * Tq + offs_m, m_i + tl.log(l_i), mask=row_ok)
+
+    @triton.jit
+    def _bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, Tq, Tk, D, scale, CAUSAL: tl.constexpr, BM: tl.constexpr,
+                  BN: tl.constexpr, BD: tl.constexpr, PREC: tl.constexpr):  # fmt: skip
+        pid_n, bh = tl.program_id(0), tl.program_id(1)
+        offs_n = pid_n * BN + tl.arange(0, BN)  # (BN,) keys of this program
+        offs_d = tl.arange(0, BD)
+        key_ok, d_ok = offs_n < Tk, offs_d < D
+        kv_mask = key_ok[:, None] & d_ok[None, :]
+        k = tl.load(K + bh * Tk * D + offs_n[:, None] * D + offs_d[None, :], mask=kv_mask)  # (BN, BD)
+        v = tl.load(V + bh * Tk * D + offs_n[:, None] * D + offs_d[None, :], mask=kv_mask)  # (BN, BD)
+        dk = tl.zeros((BN, BD), tl.float32)
+        dv = tl.zeros((BN, BD), tl.float32)
+        off = Tk - Tq
+        start = tl.maximum(0, pid_n * BN - off) // BM * BM if CAUSAL else 0  # earlier queries see none of them
+        for start_m in range(start, Tq, BM):
+            offs_m = start_m + tl.arange(0, BM)  # (BM,)
+            row_ok = offs_m < Tq
+            qd_mask = row_ok[:, None] & d_ok[None, :]
+            q = tl.load(Q + bh * Tq * D + offs_m[:, None] * D + offs_d[None, :], mask=qd_mask)  # (BM, BD)
+            do = tl.load(DO + bh * Tq * D + offs_m[:, None] * D + offs_d[None, :], mask=qd_mask)  # (BM, BD)
+            lse = tl.load(LSE + bh * Tq + offs_m, mask=row_ok)
+            delta = tl.load(DELTA + bh * Tq + offs_m, mask=row_ok)
+            s = tl.dot(q, tl.trans(k), input_precision=PREC) * scale  # (BM, BN)
+            ok = row_ok[:, None] & key_ok[None, :]
+            if CAUSAL:
+                ok = ok & (offs_n[None, :] <= offs_m[:, None] + off)
+            p = tl.where(ok, tl.exp(s - lse[:, None]), 0.0)  # (BM, BN) probabilities
+            dv += tl.dot(tl.trans(p).to(do.dtype), do, input_precision=PREC)
+            dp = tl.dot(do, tl.trans(v), input_precision=PREC)  # (BM, BN)
+            ds = p * (dp - delta[:, None])  # (BM, BN) gradient w.r.t. the scaled scores
+            dk += tl.dot(tl.trans(ds).to(q.dtype), q, input_precision=PREC)
+        tl.store(DK + bh * Tk * D + offs_n[:, None] * D + offs_d[None, :], (dk * scale).to(DK.dtype.element_ty),
+                 mask=kv_mask)  # fmt: skip
+        tl.store(DV + bh * Tk * D + offs_n[:, None] * D + offs_d[None, :], dv.to(DV.dtype.element_ty), mask=kv_mask)
+
+    @triton.jit
+    def _bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, Tq, Tk, D, scale, CAUSAL: tl.constexpr, BM: tl.constexpr,
+                BN: tl.constexpr, BD: tl.constexpr, PREC: tl.constexpr):  # fmt: skip
+        pid_m, bh = tl.program_id(0), tl.program_id(1)
+        offs_m = pid_m * BM + tl.arange(0, BM)
+        offs_d = tl.arange(0, BD)
+        row_ok, d_ok = offs_m < Tq, offs_d < D
+        qd_mask = row_ok[:, None] & d_ok[None, :]
+        q = tl.load(Q + bh * Tq * D + offs_m[:, None] * D + offs_d[None, :], mask=qd_mask)  # (BM, BD)
+        do = tl.load(DO + bh * Tq * D + offs_m[:, None] * D + offs_d[None, :], mask=qd_mask)  # (BM, BD)
+        lse = tl.load(LSE + bh * Tq + offs_m, mask=row_ok)
+        delta = tl.load(DELTA + bh * Tq + offs_m, mask=row_ok)
+        dq = tl.zeros((BM, BD), tl.float32)
+        off = Tk - Tq
+        end = tl.minimum(Tk, (pid_m + 1) * BM + off) if CAUSAL else Tk
+        for start_n in range(0, end, BN):
+            offs_n = start_n + tl.arange(0, BN)
+            kv_mask = (offs_n < Tk)[:, None] & d_ok[None, :]
+            k = tl.load(K + bh * Tk * D + offs_n[:, None] * D + offs_d[None, :], mask=kv_mask)  # (BN, BD)
+            v = tl.load(V + bh * Tk * D + offs_n[:, None] * D + offs_d[None, :], mask=kv_mask)  # (BN, BD)
+            s = tl.dot(q, tl.trans(k), input_precision=PREC) * scale  # (BM, BN)
+            ok = row_ok[:, None] & (offs_n < Tk)[None, :]
+            if CAUSAL:
+                ok = ok & (offs_n[None, :] <= offs_m[:, None] + off)
+            p = tl.where(ok, tl.exp(s - lse[:, None]), 0.0)
+            dp = tl.dot(do, tl.trans(v), input_precision=PREC)
+            ds = p * (dp - delta[:, None])
+            dq += tl.dot(ds.to(k.dtype), k, input_precision=PREC)
+        tl.store(DQ + bh * Tq * D + offs_m[:, None] * D + offs_d[None, :], (dq * scale).to(DQ.dtype.element_ty),
+                 mask=qd_mask)  # fmt: skip
+
+    return triton, _fwd, _bwd_dkdv, _bwd_dq
+
+
+def _launch_params(q: torch.Tensor):
+    triton = _kernels()[0]
+    block = INTERPRET_BLOCK if q.device.type == "cpu" else None
+    bm, bn = (block, block) if block else (BLOCK_M, BLOCK_N)
+    bd = max(16, triton.next_power_of_2(q.size(-1)))  # tl.dot needs every dimension >= 16
+    prec = "ieee" if q.dtype == torch.float32 else "tf32"  # fp32 exact-ish; the flag is ignored for fp16/bf16
+    return bm, bn, bd, prec
+
+
+class _TritonFlash(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, causal: bool, scale: float):
+        triton, fwd, _, _ = _kernels()
+        b, h, tq, d = q.shape
+        tk = k.size(-2)
+        q3, k3, v3 = (t.reshape(b * h, -1, d).contiguous() for t in (q, k, v))  # (BH, T, D)
+        out = torch.empty_like(q3)  # (BH, Tq, D)
+        lse = torch.empty((b * h, tq), device=q.device, dtype=torch.float32)  # (BH, Tq)
+        bm, bn, bd, prec = _launch_params(q)
+        fwd[(triton.cdiv(tq, bm), b * h)](q3, k3, v3, out, lse, tq, tk, d, scale, causal, bm, bn, bd, prec)
+        ctx.save_for_backward(q3, k3, v3, out, lse)
+        ctx.causal, ctx.scale = causal, scale
+        return out.reshape(b, h, tq, d)
+
+    @staticmethod
+    def backward(ctx, dout):
+        triton, _, bwd_dkdv, bwd_dq = _kernels()
+        q3, k3, v3, out, lse = ctx.saved_tensors
+        bh, tq, d = q3.shape
+        tk = k3.size(1)
+        do = dout.reshape(bh, tq, d).contiguous()  # (BH, Tq, D)
+        delta = (do.float() * out.float()).sum(-1)  # (BH, Tq) rowsum(dO * O)
+        dq, dk, dv = torch.empty_like(q3), torch.empty_like(k3), torch.empty_like(v3)
+        bm, bn, bd, prec = _launch_params(q3)
+        args = (tq, tk, d, ctx.scale, ctx.causal, bm, bn, bd, prec)
+        bwd_dkdv[(triton.cdiv(tk, bn), bh)](q3, k3, v3, do, lse, delta, dk, dv, *args)
+        bwd_dq[(triton.cdiv(tq, bm), bh)](q3, k3, v3, do, lse, delta, dq, *args)
+        shape_q, shape_k = (*dout.shape[:2], tq, d), (*dout.shape[:2], tk, d)
+        return dq.reshape(shape_q), dk.reshape(shape_k), dv.reshape(shape_k), None, None
+
+
+def triton_flash_attention(q, k, v, *, causal=True, dropout_p=0.0, scale=None):
+    # q: (B, H, Tq, D); k, v: (B, H, Tk, D) -> (B, H, Tq, D)
+    if dropout_p > 0:
+        raise AttentionInputError("triton_flash has no dropout; use dropout_p=0 (or another backend)")
+    return _TritonFlash.apply(q, k, v, causal, default_scale(q, scale))
+
+
+def _reason(device: torch.device, dtype: torch.dtype) -> str | None:
+    if importlib.util.find_spec("triton") is None:
+        return "triton is not installed (pip install -e .[triton])"
+    if dtype not in DTYPES:
+        return f"triton_flash takes fp16/bf16/fp32, not {dtype}"
+    if device.type == "cuda":
+        if dtype == torch.bfloat16 and torch.cuda.get_device_capability(device) < (8, 0):
+            return "triton_flash in bf16 needs CUDA sm80+"
+        return None
+    if device.type == "cpu":
+        if not _interpreting():
+            return "triton_flash needs CUDA; on CPU only under Triton's interpreter (TRITON_INTERPRET=1, small shapes)"
+        return None
+    return f"triton_flash needs CUDA, not {device.type}"
+
+
+register_backend(
+    "triton_flash",
+    triton_flash_attention,
+    "causal flash attention (FA2-style forward and backward) written in Triton; CPU only via TRITON_INTERPRET=1",
+    _reason,
+)
