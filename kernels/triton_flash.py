@@ -26,6 +26,7 @@ BLOCK_M = 64  # queries per program
 BLOCK_N = 64  # keys per inner step
 INTERPRET_BLOCK = 16  # smaller blocks under the interpreter: it runs every block op in numpy
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+triton = tl = None  # imported by _kernels() on first use: the backend registers without triton installed
 
 
 def _interpreting() -> bool:
@@ -34,9 +35,21 @@ def _interpreting() -> bool:
 
 @functools.cache
 def _kernels():
-    """Define the Triton kernels on first use (TRITON_INTERPRET is read when a kernel is defined)."""
+    """Define the Triton kernels on first use (TRITON_INTERPRET is read when a kernel is defined). `tl` must be a
+    module global: the interpreter patches the triton.language modules it finds in the kernel's globals."""
+    global triton, tl, _max_op, _add_op  # triton resolves names in a kernel through its globals
     import triton
     import triton.language as tl
+
+    # Only builtins and our own jit functions below: triton's jit'd helpers (tl.zeros, tl.max, tl.sum) are
+    # interpreted only if TRITON_INTERPRET was set when triton was first imported (torch.compile imports it).
+    @triton.jit
+    def _max_op(a, b):
+        return tl.maximum(a, b)
+
+    @triton.jit
+    def _add_op(a, b):
+        return a + b
 
     @triton.jit
     def _fwd(Q, K, V, OUT, LSE, Tq, Tk, D, scale, CAUSAL: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
@@ -47,8 +60,8 @@ def _kernels():
         row_ok, d_ok = offs_m < Tq, offs_d < D
         q = tl.load(Q + bh * Tq * D + offs_m[:, None] * D + offs_d[None, :], mask=row_ok[:, None] & d_ok[None, :])
         m_i = tl.full((BM,), float("-inf"), tl.float32)
-        l_i = tl.zeros((BM,), tl.float32)
-        acc = tl.zeros((BM, BD), tl.float32)
+        l_i = tl.full((BM,), 0.0, tl.float32)
+        acc = tl.full((BM, BD), 0.0, tl.float32)
         off = Tk - Tq
         end = tl.minimum(Tk, (pid_m + 1) * BM + off) if CAUSAL else Tk  # keys past `end` are all in the future
         for start_n in range(0, end, BN):
@@ -61,10 +74,10 @@ def _kernels():
             if CAUSAL:
                 ok = ok & (offs_n[None, :] <= offs_m[:, None] + off)
             s = tl.where(ok, s, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, 1))  # finite: every row sees key 0, in the first block
+            m_new = tl.maximum(m_i, tl.reduce(s, 1, _max_op))  # finite: every row sees key 0, in the first block
             alpha = tl.exp(m_i - m_new)
             p = tl.exp(s - m_new[:, None])  # (BM, BN)
-            l_i = l_i * alpha + tl.sum(p, 1)
+            l_i = l_i * alpha + tl.reduce(p, 1, _add_op)
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
             m_i = m_new
         out = acc / l_i[:, None]
@@ -82,8 +95,8 @@ def _kernels():
         kv_mask = key_ok[:, None] & d_ok[None, :]
         k = tl.load(K + bh * Tk * D + offs_n[:, None] * D + offs_d[None, :], mask=kv_mask)  # (BN, BD)
         v = tl.load(V + bh * Tk * D + offs_n[:, None] * D + offs_d[None, :], mask=kv_mask)  # (BN, BD)
-        dk = tl.zeros((BN, BD), tl.float32)
-        dv = tl.zeros((BN, BD), tl.float32)
+        dk = tl.full((BN, BD), 0.0, tl.float32)
+        dv = tl.full((BN, BD), 0.0, tl.float32)
         off = Tk - Tq
         start = tl.maximum(0, pid_n * BN - off) // BM * BM if CAUSAL else 0  # earlier queries see none of them
         for start_m in range(start, Tq, BM):
@@ -119,7 +132,7 @@ def _kernels():
         do = tl.load(DO + bh * Tq * D + offs_m[:, None] * D + offs_d[None, :], mask=qd_mask)  # (BM, BD)
         lse = tl.load(LSE + bh * Tq + offs_m, mask=row_ok)
         delta = tl.load(DELTA + bh * Tq + offs_m, mask=row_ok)
-        dq = tl.zeros((BM, BD), tl.float32)
+        dq = tl.full((BM, BD), 0.0, tl.float32)
         off = Tk - Tq
         end = tl.minimum(Tk, (pid_m + 1) * BM + off) if CAUSAL else Tk
         for start_n in range(0, end, BN):

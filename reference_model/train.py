@@ -33,6 +33,7 @@ class TrainConfig:
     weight_decay: float = 0.1  # AdamW decay on matrices only (not biases, norms, embeddings)
     beta1: float = 0.9  # AdamW momentum (first-moment decay)
     beta2: float = 0.99  # nanoGPT's choice for small char models
+    adamw_impl: str = "foreach"  # AdamW kernel: foreach (multi-tensor), fused (one kernel per step) or loop
     grad_clip: float = 1.0  # clip the global grad norm to this; 0 disables
     eval_interval: int = 250  # evaluate every this many steps (and at the end); 0: only at the end
     eval_iters: int = 50  # random batches per estimate; 0 evaluates the *whole* split (precise, slower)
@@ -71,7 +72,10 @@ def make_optimizer(model: GPT, cfg: TrainConfig) -> torch.optim.AdamW:
     for p in model.parameters():
         (decay if p.dim() >= 2 and id(p) not in embeddings else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), foreach=True)
+    impl = {"foreach": dict(foreach=True), "fused": dict(fused=True), "loop": dict(foreach=False)}
+    if cfg.adamw_impl not in impl:
+        raise ValueError(f"adamw_impl must be one of {', '.join(impl)}, got {cfg.adamw_impl!r}")
+    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), **impl[cfg.adamw_impl])
 
 
 @torch.no_grad()

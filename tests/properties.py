@@ -342,6 +342,7 @@ def model_eval_no_dropout(backend: Backend, mc: ModelCase, device: str) -> None:
         raise AssertionError(f"eval-mode GPT is not deterministic: dropout still on [{backend.name} on {device}]")
 
 
+ADAMW = dict(lr=1e-3, weight_decay=0.1, eps=1e-8)  # one GPT-style AdamW step (eps: PyTorch's default)
 PARITY_CASE = ModelCase(n_layer=2, n_head=3, head_size=8, B=2, T=16, t=0, seed=1234)
 
 
@@ -372,9 +373,6 @@ def _parity_baseline(mc: ModelCase, device: str) -> tuple[dict, dict]:
     ref = _train_step(set_model_backend(copy.deepcopy(base), _formula_backend("ref64")), mc, device, torch.float64)
     naive = _train_step(set_model_backend(copy.deepcopy(base), _formula_backend("naive")), mc, device, torch.float32)
     return ref, naive
-
-
-ADAMW = dict(lr=1e-3, weight_decay=0.1, eps=1e-8)
 
 
 def model_parity(backend: Backend, mc: ModelCase, device: str) -> RuleResult:

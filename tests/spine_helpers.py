@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+import pytest
 import torch
 
 import kernels
@@ -47,8 +48,16 @@ def cpu_fp32_backends() -> list[str]:
 
 def require_cpu_fp32(backend) -> None:
     """Skip (with the backend's own reason) when it cannot run on CPU in float32."""
-    import pytest
-
     reason = backend.why_unsupported("cpu", torch.float32)
     if reason:
         pytest.skip(f"{backend.name}: {reason}")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """The spine tests use tiny tensors, where a second thread only adds synchronisation: on a busy 2-core
+    machine it made this share >10x slower. Import this fixture into a test module to run it on one thread."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

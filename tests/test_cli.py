@@ -8,7 +8,10 @@ import subprocess
 import sys
 
 import pytest
-from spine_helpers import tiny_text
+from spine_helpers import (
+    one_thread,  # noqa: F401  (autouse: one torch thread)
+    tiny_text,
+)
 
 from reference_model.cli import main
 from reference_model.data import DATA_ENV

@@ -6,7 +6,10 @@ import hashlib
 
 import pytest
 import torch
-from spine_helpers import tiny_text
+from spine_helpers import (
+    one_thread,  # noqa: F401  (autouse: one torch thread)
+    tiny_text,
+)
 
 from reference_model.data import (
     DATA_ENV,

@@ -5,7 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 from backends import backend_params
-from spine_helpers import require_cpu_fp32, tiny_model
+from spine_helpers import (
+    one_thread,  # noqa: F401  (autouse: one torch thread)
+    require_cpu_fp32,
+    tiny_model,
+)
 
 
 def prompt(T=5, seed=1):

@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 from backends import backend_params
-from spine_helpers import require_cpu_fp32, tiny_model, tiny_train_config
+from spine_helpers import (
+    one_thread,  # noqa: F401  (autouse: one torch thread)
+    require_cpu_fp32,
+    tiny_model,
+    tiny_train_config,
+)
 
 from kernels import UnknownBackendError
 from reference_model.model import GPTConfig

@@ -7,6 +7,7 @@ import importlib.metadata
 import pytest
 import torch
 from backends import backend_params
+from spine_helpers import one_thread  # noqa: F401  (autouse: one torch thread)
 
 import kernels
 from kernels import (

@@ -49,6 +49,16 @@ def chain_cross_entropy(ids: torch.Tensor, P: torch.Tensor) -> float:
     return -P[ids[:-2], ids[1:-1], ids[2:]].log().mean().item()
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Ops of this size gain nothing from a second thread, and on a busy shared CPU two threads that wait for each
+    other at every op barrier run many times slower than one."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def corpus():
     text, P = markov_corpus(N_CHARS)

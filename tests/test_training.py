@@ -3,6 +3,7 @@ Ctrl-C keeps progress, and every CPU backend trains to the same loss as sdpa (re
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import signal
@@ -10,7 +11,14 @@ import signal
 import pytest
 import torch
 from backends import backend_params
-from spine_helpers import require_cpu_fp32, tiny_dataset, tiny_model, tiny_model_config, tiny_train_config
+from spine_helpers import (
+    one_thread,  # noqa: F401  (autouse: one torch thread)
+    require_cpu_fp32,
+    tiny_dataset,
+    tiny_model,
+    tiny_model_config,
+    tiny_train_config,
+)
 
 from reference_model.data import all_windows
 from reference_model.train import (
@@ -156,3 +164,15 @@ def test_every_cpu_backend_trains_to_the_same_loss_as_sdpa(backend, sdpa_loss, r
     record_property("bound", 1e-3)
     assert sdpa_loss < math.log(tiny_dataset().tokenizer.vocab_size) - 0.5  # it did learn something
     assert abs(loss - sdpa_loss) <= 1e-3, f"{backend.name}: {loss:.6f} vs sdpa {sdpa_loss:.6f}"
+
+
+@pytest.mark.parametrize("impl", ["foreach", "fused", "loop"])
+def test_adamw_implementations_agree(impl):
+    ds = tiny_dataset()
+    cfg = tiny_train_config(max_iters=5, eval_interval=0, eval_iters=1)
+    ref = train(cfg, tiny_model_config(), ds, **quiet).model.state_dict()
+    got = train(dataclasses.replace(cfg, adamw_impl=impl), tiny_model_config(), ds, **quiet).model.state_dict()
+    for name, p in ref.items():
+        torch.testing.assert_close(got[name], p, rtol=1e-5, atol=1e-6, msg=name)
+    with pytest.raises(ValueError, match="adamw_impl must be one of"):
+        make_optimizer(tiny_model(), tiny_train_config(adamw_impl="nope"))

@@ -106,7 +106,8 @@ def speedup_vs_T(df: pd.DataFrame, path: Path) -> Path | None:
             ax.errorbar(g["T"], med, yerr=[med - lo, hi - med], marker="o", capsize=3, label=backend)
         ax.axhline(1.0, color="k", lw=0.8)
         base = sub["baseline"].dropna().iloc[0] if "baseline" in sub and sub["baseline"].notna().any() else "?"
-        ax.set(title=f"speed-up vs {base} ({mode})", xlabel="sequence length T", ylabel="speed-up (x)")
+        ax.set(title=f"speed-up vs {base} ({mode})", xlabel="sequence length T", ylabel="speed-up (x, log)")
+        ax.set_yscale("log")
         _log2_x(ax)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
