@@ -7,6 +7,7 @@ keeps float32 parameters and runs under autocast to that dtype, as reference_mod
 
 import contextlib
 import dataclasses
+import os
 
 import pytest
 import torch
@@ -49,6 +50,7 @@ def row(c, B, T, tokens, median_s, first_call_s, kind, **extra):
         "tokens_per_s": tokens / median_s,
         "median_s": median_s,
         "first_call_s": first_call_s,
+        "load_avg_1m": os.getloadavg()[0],
         **extra,
     }
 

@@ -188,6 +188,7 @@ def train_to_target(
         step = row["step"]
         run.probe_curve.append([step, row["val_loss"]])
         run.min_loss = min(run.min_loss, row["val_loss"], row["train_loss"])
+        log(f"{backend}: step {step} estimated val {row['val_loss']:.4f}")
         if run.reached:  # the leak check after the target: estimates only
             return step >= run.steps + recipe.leak_check_iters
         run.steps, run.train_seconds = step, row["train_seconds"]

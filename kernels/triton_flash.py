@@ -214,6 +214,8 @@ def _reason(device: torch.device, dtype: torch.dtype) -> str | None:
     if device.type == "cpu":
         if not _interpreting():
             return "triton_flash needs CUDA; on CPU only under Triton's interpreter (TRITON_INTERPRET=1, small shapes)"
+        if dtype == torch.bfloat16:
+            return "Triton's interpreter has no bf16 (it computes on the raw uint16 bits); bf16 needs CUDA"
         return None
     return f"triton_flash needs CUDA, not {device.type}"
 
