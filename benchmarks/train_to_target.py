@@ -110,8 +110,9 @@ SPINE_RECIPE = Recipe()
 # steps-to-target sweep behind each choice).
 FAST_RECIPE = dataclasses.replace(
     SPINE_RECIPE,
+    n_layer=3,  # same steps to 1.88 as 4 layers (val 1.866 vs 1.875 at step 700), ~25% less time per step
     batch_size=32,  # fewer, larger steps: per-step overhead amortized, better CPU matmul efficiency
-    learning_rate=3e-3,  # a 0.8M-parameter model tolerates a high peak lr; 1e-3 is far too cautious for ~1 epoch
+    learning_rate=3e-3,  # a sub-1M-parameter model tolerates a high peak lr; 1e-3 is far too cautious for ~1 epoch
     min_lr=3e-4,
     warmup_iters=50,
     max_iters=1000,  # the cosine horizon sits just beyond the crossing, so the lr is low when it matters

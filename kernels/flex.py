@@ -17,7 +17,7 @@ import functools
 
 import torch
 
-from .registry import AttentionInputError, default_scale, register_backend
+from .registry import default_scale, register_backend
 
 CUDA_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 CPU_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # what the compiled CPU forward accepts
@@ -47,8 +47,6 @@ def flex_attention_fn(q, k, v, *, causal=True, dropout_p=0.0, scale=None, compil
     # q: (B, H, Tq, D); k, v: (B, H, Tk, D) -> (B, H, Tq, D)
     from torch.nn.attention.flex_attention import flex_attention
 
-    if dropout_p > 0:
-        raise AttentionInputError("flex: FlexAttention has no dropout; use dropout_p=0 (or another backend)")
     if q.device.type == "cpu" and torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
         raise NotImplementedError("flex: FlexAttention has no backward on CPU in this PyTorch; run it without grad")
     mask = causal_block_mask(q.size(-2), k.size(-2), q.device) if causal else None
@@ -72,4 +70,5 @@ register_backend(
     flex_attention_fn,
     "torch.nn.attention.flex_attention with a bottom-right causal mask_mod, torch.compile'd, cached BlockMask",
     _reason,
+    no_dropout_reason=lambda device: "FlexAttention has no dropout",
 )

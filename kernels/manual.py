@@ -1,6 +1,5 @@
 """`manual`: all heads batched, explicit causal mask with masked_fill(-inf), softmax, weighted sum."""
 
-import torch
 import torch.nn.functional as F
 
 from .registry import bottom_right_causal_mask, default_scale, register_backend

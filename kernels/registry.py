@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 import importlib
 import importlib.metadata
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator, Protocol
+from typing import Protocol
 
 import torch
 
@@ -54,27 +56,43 @@ def always_supported(device: torch.device, dtype: torch.dtype) -> str | None:
     return None
 
 
+def dropout_supported(device: torch.device) -> str | None:
+    return None
+
+
 @dataclass(frozen=True)
 class Backend:
     """A registered attention implementation.
 
     `unsupported_reason(device, dtype)` returns None when the backend can run there, else a sentence
-    saying why not (tests and benchmarks skip with that sentence).
+    saying why not (tests and benchmarks skip with that sentence). `no_dropout_reason(device)` likewise
+    says why the backend cannot apply dropout_p > 0 there; such a call raises AttentionInputError.
     """
 
     name: str
     fn: AttendFn
     description: str
     unsupported_reason: Callable[[torch.device, torch.dtype], str | None] = always_supported
+    no_dropout_reason: Callable[[torch.device], str | None] = dropout_supported
 
     def supports(self, device: torch.device | str, dtype: torch.dtype) -> bool:
-        return self.unsupported_reason(torch.device(device), dtype) is None
+        return self.why_unsupported(device, dtype) is None
 
     def why_unsupported(self, device: torch.device | str, dtype: torch.dtype) -> str | None:
-        return self.unsupported_reason(torch.device(device), dtype)
+        """None if the backend runs on (device, dtype), else why not. A device that this machine lacks is
+        answered here, so a backend's own rule never has to query a CUDA runtime that is not there."""
+        device = torch.device(device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            return "CUDA is not available on this machine"
+        return self.unsupported_reason(device, dtype)
+
+    def why_no_dropout(self, device: torch.device | str) -> str | None:
+        return self.no_dropout_reason(torch.device(device))
 
     def __call__(self, q, k, v, *, causal=True, dropout_p=0.0, scale=None) -> torch.Tensor:
         check_inputs(q, k, v, dropout_p=dropout_p, scale=scale)
+        if dropout_p > 0 and (reason := self.why_no_dropout(q.device)):
+            raise AttentionInputError(f"{self.name} cannot apply dropout here: {reason}")
         return self.fn(q, k, v, causal=causal, dropout_p=dropout_p, scale=scale)
 
 
@@ -133,12 +151,13 @@ def register_backend(
     description: str,
     unsupported_reason: Callable[[torch.device, torch.dtype], str | None] = always_supported,
     *,
+    no_dropout_reason: Callable[[torch.device], str | None] = dropout_supported,
     replace: bool = False,
 ) -> Backend:
     """Register `fn` under `name`; returns the Backend. Re-registering a name needs replace=True."""
     if name in _REGISTRY and not replace:
         raise ValueError(f"backend {name!r} is already registered ({_REGISTRY[name].description})")
-    backend = Backend(name, fn, description, unsupported_reason)
+    backend = Backend(name, fn, description, unsupported_reason, no_dropout_reason)
     _REGISTRY[name] = backend
     return backend
 
@@ -164,8 +183,13 @@ def load_entry_point_backends() -> None:
     _entry_points_loaded = True
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         if ep.name not in _REGISTRY:
-            backend = _as_backend(ep.name, ep.load())
-            _REGISTRY[ep.name] = Backend(ep.name, backend.fn, backend.description, backend.unsupported_reason)
+            try:
+                obj = ep.load()
+            except Exception as e:
+                raise RuntimeError(
+                    f"entry point {ep.name} = {ep.value!r} ({ENTRY_POINT_GROUP}) failed to load: {e}"
+                ) from e
+            _REGISTRY[ep.name] = dataclasses.replace(_as_backend(ep.name, obj), name=ep.name)
 
 
 def load_backend_spec(spec: str) -> Backend:

@@ -21,6 +21,7 @@ from .registry import register_backend
 def sdpa_attention(q, k, v, *, causal=True, dropout_p=0.0, scale=None, kernel: SDPBackend | None = None):
     # q: (B, H, Tq, D); k, v: (B, H, Tk, D)
     tq, tk = q.size(-2), k.size(-2)
+    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))  # fused kernels need unit stride
     if causal and tq < tk:
         pad = q.new_zeros(*q.shape[:-2], tk - tq, q.size(-1))  # (B, H, Tk - Tq, D)
         q = torch.cat([pad, q], dim=-2)  # (B, H, Tk, D): square, so top-left == bottom-right
@@ -43,6 +44,10 @@ def _flash_reason(device, dtype):
     if dtype not in (torch.float16, torch.bfloat16):
         return f"flash on CUDA needs fp16/bf16, not {dtype}"
     return None
+
+
+def _flash_no_dropout_reason(device):
+    return "PyTorch's CPU flash kernel has no dropout (CUDA's has)" if device.type == "cpu" else None
 
 
 def _efficient_reason(device, dtype):
@@ -76,6 +81,7 @@ register_backend(
     functools.partial(sdpa_attention, kernel=SDPBackend.FLASH_ATTENTION),
     "SDPA pinned to the flash-attention kernel (blockwise, O(T) memory)",
     _flash_reason,
+    no_dropout_reason=_flash_no_dropout_reason,
 )
 register_backend(
     "sdpa_efficient",

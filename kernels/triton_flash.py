@@ -20,7 +20,7 @@ import os
 
 import torch
 
-from .registry import AttentionInputError, default_scale, register_backend
+from .registry import default_scale, register_backend
 
 BLOCK_M = 64  # queries per program
 BLOCK_N = 64  # keys per inner step
@@ -197,8 +197,6 @@ class _TritonFlash(torch.autograd.Function):
 
 def triton_flash_attention(q, k, v, *, causal=True, dropout_p=0.0, scale=None):
     # q: (B, H, Tq, D); k, v: (B, H, Tk, D) -> (B, H, Tq, D)
-    if dropout_p > 0:
-        raise AttentionInputError("triton_flash has no dropout; use dropout_p=0 (or another backend)")
     return _TritonFlash.apply(q, k, v, causal, default_scale(q, scale))
 
 
@@ -225,4 +223,5 @@ register_backend(
     triton_flash_attention,
     "causal flash attention (FA2-style forward and backward) written in Triton; CPU only via TRITON_INTERPRET=1",
     _reason,
+    no_dropout_reason=lambda device: "this Triton kernel has no dropout",
 )
