@@ -21,7 +21,8 @@ from .registry import register_backend
 def sdpa_attention(q, k, v, *, causal=True, dropout_p=0.0, scale=None, kernel: SDPBackend | None = None):
     # q: (B, H, Tq, D); k, v: (B, H, Tk, D)
     tq, tk = q.size(-2), k.size(-2)
-    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))  # fused kernels need unit stride
+    # Fused kernels need a unit last stride; .contiguous() keeps odd strides on size-1 dims, a clone does not.
+    q, k, v = (t if t.stride(-1) == 1 else t.clone(memory_format=torch.contiguous_format) for t in (q, k, v))
     if causal and tq < tk:
         pad = q.new_zeros(*q.shape[:-2], tk - tq, q.size(-1))  # (B, H, Tk - Tq, D)
         q = torch.cat([pad, q], dim=-2)  # (B, H, Tk, D): square, so top-left == bottom-right

@@ -20,8 +20,8 @@ _common = dict(
     print_blob=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.differing_executors],
 )
-settings.register_profile("ci", max_examples=15, derandomize=True, **_common)  # reproducible: same examples every run
-settings.register_profile("dev", max_examples=40, **_common)  # random, a little wider than CI
+settings.register_profile("ci", max_examples=50, derandomize=True, **_common)  # reproducible: same examples every run
+settings.register_profile("dev", max_examples=50, **_common)  # random: new examples every run
 settings.register_profile("thorough", max_examples=500, **_common)  # before a release, or after touching a kernel
 # HYPOTHESIS_PROFILE (tox passes it through) or CI pick the default; --hypothesis-profile overrides both.
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "dev"))

@@ -18,7 +18,7 @@ from properties import PROPERTIES, run_property
 
 from kernels import Backend
 
-KILL_EXAMPLES = 8  # examples per (mutant, property); a mutant is usually killed within the first few
+KILL_EXAMPLES = 20  # examples per (mutant, property); a mutant is usually killed within the first few
 
 
 def all_mutants() -> list[Mutant]:
