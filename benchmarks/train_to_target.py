@@ -29,7 +29,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from torch.nn.modules.module import register_module_forward_pre_hook
 
 from benchmarks.measure import unavailable_reason
 from kernels import backend_names, get_backend
@@ -146,28 +145,6 @@ class TargetRun:
         return {"kind": "train_to_target", "target": self.recipe["target"], **asdict(self)}
 
 
-class _GrabModel:
-    """Captures the GPT that train() builds, at its first forward, through a global forward pre-hook that
-    removes itself at once (train() exposes the model only at the end, and whole-split evaluation needs it)."""
-
-    def __init__(self):
-        self.model: GPT | None = None
-        self._handle = None
-
-    def __enter__(self):
-        def hook(module, args):
-            if isinstance(module, GPT) and self.model is None:
-                self.model = module
-                self._handle.remove()
-
-        self._handle = register_module_forward_pre_hook(hook)
-        return self
-
-    def __exit__(self, *exc):
-        self._handle.remove()
-        return False
-
-
 def train_to_target(
     backend: str,
     dataset: Dataset,
@@ -184,7 +161,7 @@ def train_to_target(
     )
     whole_eval_s = 0.0
 
-    def on_eval(row: dict) -> bool:
+    def on_eval(row: dict, model: GPT) -> bool:
         nonlocal whole_eval_s
         step = row["step"]
         run.probe_curve.append([step, row["val_loss"]])
@@ -197,7 +174,7 @@ def train_to_target(
             return False
         cfg.eval_interval = recipe.fine_interval  # near the target: watch closely (train() reads it every step)
         t0 = time.perf_counter()
-        val = evaluate(grab.model, dataset.val, whole)
+        val = evaluate(model, dataset.val, whole)
         whole_eval_s += time.perf_counter() - t0
         run.curve.append([step, val])
         run.final_val_loss, run.min_loss = val, min(run.min_loss, val)
@@ -205,8 +182,7 @@ def train_to_target(
         run.reached = val <= recipe.target
         return run.reached and recipe.leak_check_iters == 0
 
-    with _GrabModel() as grab:
-        result = train(cfg, recipe.model_config(backend), dataset, on_eval=on_eval, log=lambda s: None)
+    result = train(cfg, recipe.model_config(backend), dataset, on_eval=on_eval, log=lambda s: None)
     if not run.reached:  # budget exhausted: train() evaluated at max_iters; make sure the last point is whole-split
         run.steps, run.train_seconds = cfg.max_iters, sum(result.step_times)
         if not run.curve or run.curve[-1][0] != cfg.max_iters:

@@ -163,10 +163,11 @@ def train(
     dataset: Dataset,
     *,
     resume: str | os.PathLike | None = None,
-    on_eval: Callable[[dict], bool | None] | None = None,
+    on_eval: Callable[[dict, GPT], bool | None] | None = None,
     log: Callable[[str], None] = print,
 ) -> TrainResult:
-    """Train a GPT on `dataset`. `on_eval(row)` sees each evaluation row; returning True stops training.
+    """Train a GPT on `dataset`. `on_eval(row, model)` sees each evaluation row and the live model; returning
+    True stops training.
 
     With `resume`, model, optimizer, every RNG, the watch text and the step come from that checkpoint (the
     best-val one or the `.last` one left by Ctrl-C) and the run continues exactly where it stopped: same
@@ -257,7 +258,7 @@ def train(
             f"step {step:5d} | train {train_loss:.4f} (ppl {row['train_ppl']:.2f}) | "
             f"val {val_loss:.4f} (ppl {row['val_ppl']:.2f}) | lr {row['lr']:.2e}"
         )
-        return bool(on_eval and on_eval(row))
+        return bool(on_eval and on_eval(row, model))
 
     model.train()
     bar = tqdm(range(start, cfg.max_iters), initial=start, total=cfg.max_iters, disable=not cfg.progress, desc="train")

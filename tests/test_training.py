@@ -115,7 +115,7 @@ def test_resume_from_best_checkpoint_equals_uninterrupted(tmp_path, capsys):
     full, _ = run(tmp_path, "full")
     full_watch = capsys.readouterr().out.splitlines()
     assert [line.split("|")[0].split() for line in full_watch] == [["step", str(s)] for s in (3, 6, 9, 12)]
-    _, cfg = run(tmp_path, "half", on_eval=lambda row: row["step"] == 5)  # stops right after the eval at step 5
+    _, cfg = run(tmp_path, "half", on_eval=lambda row, model: row["step"] == 5)  # stops right after the eval at step 5
     ckpt = torch.load(cfg.out, weights_only=False)
     assert ckpt["step"] == 5 and ckpt["evaluated"]
     capsys.readouterr()
@@ -126,7 +126,7 @@ def test_resume_from_best_checkpoint_equals_uninterrupted(tmp_path, capsys):
 def test_ctrl_c_saves_last_checkpoint_and_resume_equals_uninterrupted(tmp_path):
     full, _ = run(tmp_path, "full")
 
-    def press_ctrl_c(row):  # a real SIGINT, delivered in the middle of the run (after the eval at step 5)
+    def press_ctrl_c(row, model):  # a real SIGINT, delivered in the middle of the run (after the eval at step 5)
         if row["step"] == 5:
             os.kill(os.getpid(), signal.SIGINT)
 
