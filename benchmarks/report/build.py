@@ -70,7 +70,11 @@ def verdict_table(run: Run, df: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for b in backends:
         row = {"backend": b}
-        if b in corr.index:
+        support = info.get("support", {}).get(b, {})
+        ok = [combo for combo, why in support.items() if why is None]
+        if support and not ok:  # its input-validation tests may pass, but no property ran: no verdict
+            row.update({"correctness": "not run here (see below)", "worst error / bound": "—", "causality": "—"})
+        elif b in corr.index:
             c = corr.loc[b]
             verdict = "PASS" if c["failed"] == 0 and c["passed"] > 0 else "FAIL" if c["failed"] else "—"
             row["correctness"] = f"{verdict}: {c['passed']} passed, {c['failed']} failed, {c['skipped']} skipped"
@@ -85,8 +89,6 @@ def verdict_table(run: Run, df: pd.DataFrame) -> pd.DataFrame:
             )
         else:
             row.update({"correctness": "—", "worst error / bound": "—", "causality": "—"})
-        support = info.get("support", {}).get(b, {})
-        ok = [combo for combo, why in support.items() if why is None]
         row["supports"] = ", ".join(ok) if support else "—"
         if b in set(il["backend"]):
             g = il[il["backend"] == b]
@@ -122,13 +124,22 @@ def verdict_table(run: Run, df: pd.DataFrame) -> pd.DataFrame:
 
 
 def unsupported_table(run: Run) -> pd.DataFrame:
+    """One row per (backend, device, reason) with its dtypes; a reason shared by every backend on a device
+    (e.g. no CUDA on this machine) becomes a single 'every backend' row."""
+    support = run.run_info.get("support", {})
     rows = [
-        {"backend": b, "device/dtype": combo, "why not": why}
-        for b, combos in run.run_info.get("support", {}).items()
+        {"backend": b, "device": combo.split()[0], "dtype": combo.split()[-1], "why not": why}
+        for b, combos in support.items()
         for combo, why in combos.items()
         if why is not None
     ]
-    return pd.DataFrame(rows)
+    if not rows:
+        return pd.DataFrame()
+    df = pd.DataFrame(rows)
+    shared = df.groupby(["device", "why not"])["backend"].transform("nunique") == len(support)
+    df.loc[shared, "backend"] = "every backend"
+    out = df.groupby(["backend", "device", "why not"], sort=False)["dtype"].agg(lambda d: ", ".join(dict.fromkeys(d)))
+    return out.reset_index()[["backend", "device", "dtype", "why not"]]
 
 
 def speedup_table(df: pd.DataFrame) -> pd.DataFrame:
