@@ -142,7 +142,7 @@ def pytest_addoption(parser):
     t.addoption("--ttt-target", type=float, default=None, help="whole-split val loss to reach (default: 1.88)")
     t.addoption("--ttt-backends", default=None, help="comma-separated backends (default: sdpa,manual; --ttt-full: all)")
     t.addoption("--ttt-full", action="store_true", help="every backend (not just sdpa,manual) to the target")
-    t.addoption("--ttt-quick", action="store_true", help="every backend to a loose target (2.3) in seconds")
+    t.addoption("--ttt-quick", action="store_true", help="every backend; small model, loose target 2.5")
     t.addoption("--ttt-recipe", default="fast", choices=["fast", "spine"], help="the tuned recipe or the spine's")
 
 
