@@ -44,6 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("b", help="new run: report directory or pytest-benchmark JSON file")
     c.add_argument("--threshold", type=float, default=0.1, help="relative slowdown that counts (default 0.1)")
     c.add_argument("--fail-on-regression", action="store_true", help="exit 1 when any row regressed")
+    c.add_argument(
+        "--gate-absolute",
+        action="store_true",
+        help="absolute times count as regressions too (default: only the drift-free interleaved ratios and "
+        "steps to target do; use on a quiet, dedicated machine)",
+    )
     c.add_argument("--csv", help="also write every matched row to this CSV file")
 
     for name in ("train", "sample"):
@@ -90,7 +96,7 @@ def main(argv=None) -> int:
         if args.command == "compare":
             from benchmarks.report.compare import compare, render
 
-            m = compare(args.a, args.b, args.threshold)
+            m = compare(args.a, args.b, args.threshold, gate_absolute=args.gate_absolute)
             print(render(m, args.threshold))
             if args.csv:
                 m.to_csv(args.csv, index=False)

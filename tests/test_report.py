@@ -208,8 +208,11 @@ def test_compare_flags_injected_slowdown_only(tmp_path, capsys):
     slow = synthetic_run(tmp_path / "slow", seed=2, slow={"per_head_loop": 1.3})
     m = compare.compare(a, slow, threshold=0.1)
     flagged = m[m["regression"]]
-    assert set(flagged["backend"]) == {"per_head_loop"}
-    assert set(flagged["kind"]) == {"op", "train_step", "generate", "train_to_target", "interleaved"}
+    assert set(flagged["backend"]) == {"per_head_loop"} and set(flagged["kind"]) == {"interleaved"}  # drift-free
+    assert set(m[m["worse"]]["backend"]) == {"per_head_loop"}
+    assert set(m[m["worse"]]["kind"]) == {"op", "train_step", "generate", "train_to_target", "interleaved"}
+    gated = compare.compare(a, slow, threshold=0.1, gate_absolute=True)
+    assert set(gated[gated["regression"]]["kind"]) == set(m[m["worse"]]["kind"])
     assert cli(["compare", str(a), str(slow), "--fail-on-regression"]) == 1
     assert "REGRESSIONS: " in capsys.readouterr().out
     assert cli(["compare", str(a), str(slow)]) == 0  # flagged, but not asked to fail
@@ -220,7 +223,7 @@ def test_compare_does_not_flag_identical_or_noisy_runs(tmp_path, noise):
     a = synthetic_run(tmp_path / "a", seed=1, noise=noise)
     b = synthetic_run(tmp_path / "b", seed=1 if noise == 0 else 7, noise=noise)
     m = compare.compare(a, b, threshold=0.1)
-    assert not m["regression"].any() and (m["only_in"] == "").all()
+    assert not m["worse"].any() and not m["regression"].any() and (m["only_in"] == "").all()
     assert cli(["compare", str(a), str(b), "--fail-on-regression"]) == 0
 
 

@@ -1,9 +1,16 @@
 """Compare two saved runs: match rows by what was measured, flag slowdowns beyond a threshold and the noise.
 
-A row regresses when its median got worse by more than `threshold` (relative) *and* the two runs' spreads
-do not overlap (B's lower quartile is above A's upper quartile), so one noisy round cannot flag a backend.
-Time-like metrics (lower is better): op / train_step / generate median seconds, train_to_target seconds.
-Interleaved rows compare the ratio to the baseline (lower is better), which cancels machine-wide drift.
+A row got worse when its median grew by more than `threshold` (relative) *and* the two medians' ~95%
+intervals do not overlap. A median of n rounds with interquartile range IQR has a standard error of about
+0.93 * IQR / sqrt(n) (1.2533 * sigma / sqrt(n), sigma = IQR / 1.349 for a normal spread), so the interval is
+median +- 2 of those: one noisy round cannot flag a backend, and many rounds resolve a real shift.
+
+Which rows count as regressions (and fail --fail-on-regression): the metrics that cancel machine drift, i.e.
+the interleaved ratio to the baseline and the steps to the target loss, plus a backend that no longer reaches
+the target. Absolute times (op / train_step / generate median seconds, seconds to target) are timed
+sequentially: on a shared machine two clean runs of the same code differ in them by tens of percent for one
+backend while the interleaved ratios agree, so they are listed as "slower in absolute time" and gate only with
+gate_absolute=True (a quiet, dedicated machine, or two machines compared on purpose).
 """
 
 from __future__ import annotations
@@ -28,26 +35,35 @@ def metric_frame(df: pd.DataFrame) -> pd.DataFrame:
     ttt = df["kind"] == "train_to_target"
     out = df[KEY].copy()
     out["metric"] = np.where(il, "ratio to baseline", np.where(ttt, "seconds to target", "median seconds"))
-    out["median"], out["lo"], out["hi"] = df["stats_median"], df.get("stats_q1"), df.get("stats_q3")
+    out["median"], iqr = df["stats_median"], df.get("stats_q3") - df.get("stats_q1")
     if il.any():
         out.loc[il, "median"] = df.loc[il, "ratio_median"]
-        out.loc[il, "lo"], out.loc[il, "hi"] = df.loc[il, "ratio_p25"], df.loc[il, "ratio_p75"]
+        iqr[il] = df.loc[il, "ratio_p75"] - df.loc[il, "ratio_p25"]
+    half = 2 * 0.93 * iqr / np.sqrt(df["stats_rounds"].clip(lower=1))  # ~95% interval of the median
+    out["lo"], out["hi"] = out["median"] - half, out["median"] + half
     if ttt.any():
         secs = df.loc[ttt, "train_seconds"]
         out.loc[ttt, "median"] = out.loc[ttt, "lo"] = out.loc[ttt, "hi"] = secs
         out.loc[ttt, "reached"] = df.loc[ttt, "reached"]
+        steps = out[ttt].assign(metric="steps to target", median=df.loc[ttt, "steps"])  # deterministic per seed
+        out = pd.concat([out, steps.assign(lo=steps["median"], hi=steps["median"])], ignore_index=True)
     out[KEY] = out[KEY].astype(str)  # None/NaN alike, so rows match across runs
     return out
 
 
-def compare(a: str | Path, b: str | Path, threshold: float = 0.1) -> pd.DataFrame:
-    """Matched rows of runs a and b with change = median_b / median_a - 1 and a 'regression' flag."""
+DRIFT_FREE = ("ratio to baseline", "steps to target")  # metrics that gate by default (module docstring)
+
+
+def compare(a: str | Path, b: str | Path, threshold: float = 0.1, gate_absolute: bool = False) -> pd.DataFrame:
+    """Matched rows of runs a and b with change = median_b / median_a - 1, a 'worse' flag (beyond threshold and
+    spread), and 'regression' = worse on a drift-free metric (any metric with gate_absolute) or target lost."""
     ma, mb = metric_frame(load_run(a, strict=True).results), metric_frame(load_run(b, strict=True).results)
     m = ma.merge(mb, on=[*KEY, "metric"], suffixes=("_a", "_b"), how="outer", indicator=True)
     m["change"] = m["median_b"] / m["median_a"] - 1
     beyond = m["change"] > threshold
     separated = m["lo_b"].fillna(m["median_b"]) > m["hi_a"].fillna(m["median_a"])
-    m["regression"] = beyond & separated
+    m["worse"] = beyond & separated
+    m["regression"] = m["worse"] & (m["metric"].isin(DRIFT_FREE) | gate_absolute)
     m["improvement"] = (m["change"] < -threshold) & (m["hi_b"].fillna(m["median_b"]) < m["lo_a"].fillna(m["median_a"]))
     if "reached_a" in m:  # a backend that no longer reaches the target regressed, whatever its time
         lost = (m["reached_a"].astype(str) == "True") & (m["reached_b"].astype(str) == "False")
@@ -60,8 +76,13 @@ def render(m: pd.DataFrame, threshold: float) -> str:
     """A readable summary: regressions first, then counts."""
     shown = [c for c in ["kind", "backend", "device", "dtype", "mode", "T", "metric", "median_a", "median_b", "change"]]
     both = m[m["only_in"] == ""]
-    lines = [f"{len(both)} matched rows, threshold {threshold:.0%} (and non-overlapping quartiles)"]
-    for title, sel in (("REGRESSIONS", m["regression"]), ("improvements", m["improvement"])):
+    lines = [f"{len(both)} matched rows, threshold {threshold:.0%} (and non-overlapping ~95% intervals of the medians)"]
+    sections = (
+        ("REGRESSIONS", m["regression"]),
+        ("slower in absolute time (not gated: sequential timings drift)", m["worse"] & ~m["regression"]),
+        ("improvements", m["improvement"]),
+    )
+    for title, sel in sections:
         rows = m[sel]
         lines.append(f"{title}: {len(rows)}")
         if len(rows):
