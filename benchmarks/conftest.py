@@ -193,13 +193,28 @@ STATE = pytest.StashKey[BenchState]()
 
 
 class AtomicFile:
-    """Where pytest-benchmark writes its JSON: a temporary file beside `path`, renamed over it once complete."""
+    """Where pytest-benchmark writes its JSON: a temporary file beside `path`, renamed over it once complete.
+
+    pytest-benchmark < 5.3 writes through `with session.json as fh` (the context manager below renames on
+    exit); 5.3+ calls `open(session.json, "wb")`, which reaches `__fspath__`: a temporary path that
+    `commit()` renames at the end of the session.
+    """
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
+        self.pending: str | None = None  # the temporary path handed out by __fspath__
 
     def __str__(self) -> str:
         return str(self.path)
+
+    def __fspath__(self) -> str:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.pending = str(self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp"))
+        return self.pending
+
+    def commit(self) -> None:
+        if self.pending and os.path.exists(self.pending):
+            os.replace(self.pending, self.path)
 
     def __enter__(self):
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -231,9 +246,17 @@ def pytest_configure(config):
     # write it (and --bench-json) through a temporary file and a rename instead, so no half-written JSON exists.
     if config.getoption("bench_json"):
         session.json = AtomicFile(config.getoption("bench_json"))
-    elif session.json and hasattr(session.json, "name"):
-        session.json.close()
-        session.json = AtomicFile(session.json.name)
+    elif session.json:  # an open handle (pytest-benchmark < 5.3) or a path (5.3+)
+        path = session.json if isinstance(session.json, (str, os.PathLike)) else session.json.name
+        if hasattr(session.json, "close"):
+            session.json.close()
+        session.json = AtomicFile(path)
+
+
+def pytest_unconfigure(config):
+    session = getattr(config, "_benchmarksession", None)
+    if session is not None and isinstance(session.json, AtomicFile):
+        session.json.commit()
 
 
 @pytest.fixture(scope="session")
