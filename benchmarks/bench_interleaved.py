@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from benchmarks.interleaved import interleaved_times, ratio_summary, record_rounds
-from benchmarks.measure import attention_call, attention_inputs, time_call, unavailable_reason
+from benchmarks.measure import attention_call, attention_inputs, case_info, time_call, unavailable_reason
 from kernels import get_backend
 
 BUDGET_S = {"cpu": 30.0, "cuda": 5.0}  # timed seconds per configuration (all backends), sets the rounds
@@ -65,15 +65,7 @@ def test_interleaved(benchmark, interleaved_case, bench_state):
     median_s = benchmark.stats.stats.median
     benchmark.extra_info.update(
         {
-            "kind": "interleaved",
-            "backend": c.backend,
-            "device": c.device,
-            "dtype": c.dtype,
-            "mode": c.mode,
-            "B": B,
-            "H": H,
-            "T": c.T,
-            "D": D,
+            **case_info("interleaved", c, (B, H, D)),
             "baseline": c.baseline,
             **m["ratios"][c.backend],  # ratio_median, ratio_p25, ratio_p75, speedup_median, rounds
             "median_s": median_s,

@@ -15,6 +15,7 @@ from benchmarks.measure import (
     attention_call,
     attention_inputs,
     available_memory_bytes,
+    case_info,
     causal_attention_flops,
     extrapolate,
     peak_memory_bytes,
@@ -82,15 +83,7 @@ def measure_op(benchmark, c, bench_state, backend, dtype, series):
     flops = causal_attention_flops(B, H, c.T, D, c.mode)
     peak_flops = bench_state.peak_flop_per_s(c.device, c.dtype)
     row = {
-        "kind": "op",
-        "backend": c.backend,
-        "device": c.device,
-        "dtype": c.dtype,
-        "mode": c.mode,
-        "B": B,
-        "H": H,
-        "T": c.T,
-        "D": D,
+        **case_info("op", c, (B, H, D)),
         "median_s": median_s,
         "first_call_s": first_call_s,
         "tokens_per_s": B * c.T / median_s,

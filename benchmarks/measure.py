@@ -195,3 +195,19 @@ def plan_rounds(call_s: float, budget_s: float, min_rounds: int = 3, max_rounds:
     iterations = min(100, max(1, math.ceil(min_round_s / call_s)))
     rounds = int(budget_s / (call_s * iterations))
     return max(min_rounds, min(max_rounds, rounds)), iterations
+
+
+def case_info(kind: str, c, shape: tuple[int, int, int]) -> dict:
+    """The extra_info fields that say what an op-shaped row measured (an OpCase or InterleavedCase `c`)."""
+    B, H, D = shape
+    return {
+        "kind": kind,
+        "backend": c.backend,
+        "device": c.device,
+        "dtype": c.dtype,
+        "mode": c.mode,
+        "B": B,
+        "H": H,
+        "T": c.T,
+        "D": D,
+    }

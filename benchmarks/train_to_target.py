@@ -21,16 +21,14 @@ import argparse
 import dataclasses
 import json
 import math
-import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import torch
 
+from benchmarks.atomic import AtomicFile
 from benchmarks.measure import unavailable_reason
 from kernels import backend_names, get_backend
 from reference_model.data import DataError, Dataset
@@ -254,19 +252,6 @@ def run_all(
     return {"runs": [r.extra_info() for r in runs], "curve_agreement": curve_agreement(runs)}
 
 
-def _write_json_atomic(path: str | os.PathLike, obj) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--backends", default=None, help="comma-separated backends (default: all that run on --device)")
@@ -288,7 +273,8 @@ def main(argv: list[str] | None = None) -> int:
     out = run_all(backends, recipe, dataset=dataset, device=args.device)
     print(json.dumps(out["curve_agreement"], indent=1))
     if args.json:
-        _write_json_atomic(args.json, out)
+        with AtomicFile(args.json) as fh:
+            fh.write(json.dumps(out, indent=1).encode())
     return 0
 
 

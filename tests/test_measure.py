@@ -13,7 +13,8 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks.conftest import AtomicFile, pytest_ignore_collect
+from benchmarks.atomic import AtomicFile
+from benchmarks.conftest import pytest_ignore_collect
 from benchmarks.interleaved import interleaved_times, ratio_summary, round_orders
 from benchmarks.measure import (
     attention_call,
