@@ -14,7 +14,7 @@ from benchmarks.measure import attention_call, attention_inputs, case_info, time
 from kernels import get_backend
 
 BUDGET_S = {"cpu": 30.0, "cuda": 5.0}  # timed seconds per configuration (all backends), sets the rounds
-MIN_ROUNDS, MAX_ROUNDS = 5, 30  # at least 5 paired ratios for a median with a p25/p75 spread
+MIN_ROUNDS, MAX_ROUNDS = 9, 30  # at least 9 paired ratios: the median of 5 moved by 10% between runs at T=4096
 
 
 def measure_config(c, state) -> dict:

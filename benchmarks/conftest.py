@@ -7,6 +7,7 @@ benchmarked without any edit. See /work/notes/benchmarks.md (README material) fo
 
 from __future__ import annotations
 
+import ctypes
 import fnmatch
 import os
 from dataclasses import dataclass, field
@@ -192,8 +193,24 @@ def _settings(config) -> BenchSettings:
 STATE = pytest.StashKey[BenchState]()
 
 
+def pin_glibc_malloc() -> bool:
+    """Fix glibc's malloc thresholds for the benchmark process. By default glibc moves its mmap threshold
+    after each large free, so whether a (T, T) score buffer is recycled from the heap or freshly mmapped and
+    page-faulted depends on the process's allocation history: the same call then runs in different "modes"
+    in two processes (seen here: manual at T=1024 differed by 15-20% between two runs). Fixed thresholds
+    make every run alike: buffers up to 32 MiB are recycled, larger ones are always mmapped."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt parameters from glibc's malloc.h
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, 32 << 20) and libc.mallopt(M_TRIM_THRESHOLD, 1 << 30))
+    except (OSError, AttributeError):  # not glibc: nothing to pin
+        return False
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_configure(config):
+    if config.getoption("benchmark_only", default=False):
+        pin_glibc_malloc()
     config.stash[STATE] = BenchState(_settings(config))
     session = getattr(config, "_benchmarksession", None)  # pytest-benchmark's, built in its own pytest_configure
     if session is None:
