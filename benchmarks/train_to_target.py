@@ -28,9 +28,9 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from benchmarks.atomic import AtomicFile
 from benchmarks.measure import unavailable_reason
 from kernels import backend_names, get_backend
+from reference_model.atomic import AtomicFile
 from reference_model.data import DataError, Dataset
 from reference_model.model import GPT, GPTConfig
 from reference_model.train import TrainConfig, evaluate, train

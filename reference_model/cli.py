@@ -22,7 +22,7 @@ import typing
 
 import torch
 
-from kernels import backend_names, get_backend
+from kernels import UnknownBackendError, backend_names, get_backend
 
 from .data import DATA_ENV, FILE_NAME, SHA256, DataError, Dataset, cache_dir
 from .model import GPTConfig
@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _check_backend(name: str, device: str, dtype: torch.dtype) -> None:
     try:
         backend = get_backend(name)
-    except KeyError as e:  # UnknownBackendError: names the known ones
+    except UnknownBackendError as e:  # its message names the known backends
         raise CLIError(str(e)) from None
     reason = backend.why_unsupported(device, dtype)
     if reason:
@@ -188,8 +188,6 @@ def run_sample(args: argparse.Namespace) -> int:
         raise CLIError(f"prompt: {e}") from None
     if not ids:
         raise CLIError("prompt is empty: give at least one character")
-    if args.temperature <= 0 or (args.top_k is not None and args.top_k < 1):
-        raise CLIError(f"need --temperature > 0 and --top-k >= 1, got {args.temperature} and {args.top_k}")
     if len(ids) > model.config.block_size:
         print(
             f"note: the prompt has {len(ids)} characters; the model sees only the last {model.config.block_size}",

@@ -9,7 +9,6 @@ import contextlib
 import math
 import os
 import signal
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from .atomic import AtomicFile
 from .data import CharTokenizer, Dataset, all_windows, get_batch
 from .model import GPT, GPTConfig
 
@@ -105,16 +105,8 @@ def evaluate(model: GPT, data: torch.Tensor, cfg: TrainConfig, generator: torch.
 
 def save_checkpoint(path: str | os.PathLike, **state) -> None:
     """torch.save to a temporary file beside `path`, then rename: a crash never leaves half a checkpoint."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with AtomicFile(path) as f:
+        torch.save(state, f)
 
 
 def load_checkpoint(path: str | os.PathLike, *, backend: str | None = None, device: str = "cpu"):

@@ -13,7 +13,6 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks.atomic import AtomicFile
 from benchmarks.conftest import pytest_ignore_collect
 from benchmarks.interleaved import interleaved_times, ratio_summary, round_orders
 from benchmarks.measure import (
@@ -29,6 +28,7 @@ from benchmarks.measure import (
 )
 from benchmarks.scaling import fit_exponent, scaling_table
 from kernels import backend_names, get_backend
+from reference_model.atomic import AtomicFile
 
 REPO = Path(__file__).resolve().parents[1]
 
