@@ -1,5 +1,6 @@
 """Interleaved ratios: for one configuration (device, dtype, T, mode) all backends are timed round by round in a
 shuffled order, and each backend's row carries the median (p25, p75) of its per-round ratio to the baseline.
+On CPU they are timed with --bench-interleaved-threads threads (default 1: see INTERLEAVED_CPU_THREADS).
 
 The first case of a configuration measures every backend of it; the other cases read that measurement.
 """
@@ -10,7 +11,14 @@ import pytest
 import torch
 
 from benchmarks.interleaved import interleaved_times, ratio_summary, record_rounds
-from benchmarks.measure import attention_call, attention_inputs, case_info, time_call, unavailable_reason
+from benchmarks.measure import (
+    attention_call,
+    attention_inputs,
+    case_info,
+    cpu_threads,
+    time_call,
+    unavailable_reason,
+)
 from kernels import get_backend
 
 BUDGET_S = {"cpu": 30.0, "cuda": 5.0}  # timed seconds per configuration (all backends), sets the rounds
@@ -18,7 +26,14 @@ MIN_ROUNDS, MAX_ROUNDS = 9, 30  # at least 9 paired ratios: the median of 5 move
 
 
 def measure_config(c, state) -> dict:
-    """Warm up every backend of c's configuration (first_call_s), then time them interleaved."""
+    """Warm up every backend of c's configuration (first_call_s), then time them interleaved; on CPU, with the
+    interleaved thread count throughout."""
+    threads = state.settings.interleaved_cpu_threads if c.device == "cpu" else None
+    with cpu_threads(threads):
+        return {**time_backends(c, state), "threads": threads or torch.get_num_threads()}
+
+
+def time_backends(c, state) -> dict:
     s = state.settings
     dtype = getattr(torch, c.dtype)
     B, H, D = s.shape(c.device)
@@ -65,7 +80,7 @@ def test_interleaved(benchmark, interleaved_case, bench_state):
     median_s = benchmark.stats.stats.median
     benchmark.extra_info.update(
         {
-            **case_info("interleaved", c, (B, H, D)),
+            **case_info("interleaved", c, (B, H, D), threads=m["threads"]),
             "baseline": c.baseline,
             **m["ratios"][c.backend],  # ratio_median, ratio_p25, ratio_p75, speedup_median, rounds
             "median_s": median_s,

@@ -47,6 +47,7 @@ def row(c, B, T, tokens, median_s, first_call_s, kind, **extra):
         "dtype": c.dtype,
         "B": B,
         "T": T,
+        "threads": torch.get_num_threads(),
         "tokens_per_s": tokens / median_s,
         "median_s": median_s,
         "first_call_s": first_call_s,

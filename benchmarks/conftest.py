@@ -2,7 +2,7 @@
 
 `pytest` alone never collects bench_*.py (the default run stays fast); `pytest --benchmark-only` runs them.
 Cases are generated here from the options, over the backend registry, so a newly registered backend is
-benchmarked without any edit. See /work/notes/benchmarks.md (README material) for the options and fields.
+benchmarked without any edit. The README's "Benchmarks" section lists the options and the fields of a row.
 """
 
 from __future__ import annotations
@@ -44,6 +44,10 @@ DEFAULTS = {
     "cpu": DeviceDefaults(1, 4, 64, POW2[:6], [128, 256, 512], ["float32"], [1024, 2048, 4096], 10.0, 1.0),
     "cuda": DeviceDefaults(1, 8, 64, POW2, [128, 512, 2048], ["bfloat16", "float16"], [1024, 4096, 16384], 5.0, 0.5),
 }
+# Interleaved ratios on CPU are timed with one thread. With two, a run's ratios sat in one of two states for
+# minutes at a time (the kernels that synchronize threads often, against the big-matmul baseline), so two runs
+# differed by up to 25%; with one thread, the same pairs of runs agreed within 5%. Multi-thread speed: op sweep.
+INTERLEAVED_CPU_THREADS = 1
 QUICK_INTERLEAVED_T = [256]
 
 
@@ -89,6 +93,7 @@ class BenchSettings:
     dtypes: dict[str, list[str]]  # per device
     Ts: dict[str, list[int]]  # per device
     interleaved_Ts: dict[str, list[int]]
+    interleaved_cpu_threads: int | None  # None: torch's own setting (all cores)
     baseline: str
     quick: bool
     max_call_s: dict[str, float]
@@ -137,6 +142,12 @@ def pytest_addoption(parser):
     g.addoption("--bench-quick", action="store_true", help="a small, fast sweep (smoke tests, attnbench run --quick)")
     g.addoption("--bench-baseline", default=DEFAULT_BASELINE, help="baseline backend of the interleaved ratios")
     g.addoption("--bench-interleaved-T", default=None, help="T of the interleaved ratios (default 1024,2048,4096 cpu)")
+    g.addoption(
+        "--bench-interleaved-threads",
+        default=None,
+        metavar="N|all",
+        help="CPU threads while timing the interleaved ratios (default 1: reproducible between runs; all: torch's)",
+    )
     g.addoption("--bench-max-call-s", type=float, default=None, help="skip cases estimated slower per call (s)")
     g.addoption("--bench-json", default=None, metavar="PATH", help="write the pytest-benchmark JSON atomically here")
     t = parser.getgroup("attnbench-ttt", "attnbench training to a target loss (bench_train_to_target.py)")
@@ -178,12 +189,16 @@ def _settings(config) -> BenchSettings:
     except ValueError as e:
         raise pytest.UsageError(f"--bench-T / --bench-interleaved-T take integers: {e}") from None
     max_call = config.getoption("bench_max_call_s")
+    threads = config.getoption("bench_interleaved_threads") or str(INTERLEAVED_CPU_THREADS)
+    if threads != "all" and not (threads.isdigit() and int(threads) > 0):
+        raise pytest.UsageError(f"--bench-interleaved-threads takes a positive integer or 'all', got {threads!r}")
     return BenchSettings(
         backends=backends,
         devices=devices,
         dtypes={d: dtypes_opt or DEFAULTS[d].dtypes for d in devices},
         Ts={d: T_opt or (DEFAULTS[d].quick_Ts if quick else DEFAULTS[d].Ts) for d in devices},
         interleaved_Ts={d: it_opt or (QUICK_INTERLEAVED_T if quick else DEFAULTS[d].interleaved_Ts) for d in devices},
+        interleaved_cpu_threads=None if threads == "all" else int(threads),
         baseline=config.getoption("bench_baseline"),
         quick=quick,
         max_call_s={d: max_call or DEFAULTS[d].max_call_s for d in devices},
@@ -193,25 +208,31 @@ def _settings(config) -> BenchSettings:
 STATE = pytest.StashKey[BenchState]()
 
 
-def pin_glibc_malloc() -> bool:
-    """Fix glibc's malloc thresholds for the benchmark process. By default glibc moves its mmap threshold
-    after each large free, so whether a (T, T) score buffer is recycled from the heap or freshly mmapped and
-    page-faulted depends on the process's allocation history: the same call then runs in different "modes"
-    in two processes (seen here: manual at T=1024 differed by 15-20% between two runs). Fixed thresholds
-    make every run alike: buffers up to 32 MiB are recycled, larger ones are always mmapped."""
+def keep_freed_cpu_memory() -> bool:
+    """Make glibc's malloc keep freed memory for reuse, as PyTorch's CUDA caching allocator does.
+
+    By default glibc serves blocks over 32 MiB (a (T, T) score buffer from T=2048 with 4 heads) with a fresh
+    mmap, so every call page-faults and zero-fills its buffers again: measured here, that was half of
+    manual's fwd+bwd time at T=4096 (1.0 s against 0.53 s), and it varied with the kernel's memory
+    housekeeping between runs. Below 32 MiB glibc moves its mmap threshold after large frees, so whether a
+    buffer is recycled depended on the process's history. No mmap and no trimming: after its first call, a
+    call reuses memory, and its time measures the kernel. Peak memory is read from the profiler's allocator
+    events, so it is unaffected. Returns whether the allocator is glibc and took the settings.
+    """
     try:
         libc = ctypes.CDLL("libc.so.6")
-        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt parameters from glibc's malloc.h
-        return bool(libc.mallopt(M_MMAP_THRESHOLD, 32 << 20) and libc.mallopt(M_TRIM_THRESHOLD, 1 << 30))
-    except (OSError, AttributeError):  # not glibc: nothing to pin
+        M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # mallopt parameters from glibc's malloc.h
+        return bool(libc.mallopt(M_MMAP_MAX, 0) and libc.mallopt(M_TRIM_THRESHOLD, -1))  # -1: never trim
+    except (OSError, AttributeError):  # not glibc: nothing to set
         return False
 
 
 @pytest.hookimpl(trylast=True)
 def pytest_configure(config):
+    state = BenchState(_settings(config))
     if config.getoption("benchmark_only", default=False):
-        pin_glibc_malloc()
-    config.stash[STATE] = BenchState(_settings(config))
+        state.summary["cpu_memory_kept_for_reuse"] = keep_freed_cpu_memory()
+    config.stash[STATE] = state
     session = getattr(config, "_benchmarksession", None)  # pytest-benchmark's, built in its own pytest_configure
     if session is None:
         return

@@ -18,7 +18,8 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -197,8 +198,20 @@ def plan_rounds(call_s: float, budget_s: float, min_rounds: int = 3, max_rounds:
     return max(min_rounds, min(max_rounds, rounds)), iterations
 
 
-def case_info(kind: str, c, shape: tuple[int, int, int]) -> dict:
-    """The extra_info fields that say what an op-shaped row measured (an OpCase or InterleavedCase `c`)."""
+@contextmanager
+def cpu_threads(n: int | None) -> Iterator[None]:
+    """torch's intra-op CPU threads set to n inside the block (None: unchanged), restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n or before)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def case_info(kind: str, c, shape: tuple[int, int, int], threads: int | None = None) -> dict:
+    """The extra_info fields that say what an op-shaped row measured (an OpCase or InterleavedCase `c`);
+    threads: the CPU threads it ran with (default: torch's current setting)."""
     B, H, D = shape
     return {
         "kind": kind,
@@ -210,4 +223,5 @@ def case_info(kind: str, c, shape: tuple[int, int, int]) -> dict:
         "H": H,
         "T": c.T,
         "D": D,
+        "threads": threads or torch.get_num_threads(),
     }

@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import platform
 import random
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from benchmarks.measure import (
     attention_call,
     attention_inputs,
     causal_attention_flops,
+    cpu_threads,
     extrapolate,
     matmul_peak_flop_per_s,
     peak_memory_bytes,
@@ -207,3 +209,41 @@ def test_benchmark_only_collects_every_backend():
     for name in backend_names():
         for mode in ("fwd", "fwd+bwd"):
             assert f"test_op[{name}-cpu-float32-{mode}-T128]" in out
+
+
+def test_cpu_threads_sets_the_count_inside_and_restores_it_after():
+    before = torch.get_num_threads()
+    with cpu_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with pytest.raises(RuntimeError), cpu_threads(1):
+        raise RuntimeError("restored even when the block raises")
+    assert torch.get_num_threads() == before
+    with cpu_threads(None):
+        assert torch.get_num_threads() == before
+
+
+def run_interleaved(tmp_path, *options) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "benchmarks/bench_interleaved.py",
+           "--benchmark-only", "--bench-quick", "--bench-device=cpu", "--bench-backends=manual,chunked",
+           "--bench-interleaved-T=128", f"--bench-json={tmp_path / 'il.json'}", *options]  # fmt: skip
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+def test_interleaved_rows_are_timed_with_one_cpu_thread_by_default(tmp_path):
+    done = run_interleaved(tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = json.loads((tmp_path / "il.json").read_text())
+    rows = {b["extra_info"]["backend"]: b["extra_info"] for b in out["benchmarks"]}
+    assert set(rows) == {"manual", "chunked"}
+    assert all(r["threads"] == 1 for r in rows.values())
+    assert rows["manual"]["ratio_median"] == 1.0 and rows["chunked"]["ratio_median"] > 0
+    # benchmark runs keep freed CPU memory for reuse (glibc only: elsewhere there is nothing to set)
+    assert out["attnbench"]["cpu_memory_kept_for_reuse"] is (platform.libc_ver()[0] == "glibc")
+
+
+@pytest.mark.parametrize("bad", ["0", "two", "-1"])
+def test_interleaved_threads_option_refuses_bad_values(tmp_path, bad):
+    done = run_interleaved(tmp_path, f"--bench-interleaved-threads={bad}")
+    assert done.returncode == pytest.ExitCode.USAGE_ERROR
+    assert "--bench-interleaved-threads takes a positive integer or 'all'" in done.stderr

@@ -214,7 +214,9 @@ def test_compare_flags_injected_slowdown_only(tmp_path, capsys):
     gated = compare.compare(a, slow, threshold=0.1, gate_absolute=True)
     assert set(gated[gated["regression"]]["kind"]) == set(m[m["worse"]]["kind"])
     assert cli(["compare", str(a), str(slow), "--fail-on-regression"]) == 1
-    assert "REGRESSIONS: " in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "REGRESSIONS: " in out
+    assert "largest change of a ratio to the baseline: +30.0% (per_head_loop cpu" in out
     assert cli(["compare", str(a), str(slow)]) == 0  # flagged, but not asked to fail
 
 

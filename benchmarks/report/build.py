@@ -388,6 +388,13 @@ def build_in_place(run_dir: Path) -> Path:
 
     doc.h(2, "Speed-up (interleaved)")
     doc.table(speedup_table(df), "(no interleaved rows)")
+    cpu_il = df[(df["kind"] == "interleaved") & (df["device"] == "cpu")] if "threads" in df else df.iloc[0:0]
+    if not cpu_il.empty:
+        n = ", ".join(str(int(t)) for t in sorted(cpu_il["threads"].dropna().unique()))
+        doc.p(
+            f"CPU ratios were timed with {n} thread(s) (`--bench-interleaved-threads`); "
+            "op and model rows use the thread count in the header."
+        )
     doc.img(plots.speedup_vs_T(df, out / "speedup.png"), "speed-up against T", "(no interleaved rows to plot)")
 
     doc.h(2, "Op-level time and throughput")

@@ -22,7 +22,7 @@ import pandas as pd
 
 from .load import load_run
 
-KEY = ["kind", "backend", "device", "dtype", "mode", "T", "use_cache"]
+KEY = ["kind", "backend", "device", "dtype", "mode", "T", "use_cache", "threads"]
 
 
 def metric_frame(df: pd.DataFrame) -> pd.DataFrame:
@@ -47,6 +47,8 @@ def metric_frame(df: pd.DataFrame) -> pd.DataFrame:
         out.loc[ttt, "reached"] = df.loc[ttt, "reached"]
         steps = out[ttt].assign(metric="steps to target", median=df.loc[ttt, "steps"])  # deterministic per seed
         out = pd.concat([out, steps.assign(lo=steps["median"], hi=steps["median"])], ignore_index=True)
+    for c in ("T", "threads"):  # 1024 and 1024.0 alike (a column with gaps turns float)
+        out[c] = pd.to_numeric(out[c], errors="coerce").astype("Int64")
     out[KEY] = out[KEY].astype(str)  # None/NaN alike, so rows match across runs
     return out
 
@@ -77,6 +79,11 @@ def render(m: pd.DataFrame, threshold: float) -> str:
     shown = [c for c in ["kind", "backend", "device", "dtype", "mode", "T", "metric", "median_a", "median_b", "change"]]
     both = m[m["only_in"] == ""]
     lines = [f"{len(both)} matched rows, threshold {threshold:.0%} (and non-overlapping ~95% intervals of the medians)"]
+    ratios = both[both["metric"] == "ratio to baseline"]
+    if len(ratios):  # how far two runs' interleaved ratios agree: the reproducibility figure
+        r = ratios.loc[ratios["change"].abs().idxmax()]
+        where = f"{r['backend']} {r['device']} {r['dtype']} {r['mode']} T={r['T']}"
+        lines.append(f"largest change of a ratio to the baseline: {r['change']:+.1%} ({where})")
     sections = (
         ("REGRESSIONS", m["regression"]),
         ("slower in absolute time (not gated: sequential timings drift)", m["worse"] & ~m["regression"]),
