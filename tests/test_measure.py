@@ -247,3 +247,16 @@ def test_interleaved_threads_option_refuses_bad_values(tmp_path, bad):
     done = run_interleaved(tmp_path, f"--bench-interleaved-threads={bad}")
     assert done.returncode == pytest.ExitCode.USAGE_ERROR
     assert "--bench-interleaved-threads takes a positive integer or 'all'" in done.stderr
+
+
+def test_op_sweep_skips_a_case_whose_process_memory_would_not_fit(monkeypatch):
+    from benchmarks import bench_ops
+    from benchmarks.conftest import OpCase
+
+    series = {1024: {"median_s": 0.01, "peak_mem_bytes": 2**30}}  # 1 GiB at T=1024 -> 4 GiB at T=2048
+    case = OpCase("manual", "cpu", "float32", 2048, "fwd")
+    # CPU: 4 GiB x3 (the kept, fragmented heap) = 12 GiB must fit in half of what is available
+    monkeypatch.setattr(bench_ops, "available_memory_bytes", lambda device: 25 * 2**30)
+    assert bench_ops.budget_skip_reason(case, series, max_call_s=10.0) is None
+    monkeypatch.setattr(bench_ops, "available_memory_bytes", lambda device: 23 * 2**30)
+    assert "estimated peak 4.0 GiB" in bench_ops.budget_skip_reason(case, series, max_call_s=10.0)
