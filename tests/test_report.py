@@ -304,3 +304,22 @@ def test_attention_matrix_trick_gives_softmax_weights(backend):
         ref = scores.masked_fill(torch.ones(T, T).triu(1).bool(), float("-inf")).softmax(-1)
         torch.testing.assert_close(P, ref, atol=1e-6, rtol=1e-5)
         assert torch.all(P.triu(1) == 0)  # nothing above the diagonal: causal
+
+
+def interleaved_row(backend, device, dtype, T, ratio):
+    return {"kind": "interleaved", "backend": backend, "device": device, "dtype": dtype, "mode": "fwd+bwd", "T": T,
+            "baseline": "manual", "threads": 1, "ratio_median": ratio, "ratio_p25": ratio, "ratio_p75": ratio,
+            "speedup_median": 1 / ratio}  # fmt: skip
+
+
+def test_speedups_of_cpu_and_cuda_never_share_a_cell(tmp_path):
+    df = build.pd.DataFrame(
+        [interleaved_row(b, "cpu", "float32", 1024, r) for b, r in (("manual", 1.0), ("sdpa", 0.5))]
+        + [interleaved_row(b, "cuda", "bfloat16", 1024, r) for b, r in (("manual", 1.0), ("sdpa", 0.25))]
+    )
+    t = build.speedup_table(df).set_index("backend")
+    assert t.loc["sdpa", "cpu float32 fwd+bwd T=1024"].startswith("2.00x")
+    assert t.loc["sdpa", "cuda bfloat16 fwd+bwd T=1024"].startswith("4.00x")
+    one_device = build.speedup_table(df[df["device"] == "cpu"])
+    assert list(one_device.columns) == ["backend", "fwd+bwd T=1024"]  # no prefix when there is one pair
+    assert build.plots.speedup_vs_T(df, tmp_path / "s.png").stat().st_size > 1000

@@ -57,6 +57,17 @@ def speedup_cell(r) -> str:
     return f"{r['speedup_median']:.2f}x [{lo:.2f}–{hi:.2f}]"
 
 
+def interleaved_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """The interleaved rows, each with `where`: 'mode T=...', prefixed by device and dtype when the run has
+    several (device, dtype) pairs, so that CPU and CUDA ratios of a backend never share a cell."""
+    il = df[df["kind"] == "interleaved"] if "speedup_median" in df else df.iloc[0:0]
+    if il.empty:
+        return il.assign(where=pd.Series(dtype=str))
+    several = len(il[["device", "dtype"]].drop_duplicates()) > 1
+    prefix = il["device"].astype(str) + " " + il["dtype"].astype(str) + " " if several else ""
+    return il.assign(where=prefix + il["mode"].astype(str) + " T=" + il["T"].astype(int).astype(str))
+
+
 # ---------------------------------------------------------------------------------------------- tables
 
 
@@ -65,7 +76,7 @@ def verdict_table(run: Run, df: pd.DataFrame) -> pd.DataFrame:
     backends = list(dict.fromkeys([*info.get("backends", []), *df["backend"].dropna().astype(str).unique()]))
     corr = summarize(run.correctness, backends) if run.correctness else pd.DataFrame()
     scal = scaling_table(run, df)
-    il = df[df["kind"] == "interleaved"] if "speedup_median" in df else df.iloc[0:0]
+    il = interleaved_rows(df)
     ttt = plots.ttt_rows(df)
     rows = []
     for b in backends:
@@ -92,7 +103,8 @@ def verdict_table(run: Run, df: pd.DataFrame) -> pd.DataFrame:
         row["supports"] = ", ".join(ok) if support else "—"
         if b in set(il["backend"]):
             g = il[il["backend"] == b]
-            cells = [f"{speedup_cell(r)} {r['mode']} T={int(r['T'])}" for _, r in g[g["T"] == g["T"].max()].iterrows()]
+            largest = g[g["T"] == g.groupby(["device", "dtype"])["T"].transform("max")]
+            cells = [f"{speedup_cell(r)} {r['where']}" for _, r in largest.iterrows()]
             base = g["baseline"].dropna().iloc[0] if g["baseline"].notna().any() else "baseline"
             row[f"speed-up vs {base}"] = "; ".join(cells)
         else:
@@ -143,14 +155,12 @@ def unsupported_table(run: Run) -> pd.DataFrame:
 
 
 def speedup_table(df: pd.DataFrame) -> pd.DataFrame:
-    il = df[df["kind"] == "interleaved"] if "speedup_median" in df else df.iloc[0:0]
+    il = interleaved_rows(df)
     if il.empty:
         return il
-    il = il.assign(
-        cell=il.apply(speedup_cell, axis=1), col=il["mode"].astype(str) + " T=" + il["T"].astype(int).astype(str)
-    )
-    order = il.sort_values(["mode", "T"])["col"].unique()
-    t = il.pivot_table(index="backend", columns="col", values="cell", aggfunc="first")[order]
+    il = il.assign(cell=il.apply(speedup_cell, axis=1))
+    order = il.sort_values(["device", "dtype", "mode", "T"])["where"].unique()
+    t = il.pivot_table(index="backend", columns="where", values="cell", aggfunc="first")[order]
     return t.rename_axis(columns=None).reset_index()
 
 
@@ -388,7 +398,8 @@ def build_in_place(run_dir: Path) -> Path:
 
     doc.h(2, "Speed-up (interleaved)")
     doc.table(speedup_table(df), "(no interleaved rows)")
-    cpu_il = df[(df["kind"] == "interleaved") & (df["device"] == "cpu")] if "threads" in df else df.iloc[0:0]
+    cpu_il = interleaved_rows(df)
+    cpu_il = cpu_il[cpu_il["device"] == "cpu"] if "threads" in cpu_il else cpu_il.iloc[0:0]
     if not cpu_il.empty:
         n = ", ".join(str(int(t)) for t in sorted(cpu_il["threads"].dropna().unique()))
         doc.p(

@@ -95,18 +95,20 @@ def speedup_vs_T(df: pd.DataFrame, path: Path) -> Path | None:
     il = df[df["kind"] == "interleaved"] if "speedup_median" in df else df.iloc[0:0]
     if il.empty:
         return None
-    modes = sorted(il["mode"].dropna().unique()) or [None]
-    fig, axes = plt.subplots(1, len(modes), figsize=(5.5 * len(modes), 4), squeeze=False)
-    for j, mode in enumerate(modes):
+    panels = il[["device", "dtype", "mode"]].drop_duplicates().sort_values(["device", "dtype", "mode"])
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    for j, (device, dtype, mode) in enumerate(panels.itertuples(index=False)):
         ax = axes[0, j]
-        sub = il[il["mode"] == mode] if mode else il
+        sub = il[(il["device"] == device) & (il["dtype"] == dtype) & (il["mode"] == mode)]
+        threads = sub["threads"].dropna().unique() if device == "cpu" and "threads" in sub else []
+        where = f"{device} {dtype} {mode}" + (f", {int(threads[0])} thread(s)" if len(threads) == 1 else "")
         for backend, g in sub.sort_values("T").groupby("backend"):
             lo, hi = 1 / g["ratio_p75"], 1 / g["ratio_p25"]
             med = g["speedup_median"]
             ax.errorbar(g["T"], med, yerr=[med - lo, hi - med], marker="o", capsize=3, label=backend)
         ax.axhline(1.0, color="k", lw=0.8)
         base = sub["baseline"].dropna().iloc[0] if "baseline" in sub and sub["baseline"].notna().any() else "?"
-        ax.set(title=f"speed-up vs {base} ({mode})", xlabel="sequence length T", ylabel="speed-up (x, log)")
+        ax.set(title=f"speed-up vs {base} ({where})", xlabel="sequence length T", ylabel="speed-up (x, log)")
         ax.set_yscale("log")
         _log2_x(ax)
         ax.grid(True, alpha=0.3)
