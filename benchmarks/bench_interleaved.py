@@ -30,7 +30,7 @@ def measure_config(c, state) -> dict:
     interleaved thread count throughout."""
     threads = state.settings.interleaved_cpu_threads if c.device == "cpu" else None
     with cpu_threads(threads):
-        return {**time_backends(c, state), "threads": threads or torch.get_num_threads()}
+        return {**time_backends(c, state), "threads": torch.get_num_threads()}
 
 
 def time_backends(c, state) -> dict:

@@ -57,10 +57,10 @@ def speedup_cell(r) -> str:
     return f"{r['speedup_median']:.2f}x [{lo:.2f}–{hi:.2f}]"
 
 
-def interleaved_rows(df: pd.DataFrame) -> pd.DataFrame:
+def labelled_interleaved_rows(df: pd.DataFrame) -> pd.DataFrame:
     """The interleaved rows, each with `where`: 'mode T=...', prefixed by device and dtype when the run has
     several (device, dtype) pairs, so that CPU and CUDA ratios of a backend never share a cell."""
-    il = df[df["kind"] == "interleaved"] if "speedup_median" in df else df.iloc[0:0]
+    il = plots.interleaved_rows(df)
     if il.empty:
         return il.assign(where=pd.Series(dtype=str))
     several = len(il[["device", "dtype"]].drop_duplicates()) > 1
@@ -76,7 +76,7 @@ def verdict_table(run: Run, df: pd.DataFrame) -> pd.DataFrame:
     backends = list(dict.fromkeys([*info.get("backends", []), *df["backend"].dropna().astype(str).unique()]))
     corr = summarize(run.correctness, backends) if run.correctness else pd.DataFrame()
     scal = scaling_table(run, df)
-    il = interleaved_rows(df)
+    il = labelled_interleaved_rows(df)
     ttt = plots.ttt_rows(df)
     rows = []
     for b in backends:
@@ -155,7 +155,7 @@ def unsupported_table(run: Run) -> pd.DataFrame:
 
 
 def speedup_table(df: pd.DataFrame) -> pd.DataFrame:
-    il = interleaved_rows(df)
+    il = labelled_interleaved_rows(df)
     if il.empty:
         return il
     il = il.assign(cell=il.apply(speedup_cell, axis=1))
@@ -398,7 +398,7 @@ def build_in_place(run_dir: Path) -> Path:
 
     doc.h(2, "Speed-up (interleaved)")
     doc.table(speedup_table(df), "(no interleaved rows)")
-    cpu_il = interleaved_rows(df)
+    cpu_il = plots.interleaved_rows(df)
     cpu_il = cpu_il[cpu_il["device"] == "cpu"] if "threads" in cpu_il else cpu_il.iloc[0:0]
     if not cpu_il.empty:
         n = ", ".join(str(int(t)) for t in sorted(cpu_il["threads"].dropna().unique()))

@@ -90,9 +90,13 @@ def memory_vs_T(df: pd.DataFrame, path: Path) -> Path | None:
     return _save(fig, path)
 
 
+def interleaved_rows(df: pd.DataFrame) -> pd.DataFrame:
+    return df[df["kind"] == "interleaved"] if "speedup_median" in df else df.iloc[0:0]
+
+
 def speedup_vs_T(df: pd.DataFrame, path: Path) -> Path | None:
     """Interleaved speed-up over the baseline against T, with the p25..p75 spread as error bars."""
-    il = df[df["kind"] == "interleaved"] if "speedup_median" in df else df.iloc[0:0]
+    il = interleaved_rows(df)
     if il.empty:
         return None
     panels = il[["device", "dtype", "mode"]].drop_duplicates().sort_values(["device", "dtype", "mode"])
