@@ -47,7 +47,7 @@ DEFAULTS = {
 }
 # Interleaved ratios on CPU are timed with one thread. With two, a run's ratios sat in one of two states for
 # minutes at a time (the kernels that synchronize threads often, against the big-matmul baseline), so two runs
-# differed by up to 25%; with one thread, four runs agreed within 3-5% of each other. Multi-thread speed: op sweep.
+# differed by up to 25%; with one thread, five runs agreed within 5.3% of each other. Multi-thread speed: op sweep.
 INTERLEAVED_CPU_THREADS = 1
 QUICK_INTERLEAVED_T = [256]
 
