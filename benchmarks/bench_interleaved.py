@@ -9,9 +9,9 @@ import os
 
 import pytest
 import torch
-
-from benchmarks.interleaved import interleaved_times, ratio_summary, record_rounds
-from benchmarks.measure import (
+from attnbench import get_backend
+from attnbench.bench.interleaved import interleaved_times, ratio_summary, record_rounds
+from attnbench.bench.measure import (
     attention_call,
     attention_inputs,
     case_info,
@@ -19,7 +19,6 @@ from benchmarks.measure import (
     time_call,
     unavailable_reason,
 )
-from kernels import get_backend
 
 BUDGET_S = {"cpu": 30.0, "cuda": 5.0}  # timed seconds per configuration (all backends), sets the rounds
 MIN_ROUNDS, MAX_ROUNDS = 9, 30  # at least 9 paired ratios: the median of 5 moved by 10% between runs at T=4096

@@ -2,7 +2,7 @@
 the KV cache), per backend, on the spine's CPU config: 4 layers, 4 heads, width 128, block 64, batch 12.
 
 Data are random token ids (throughput does not depend on the text). On a dtype other than float32 the model
-keeps float32 parameters and runs under autocast to that dtype, as reference_model.train does for bf16.
+keeps float32 parameters and runs under autocast to that dtype, as attnbench.gpt.train does for bf16.
 """
 
 import contextlib
@@ -11,11 +11,10 @@ import os
 
 import pytest
 import torch
-
-from benchmarks.measure import plan_rounds, synced, time_call, unavailable_reason
-from kernels import get_backend
-from reference_model.model import GPT, GPTConfig
-from reference_model.train import TrainConfig, make_optimizer
+from attnbench import get_backend
+from attnbench.bench.measure import plan_rounds, synced, time_call, unavailable_reason
+from attnbench.gpt.model import GPT, GPTConfig
+from attnbench.gpt.train import TrainConfig, make_optimizer
 
 SPINE = GPTConfig(block_size=64, vocab_size=65, n_layer=4, n_head=4, n_embd=128)
 BATCH = 12  # sequences per training step

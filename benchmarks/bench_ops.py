@@ -10,8 +10,8 @@ import time
 
 import pytest
 import torch
-
-from benchmarks.measure import (
+from attnbench import get_backend
+from attnbench.bench.measure import (
     attention_call,
     attention_inputs,
     available_memory_bytes,
@@ -25,7 +25,6 @@ from benchmarks.measure import (
     time_call,
     unavailable_reason,
 )
-from kernels import get_backend
 
 MEMORY_FRACTION = 0.5  # skip a case whose estimated need exceeds this share of the memory available now
 # Process memory per byte of a case's allocator peak. On CPU, benchmark runs keep freed memory for reuse

@@ -14,12 +14,11 @@ import dataclasses
 
 import pytest
 import torch
-
-from benchmarks.measure import unavailable_reason
-from benchmarks.train_to_target import FAST_RECIPE, QUICK_RECIPE, SPINE_RECIPE, cpu_backends, curve_agreement
-from benchmarks.train_to_target import train_to_target as run_to_target
-from kernels import get_backend
-from reference_model.data import Dataset
+from attnbench import get_backend
+from attnbench.bench.measure import unavailable_reason
+from attnbench.bench.train_to_target import FAST_RECIPE, QUICK_RECIPE, SPINE_RECIPE, cpu_backends, curve_agreement
+from attnbench.bench.train_to_target import train_to_target as run_to_target
+from attnbench.gpt.data import Dataset
 
 DEFAULT_BACKENDS = ["sdpa", "manual"]  # PyTorch's fused kernel and the explicit-mask formula: fits in ~3 min on CPU
 RECIPES = {"fast": FAST_RECIPE, "spine": SPINE_RECIPE}

@@ -18,11 +18,10 @@ import sys
 import time
 
 import torch
-
-from kernels import all_backends
-from reference_model.data import Dataset
-from reference_model.model import GPTConfig
-from reference_model.train import TrainConfig, evaluate, train
+from attnbench import all_backends
+from attnbench.gpt.data import Dataset
+from attnbench.gpt.model import GPTConfig
+from attnbench.gpt.train import TrainConfig, evaluate, train
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,9 +1,10 @@
 """`attnbench` command line.
 
+attnbench check mypkg.attn:fn [--profile ci|dev|thorough] [--quick] [-- PYTEST_ARGS]
 attnbench run [--quick] [--backends a,b] [--T 128:2048] [--dtype float32] [--device cpu] [--name N]
 attnbench regen reports/NAME
 attnbench compare reports/A reports/B [--threshold 0.1] [--fail-on-regression]
-attnbench train ... | attnbench sample ...      (reference_model.cli)
+attnbench train ... | attnbench sample ...      (attnbench.gpt.cli)
 """
 
 from __future__ import annotations
@@ -20,6 +21,23 @@ def _csv(text: str) -> list[str]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="attnbench", description="Attention backends: correctness, benchmarks, reports.")
     sub = p.add_subparsers(dest="command", required=True)
+
+    k = sub.add_parser(
+        "check",
+        help="run the conformance suite on backends; prints a verdict table, exit 1 on any failure",
+        description="Run every conformance property on the given backends (registered names or "
+        "package.module:function, resolved from the current directory or installed packages).",
+    )
+    k.add_argument("backends", nargs="+", help="registered backend names and/or package.module:function specs")
+    k.add_argument(
+        "--profile",
+        choices=["ci", "dev", "thorough"],
+        default="ci",
+        help="hypothesis profile: ci = 50 derandomized examples per property (default), dev = 50 random, "
+        "thorough = 500",
+    )
+    k.add_argument("--quick", action="store_true", help="only the equivalence and causality properties")
+    k.epilog = "Arguments after -- go to pytest, e.g. attnbench check mod:fn -- -x -k equivalence"
 
     r = sub.add_parser("run", help="the main job: benchmarks, speed-ups, training to target, correctness, report")
     r.add_argument("--backends", type=_csv, help="comma-separated backend names (default: all registered)")
@@ -53,24 +71,29 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--csv", help="also write every matched row to this CSV file")
 
     for name in ("train", "sample"):
-        sub.add_parser(name, help=f"{name} the reference GPT (reference_model.cli)", add_help=False)
+        sub.add_parser(name, help=f"{name} the reference GPT (attnbench.gpt.cli)", add_help=False)
     return p
 
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv and argv[0] in ("train", "sample"):  # everything after the subcommand belongs to reference_model.cli
-        from reference_model.cli import main as model_main
+    if argv and argv[0] in ("train", "sample"):  # everything after the subcommand belongs to attnbench.gpt.cli
+        from attnbench.gpt.cli import main as model_main
 
         return model_main(argv)
+    pytest_args: list[str] = []  # `attnbench check ... -- PYTEST_ARGS`
+    if argv[:1] == ["check"] and "--" in argv:
+        argv, pytest_args = argv[: argv.index("--")], argv[argv.index("--") + 1 :]
     args = build_parser().parse_args(argv)
 
-    from benchmarks.report.load import ReportInputError
-    from kernels import UnknownBackendError
+    from attnbench import UnknownBackendError
+    from attnbench.bench.report.load import ReportInputError
 
     try:
+        if args.command == "check":
+            return check(args.backends, args.profile, args.quick, pytest_args)
         if args.command == "run":
-            from benchmarks.report.main_job import Job, JobConfig, parse_T
+            from attnbench.bench.report.main_job import Job, JobConfig, parse_T
 
             cfg = JobConfig(
                 backends=args.backends,
@@ -89,12 +112,12 @@ def main(argv=None) -> int:
             )
             return Job(cfg, "attnbench " + shlex.join(argv)).run()
         if args.command == "regen":
-            from benchmarks.report.build import regen
+            from attnbench.bench.report.build import regen
 
             print(f"rebuilt {regen(args.dir)}")
             return 0
         if args.command == "compare":
-            from benchmarks.report.compare import compare, render
+            from attnbench.bench.report.compare import compare, render
 
             m = compare(args.a, args.b, args.threshold, gate_absolute=args.gate_absolute)
             print(render(m, args.threshold))
@@ -105,6 +128,34 @@ def main(argv=None) -> int:
         print(f"attnbench {args.command}: error: {e}", file=sys.stderr)
         return 2
     return 2
+
+
+def check(specs: list[str], profile: str, quick: bool, pytest_args: list[str]) -> int:
+    """The conformance suite on `specs`, in a pytest subprocess in a scratch directory; pytest's exit code."""
+    import os
+    import subprocess
+    import tempfile
+
+    from attnbench import get_backend
+    from attnbench.bench import suites
+
+    sys.path.insert(0, os.getcwd())  # a module:function spec may name a module of the current directory
+    for spec in specs:
+        get_backend(spec)  # an unknown name or a broken spec is one clear line (exit 2), before pytest starts
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))}
+    with tempfile.TemporaryDirectory(prefix="attnbench-check-") as scratch:
+        cmd = suites.pytest_command(
+            [
+                *suites.conformance_paths(quick),
+                *(f"--backend={s}" for s in specs),
+                f"--hypothesis-profile={profile}",
+                "-q",
+                *pytest_args,
+            ],
+            rootdir=scratch,
+        )
+        rc = subprocess.run(cmd, cwd=scratch, env=env).returncode
+    return rc
 
 
 if __name__ == "__main__":

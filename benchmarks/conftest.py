@@ -16,12 +16,11 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from benchmarks.interleaved import DEFAULT_BASELINE
-from benchmarks.measure import MODES, matmul_peak_flop_per_s
-from benchmarks.scaling import scaling_table
-from kernels import backend_names
-from reference_model.atomic import AtomicFile
+from attnbench import backend_names
+from attnbench.bench.interleaved import DEFAULT_BASELINE
+from attnbench.bench.measure import MODES, matmul_peak_flop_per_s
+from attnbench.bench.scaling import scaling_table
+from attnbench.gpt.atomic import AtomicFile
 
 BENCH_FILES = "bench_*.py"
 POW2 = [2**i for i in range(7, 15)]  # 128 .. 16384

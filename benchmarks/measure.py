@@ -22,9 +22,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
+from attnbench import Backend
 from torch.profiler import ProfilerActivity, profile
-
-from kernels import Backend
 
 MODES = ("fwd", "fwd+bwd")
 FLOP_FACTOR = {"fwd": 1.0, "bwd": 2.5, "fwd+bwd": 3.5}  # relative to the causal forward

@@ -1,7 +1,7 @@
 """Training to a target loss: does a (fast) backend still train the GPT, and how long does it take?
 
 For each backend the GPT is trained from the same seed with one recipe (the `Recipe` dataclass below) by
-reference_model.train.train until the validation loss on the *whole* validation split first reaches the
+attnbench.gpt.train.train until the validation loss on the *whole* validation split first reaches the
 target (then a short leak check, below). Recorded per backend: steps, training seconds (sum of the optimizer
 steps, evaluation excluded), evaluation seconds (apart), the loss curve, and a causality-leak flag. Across
 backends: whether the curves agree (max |difference| of val loss over the shared evaluation steps).
@@ -12,7 +12,7 @@ every backend); once that estimate is within `fine_margin` of the target, the wh
 `fine_interval` steps and the first whole-split value <= target stops the run. The optimizer's path does not
 depend on the cadence (evaluation has its own RNG), so steps-to-target is exact to within `fine_interval`.
 
-    python -m benchmarks.train_to_target --backends sdpa,manual --target 1.88 --json out.json
+    python -m attnbench.bench.train_to_target --backends sdpa,manual --target 1.88 --json out.json
 """
 
 from __future__ import annotations
@@ -27,13 +27,12 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import torch
-
-from benchmarks.measure import unavailable_reason
-from kernels import backend_names, get_backend
-from reference_model.atomic import AtomicFile
-from reference_model.data import DataError, Dataset
-from reference_model.model import GPT, GPTConfig
-from reference_model.train import TrainConfig, evaluate, train
+from attnbench import backend_names, get_backend
+from attnbench.bench.measure import unavailable_reason
+from attnbench.gpt.atomic import AtomicFile
+from attnbench.gpt.data import DataError, Dataset
+from attnbench.gpt.model import GPT, GPTConfig
+from attnbench.gpt.train import TrainConfig, evaluate, train
 
 
 @dataclass

@@ -168,13 +168,13 @@ def _as_backend(name: str, obj: object) -> Backend:
     if callable(obj):
         doc = (getattr(obj, "__doc__", None) or "").strip().splitlines()
         return Backend(name, obj, doc[0] if doc else f"plug-in backend {name}")
-    raise TypeError(f"{name!r} must be a kernels.Backend or an attention callable, got {type(obj).__name__}")
+    raise TypeError(f"{name!r} must be a attnbench.Backend or an attention callable, got {type(obj).__name__}")
 
 
 def load_entry_point_backends() -> None:
     """Register backends that installed packages declare in the `attnbench.backends` entry-point group.
 
-    Each entry point names either a `kernels.Backend` or a plain attention callable (its name is the
+    Each entry point names either a `attnbench.Backend` or a plain attention callable (its name is the
     entry point's name, its description the first line of its docstring).
     """
     global _entry_points_loaded
@@ -192,14 +192,19 @@ def load_entry_point_backends() -> None:
             _REGISTRY[ep.name] = dataclasses.replace(_as_backend(ep.name, obj), name=ep.name)
 
 
+_SPECS: dict[str, Backend] = {}  # spec -> its Backend: the same spec gives the same object every time
+
+
 def load_backend_spec(spec: str) -> Backend:
-    """Import 'package.module:attr' and return it as a Backend named by the spec."""
-    module_name, _, attr = spec.partition(":")
-    try:
-        obj = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as e:
-        raise UnknownBackendError(f"cannot load backend {spec!r}: {e}") from e
-    return _as_backend(spec, obj)
+    """Import 'package.module:attr' and return it as a Backend named by the spec (loaded once per spec)."""
+    if spec not in _SPECS:
+        module_name, _, attr = spec.partition(":")
+        try:
+            obj = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as e:
+            raise UnknownBackendError(f"cannot load backend {spec!r}: {e}") from e
+        _SPECS[spec] = _as_backend(spec, obj)
+    return _SPECS[spec]
 
 
 def get_backend(name: str | None = None) -> Backend:

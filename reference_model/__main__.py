@@ -1,4 +1,4 @@
-"""`python -m reference_model train|sample` (see reference_model/cli.py)."""
+"""`python -m attnbench.gpt train|sample` (see reference_model/cli.py)."""
 
 from .cli import main
 

@@ -1,7 +1,7 @@
-"""Command line for the reference GPT: `python -m reference_model train|sample` (also `attnbench train|sample`).
+"""Command line for the reference GPT: `python -m attnbench.gpt train|sample` (also `attnbench train|sample`).
 
-    python -m reference_model train --max-iters 2000 --out ckpt.pt --watch 10
-    python -m reference_model sample --checkpoint ckpt.pt --prompt "ROMEO:" --top-k 20
+    python -m attnbench.gpt train --max-iters 2000 --out ckpt.pt --watch 10
+    python -m attnbench.gpt sample --checkpoint ckpt.pt --prompt "ROMEO:" --top-k 20
 
 Every GPTConfig and TrainConfig field is a `train` flag (generated from the dataclasses, help text from the
 comment beside each field). Bad input ends with exit code 2 and one line on stderr, never a traceback.
@@ -21,8 +21,7 @@ import time
 import typing
 
 import torch
-
-from kernels import UnknownBackendError, backend_names, get_backend
+from attnbench import UnknownBackendError, backend_names, get_backend
 
 from .data import DATA_ENV, FILE_NAME, SHA256, DataError, Dataset, cache_dir
 from .model import GPTConfig
@@ -66,7 +65,7 @@ def _add_dataclass_flags(parser: argparse.ArgumentParser, cls, title: str) -> No
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m reference_model", description="Train the reference GPT on tiny Shakespeare, or sample it."
+        prog="python -m attnbench.gpt", description="Train the reference GPT on tiny Shakespeare, or sample it."
     )
     sub = parser.add_subparsers(dest="command", required=True)
 

@@ -14,8 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
-from kernels import get_backend
+from attnbench import get_backend
 
 KVCache = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: k, v of shape (B, H, T_past, D)
 
@@ -29,7 +28,7 @@ class GPTConfig:
     n_embd: int = 128  # model width C
     dropout: float = 0.0  # on attention weights, residual branches and embeddings while training
     bias: bool = True  # biases in Linear and LayerNorm, as in GPT-2
-    backend: str = "sdpa"  # attention backend by registry name (see kernels.backend_names())
+    backend: str = "sdpa"  # attention backend by registry name (see attnbench.backend_names())
 
     def __post_init__(self):
         if self.n_embd % self.n_head:

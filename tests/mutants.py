@@ -1,6 +1,6 @@
 """Deliberately broken attention backends, each a bug seen in real attention code.
 
-Test assets only: they are never registered (tests wrap them in an unregistered kernels.Backend). The
+Test assets only: they are never registered (tests wrap them in an unregistered attnbench.Backend). The
 mutation kill test (tests/test_mutation_kill.py) runs every named property against each and requires
 each one to be caught by at least one.
 """
@@ -11,8 +11,11 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import pytest
 import torch
 import torch.nn.functional as F
+
+KILL_TABLE = pytest.StashKey[str]()  # written by test_mutation_kill.py, printed by tests/conftest.py
 
 
 @dataclass(frozen=True)

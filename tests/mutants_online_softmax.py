@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from attnbench import chunked
+from attnbench.registry import default_scale
 from mutants import Mutant
-
-from kernels import chunked
-from kernels.registry import default_scale
 
 BLOCK = 4  # keys per step: T <= 24 in the suite, so several blocks and (for T % 4 != 0) a tail
 

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import random
 
+import attnbench
 import pytest
 import torch
-
-import kernels
-from reference_model.data import Dataset
-from reference_model.model import GPT, GPTConfig
-from reference_model.train import TrainConfig
+from attnbench.gpt.data import Dataset
+from attnbench.gpt.model import GPT, GPTConfig
+from attnbench.gpt.train import TrainConfig
 
 WORDS = ["to", "be", "or", "not", "the", "king", "my", "lord", "ROMEO:", "JULIET:", "thou", "art", ",", ".", "\n"]
 
@@ -43,7 +42,7 @@ def tiny_model(backend: str = "sdpa", seed: int = 0, **kw) -> GPT:
 
 def cpu_fp32_backends() -> list[str]:
     """Registered backends that can run on CPU in float32 (the ones every CPU model test covers)."""
-    return [b.name for b in kernels.all_backends() if b.supports("cpu", torch.float32)]
+    return [b.name for b in attnbench.all_backends() if b.supports("cpu", torch.float32)]
 
 
 def require_cpu_fp32(backend) -> None:

@@ -1,4 +1,4 @@
-"""`python -m reference_model train|sample`: every config field is a flag, a tiny end-to-end run, and each bad
+"""`python -m attnbench.gpt train|sample`: every config field is a flag, a tiny end-to-end run, and each bad
 input ends with exit code 2 and one readable line (no traceback)."""
 
 from __future__ import annotations
@@ -8,15 +8,14 @@ import subprocess
 import sys
 
 import pytest
+from attnbench.gpt.cli import main
+from attnbench.gpt.data import DATA_ENV
+from attnbench.gpt.model import GPTConfig
+from attnbench.gpt.train import TrainConfig
 from spine_helpers import (
     one_thread,  # noqa: F401  (autouse: one torch thread)
     tiny_text,
 )
-
-from reference_model.cli import main
-from reference_model.data import DATA_ENV
-from reference_model.model import GPTConfig
-from reference_model.train import TrainConfig
 
 TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "16", "--batch-size", "4"]
 TINY += ["--max-iters", "6", "--eval-interval", "3", "--eval-iters", "2", "--no-progress"]
@@ -84,7 +83,7 @@ def test_missing_data_file(tmp_path, capsys):
 def test_no_data_anywhere_says_where_to_put_it(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv(DATA_ENV, raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    monkeypatch.setattr("reference_model.data.URL", (tmp_path / "offline.txt").as_uri())  # no network
+    monkeypatch.setattr("attnbench.gpt.data.URL", (tmp_path / "offline.txt").as_uri())  # no network
     err = one_error_line(capsys, main(["train", *TINY]))
     assert "could not download" in err and DATA_ENV in err and "--data" in err
 
@@ -126,7 +125,7 @@ def test_checksum_is_checked_unless_told_not_to(corpus, capsys):
 
 
 def test_module_entry_point():
-    r = subprocess.run([sys.executable, "-m", "reference_model", "sample"], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "attnbench.gpt", "sample"], capture_output=True, text=True)
     assert r.returncode == 2 and "--checkpoint" in r.stderr  # argparse: the required flag is missing
 
 

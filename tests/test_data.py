@@ -6,12 +6,7 @@ import hashlib
 
 import pytest
 import torch
-from spine_helpers import (
-    one_thread,  # noqa: F401  (autouse: one torch thread)
-    tiny_text,
-)
-
-from reference_model.data import (
+from attnbench.gpt.data import (
     DATA_ENV,
     FILE_NAME,
     CharTokenizer,
@@ -20,6 +15,10 @@ from reference_model.data import (
     all_windows,
     get_batch,
     resolve_data_path,
+)
+from spine_helpers import (
+    one_thread,  # noqa: F401  (autouse: one torch thread)
+    tiny_text,
 )
 
 TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from backends import backend_params
+from attnbench.conformance.backends import backend_params
 from spine_helpers import (
     one_thread,  # noqa: F401  (autouse: one torch thread)
     require_cpu_fp32,

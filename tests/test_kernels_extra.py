@@ -12,12 +12,11 @@ import importlib.util
 
 import pytest
 import torch
-from properties import PROPERTIES, run_property
-from reference import attention_formula
-
-from benchmarks.measure import peak_memory_bytes, score_matrix_bytes
-from kernels import chunked, compiled_manual, flex, get_backend, triton_flash
-from kernels.registry import AttentionInputError
+from attnbench import chunked, compiled_manual, flex, get_backend, triton_flash
+from attnbench.bench.measure import peak_memory_bytes, score_matrix_bytes
+from attnbench.conformance.properties import PROPERTIES, run_property
+from attnbench.conformance.reference import attention_formula
+from attnbench.registry import AttentionInputError
 
 
 def _qkv(b, h, tq, tk, d, dtype=torch.float64, seed=0):

@@ -12,11 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch.utils.flop_counter import FlopCounterMode
-
-from benchmarks.conftest import pytest_ignore_collect
-from benchmarks.interleaved import interleaved_times, ratio_summary, round_orders
-from benchmarks.measure import (
+from attnbench import backend_names, get_backend
+from attnbench.bench.conftest import pytest_ignore_collect
+from attnbench.bench.interleaved import interleaved_times, ratio_summary, round_orders
+from attnbench.bench.measure import (
     attention_call,
     attention_inputs,
     causal_attention_flops,
@@ -28,9 +27,9 @@ from benchmarks.measure import (
     quantile,
     score_matrix_bytes,
 )
-from benchmarks.scaling import fit_exponent, scaling_table
-from kernels import backend_names, get_backend
-from reference_model.atomic import AtomicFile
+from attnbench.bench.scaling import fit_exponent, scaling_table
+from attnbench.gpt.atomic import AtomicFile
+from torch.utils.flop_counter import FlopCounterMode
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -250,8 +249,8 @@ def test_interleaved_threads_option_refuses_bad_values(tmp_path, bad):
 
 
 def test_op_sweep_skips_a_case_whose_process_memory_would_not_fit(monkeypatch):
-    from benchmarks import bench_ops
-    from benchmarks.conftest import OpCase
+    from attnbench.bench import bench_ops
+    from attnbench.bench.conftest import OpCase
 
     series = {1024: {"median_s": 0.01, "peak_mem_bytes": 2**30}}  # 1 GiB at T=1024 -> 4 GiB at T=2048
     case = OpCase("manual", "cpu", "float32", 2048, "fwd")

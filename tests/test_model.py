@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import pytest
 import torch
-from backends import backend_params
+from attnbench import UnknownBackendError
+from attnbench.conformance.backends import backend_params
+from attnbench.gpt.model import GPTConfig
+from attnbench.gpt.train import make_optimizer
 from spine_helpers import (
     one_thread,  # noqa: F401  (autouse: one torch thread)
     require_cpu_fp32,
     tiny_model,
     tiny_train_config,
 )
-
-from kernels import UnknownBackendError
-from reference_model.model import GPTConfig
-from reference_model.train import make_optimizer
 
 
 def tokens(B=2, T=10, vocab=32, seed=0):

@@ -12,11 +12,10 @@ import importlib.util
 
 import pytest
 import torch
+from attnbench import Backend
+from attnbench.conformance.properties import PROPERTIES, run_property
 from hypothesis import Phase
-from mutants import CATALOGUE, Mutant
-from properties import PROPERTIES, run_property
-
-from kernels import Backend
+from mutants import CATALOGUE, KILL_TABLE, Mutant
 
 KILL_EXAMPLES = 20  # examples per (mutant, property); a mutant is usually killed within the first few
 
@@ -71,7 +70,7 @@ def kill_rows(request):
     rows: dict[str, dict[str, str]] = {}
     yield rows
     table = kill_table(rows)
-    request.config._attnbench_kill_table = table  # shown by tests/conftest.py's terminal summary
+    request.config.stash[KILL_TABLE] = table  # shown by tests/conftest.py's terminal summary
     print("\n" + table)
 
 
@@ -85,8 +84,8 @@ def test_mutant_is_killed(mutant: Mutant, kill_rows):
 
 
 def test_catalogue_is_never_registered():
-    import kernels
+    import attnbench
 
-    names = set(kernels.backend_names())
-    leaked = [m.name for m in all_mutants() if m.name in names or m.fn in {b.fn for b in kernels.all_backends()}]
+    names = set(attnbench.backend_names())
+    leaked = [m.name for m in all_mutants() if m.name in names or m.fn in {b.fn for b in attnbench.all_backends()}]
     assert not leaked, f"mutants registered as real backends: {leaked}"

@@ -1,7 +1,9 @@
-"""Plug-in conformance: a backend from another package gets the whole suite.
+"""Plug-in conformance: a backend from another package gets the whole suite, from any directory.
 
 Two ways in: the `attnbench.backends` entry point (tests/plugin_example, installed with
-`pip install -e tests/plugin_example`, registers `toy_plugin`), and `pytest --backend package.module:function`.
+`pip install -e tests/plugin_example`, registers `toy_plugin`), and a `package.module:function` spec given to
+`attnbench check` or `pytest --backend`. The toy plug-in's tests skip, with the install line, where it is not
+installed; CI installs it.
 """
 
 from __future__ import annotations
@@ -12,64 +14,99 @@ import subprocess
 import sys
 import textwrap
 import xml.etree.ElementTree as ET
-from pathlib import Path
 
-import backends
+import attnbench
 import pytest
+from attnbench.conformance import backends
 
-import kernels
-
-ROOT = Path(__file__).resolve().parents[1]
 TOY = "toy_plugin"
-INSTALL_HINT = "install the toy plug-in first: python -m pip install -e tests/plugin_example"
+needs_toy = pytest.mark.skipif(
+    TOY not in {ep.name for ep in importlib.metadata.entry_points(group=attnbench.ENTRY_POINT_GROUP)},
+    reason="the toy plug-in is not installed: python -m pip install -e tests/plugin_example",
+)
+CORRECT = '''
+import torch
+import torch.nn.functional as F
+
+def attention(q, k, v, *, causal=True, dropout_p=0.0, scale=None):
+    """ext attention: SDPA with an explicit bottom-right mask."""
+    tq, tk = q.size(-2), k.size(-2)
+    mask = torch.ones(tq, tk, dtype=torch.bool, device=q.device).tril(tk - tq) if causal else None
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
+
+def top_left(q, k, v, *, causal=True, dropout_p=0.0, scale=None):
+    """SDPA's own is_causal: aligned top-left when Tq != Tk, which the contract forbids."""
+    return F.scaled_dot_product_attention(q, k, v, is_causal=causal, dropout_p=dropout_p, scale=scale)
+'''
 
 
+@needs_toy
 def test_entry_point_backend_is_registered():
-    eps = {ep.name for ep in importlib.metadata.entry_points(group=kernels.ENTRY_POINT_GROUP)}
-    assert TOY in eps, f"no {TOY!r} entry point in group {kernels.ENTRY_POINT_GROUP!r}; {INSTALL_HINT}"
-    assert TOY in kernels.backend_names()
-    assert kernels.get_backend(TOY).description.startswith("toy plug-in")
+    eps = {ep.name for ep in importlib.metadata.entry_points(group=attnbench.ENTRY_POINT_GROUP)}
+    assert TOY in eps, f"no {TOY!r} entry point in group {attnbench.ENTRY_POINT_GROUP!r}; {INSTALL_HINT}"
+    assert TOY in attnbench.backend_names()
+    assert attnbench.get_backend(TOY).description.startswith("toy plug-in")
 
 
+@needs_toy
 def test_entry_point_backend_gets_every_backend_parametrized_test(request):
     if TOY not in {b.name for b in backends.selected_backends()}:
         pytest.skip(f"--backend narrowed the run to {[b.name for b in backends.selected_backends()]}")
     funcs: dict[str, set[str]] = {}
     for item in request.session.items:
         params = getattr(item, "callspec", None)
-        if params is not None and isinstance(params.params.get("backend"), kernels.Backend):
+        if params is not None and isinstance(params.params.get("backend"), attnbench.Backend):
             funcs.setdefault(item.nodeid.split("[")[0], set()).add(params.params["backend"].name)
     missing = [f for f, names in funcs.items() if TOY not in names]
     assert not missing, f"{TOY} is not parametrized into {missing}"
 
 
-def _pytest(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, CI="true", PYTHONPATH=os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "ignore::UserWarning", *args]
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+def _run(cwd, *cmd: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, CI="true")
+    return subprocess.run(list(cmd), cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 
-def test_entry_point_and_spec_backends_run_the_suite(tmp_path):
-    """`--backend toy_plugin,extattn:attention` runs (only) those two, and both pass."""
-    (tmp_path / "extattn.py").write_text(
-        textwrap.dedent(
-            '''
-            import torch.nn.functional as F
+def _check(cwd, *args: str) -> subprocess.CompletedProcess:
+    return _run(cwd, sys.executable, "-m", "attnbench.bench.cli", "check", *args)
 
-            def attention(q, k, v, *, causal=True, dropout_p=0.0, scale=None):
-                """ext attention: SDPA with an explicit bottom-right mask."""
-                import torch
-                tq, tk = q.size(-2), k.size(-2)
-                mask = torch.ones(tq, tk, dtype=torch.bool, device=q.device).tril(tk - tq) if causal else None
-                return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
-            '''
-        )
-    )
+
+def test_check_from_outside_the_repository_passes_a_correct_backend_and_fails_a_wrong_one(tmp_path):
+    """`attnbench check mod:fn` from a directory that is not the checkout: a verdict table, exit 0 / 1."""
+    (tmp_path / "extattn.py").write_text(textwrap.dedent(CORRECT))
+    good = _check(tmp_path, "extattn:attention", "--quick", "--", "-k", "cpu")
+    assert good.returncode == 0, good.stdout[-3000:] + good.stderr[-2000:]
+    assert "extattn:attention: PASS" in good.stdout and "failed" not in good.stdout.splitlines()[-1]
+    bad = _check(tmp_path, "extattn:top_left", "--quick", "--", "-k", "cpu and equivalence")
+    assert bad.returncode == 1, bad.stdout[-3000:] + bad.stderr[-2000:]
+    # top-left alignment never sees the future, so causality holds; the float64 reference catches it
+    assert "extattn:top_left: FAIL" in bad.stdout and "failed: equivalence" in bad.stdout
+    assert not (tmp_path / ".pytest_cache").exists() and not (tmp_path / ".hypothesis").exists()
+
+
+def test_check_names_an_unknown_backend_in_one_line(tmp_path):
+    proc = _check(tmp_path, "no_such_backend")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "no_such_backend" in proc.stderr and "manual" in proc.stderr  # names the known backends
+
+
+@needs_toy
+def test_entry_point_and_spec_backends_run_the_suite_the_pytest_way(tmp_path):
+    """`pytest --pyargs attnbench.conformance --backend toy_plugin,extattn:attention` runs only those two."""
+    (tmp_path / "extattn.py").write_text(textwrap.dedent(CORRECT))
     junit = tmp_path / "junit.xml"
-    proc = _pytest(
+    proc = _run(
         tmp_path,
-        "tests/test_equivalence.py",
-        "tests/test_causality.py",
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "-p",
+        "attnbench.conformance.plugin",
+        "--pyargs",
+        "attnbench.conformance.test_equivalence",
+        "attnbench.conformance.test_causality",
         "-k",
         "cpu and (equivalence or causal_future)",
         "--backend",
@@ -84,7 +121,18 @@ def test_entry_point_and_spec_backends_run_the_suite(tmp_path):
     assert all(TOY in n or "extattn:attention" in n for n in names), f"--backend did not narrow the run: {names}"
 
 
-def test_unknown_backend_is_a_usage_error(tmp_path):
-    proc = _pytest(tmp_path, "tests/test_model_parity.py", "--backend", "no_such_backend")
+def test_unknown_backend_is_a_usage_error_under_pytest(tmp_path):
+    proc = _run(
+        tmp_path,
+        sys.executable,
+        "-m",
+        "pytest",
+        "-p",
+        "attnbench.conformance.plugin",
+        "--pyargs",
+        "attnbench.conformance.test_model_parity",
+        "--backend",
+        "no_such_backend",
+    )
     assert proc.returncode == 4, proc.stdout[-2000:] + proc.stderr[-2000:]  # pytest's usage-error exit code
     assert "no_such_backend" in proc.stderr and "manual" in proc.stderr  # names the known backends

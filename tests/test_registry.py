@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import importlib.metadata
 
+import attnbench
 import pytest
 import torch
-from backends import backend_params
-from spine_helpers import one_thread  # noqa: F401  (autouse: one torch thread)
-
-import kernels
-from kernels import (
+from attnbench import (
     AttentionInputError,
     UnknownBackendError,
     attend,
@@ -19,6 +16,8 @@ from kernels import (
     registry,
     use_backend,
 )
+from attnbench.conformance.backends import backend_params
+from spine_helpers import one_thread  # noqa: F401  (autouse: one torch thread)
 
 REQUIRED = ["per_head_loop", "manual", "sdpa", "sdpa_math", "sdpa_flash", "sdpa_efficient", "sdpa_cudnn"]
 
@@ -39,9 +38,9 @@ def qkv(B=1, H=2, Tq=3, Tk=3, D=4, **kw):
 
 
 def test_required_backends_registered_with_descriptions():
-    names = kernels.backend_names()
+    names = attnbench.backend_names()
     assert set(REQUIRED) <= set(names)
-    for b in kernels.all_backends():
+    for b in attnbench.all_backends():
         assert b.description and b.name in names
 
 
@@ -66,7 +65,7 @@ def test_supports_answers_with_a_reason_on_cpu():
 def test_register_twice_needs_replace(scratch_registry):
     fn = get_backend("manual").fn
     b = register_backend("spine_test", fn, "test double")
-    assert get_backend("spine_test") is b and "spine_test" in kernels.backend_names()
+    assert get_backend("spine_test") is b and "spine_test" in attnbench.backend_names()
     with pytest.raises(ValueError, match="already registered"):
         register_backend("spine_test", fn, "again")
     b2 = register_backend("spine_test", fn, "replaced", replace=True)
@@ -89,25 +88,25 @@ def test_use_backend_sets_and_restores_default(scratch_registry):
 
 
 def test_module_function_spec_loads_a_backend():
-    b = get_backend("kernels.manual:manual_attention")
-    assert b.name == "kernels.manual:manual_attention"
+    b = get_backend("attnbench.manual:manual_attention")
+    assert b.name == "attnbench.manual:manual_attention"
     q, k, v = qkv()
     torch.testing.assert_close(b(q, k, v), get_backend("manual")(q, k, v), rtol=0, atol=0)
     with pytest.raises(UnknownBackendError, match="cannot load"):
-        get_backend("kernels.manual:does_not_exist")
+        get_backend("attnbench.manual:does_not_exist")
     with pytest.raises(UnknownBackendError, match="cannot load"):
         get_backend("no_such_package_xyz:fn")
 
 
 def test_entry_point_backends_are_registered(scratch_registry, monkeypatch):
     ep = importlib.metadata.EntryPoint(
-        name="ep_plugin", value="kernels.per_head_loop:per_head_loop_attention", group=kernels.ENTRY_POINT_GROUP
+        name="ep_plugin", value="attnbench.per_head_loop:per_head_loop_attention", group=attnbench.ENTRY_POINT_GROUP
     )
     monkeypatch.setattr(registry, "_entry_points_loaded", False)
     monkeypatch.setattr(
-        importlib.metadata, "entry_points", lambda group=None: [ep] if group == kernels.ENTRY_POINT_GROUP else []
+        importlib.metadata, "entry_points", lambda group=None: [ep] if group == attnbench.ENTRY_POINT_GROUP else []
     )
-    assert "ep_plugin" in kernels.backend_names()
+    assert "ep_plugin" in attnbench.backend_names()
     b = get_backend("ep_plugin")
     assert b.description == "plug-in backend ep_plugin"  # the function has no docstring to take a line from
     q, k, v = qkv()
@@ -115,15 +114,15 @@ def test_entry_point_backends_are_registered(scratch_registry, monkeypatch):
 
 
 def test_bottom_right_causal_mask():
-    m = kernels.bottom_right_causal_mask(2, 4, torch.device("cpu"))
+    m = attnbench.bottom_right_causal_mask(2, 4, torch.device("cpu"))
     assert m.tolist() == [[True, True, True, False], [True, True, True, True]]
-    assert torch.equal(kernels.bottom_right_causal_mask(3, 3, "cpu"), torch.ones(3, 3, dtype=torch.bool).tril())
+    assert torch.equal(attnbench.bottom_right_causal_mask(3, 3, "cpu"), torch.ones(3, 3, dtype=torch.bool).tril())
 
 
 def test_default_scale_is_per_head_size():
     q = torch.zeros(1, 8, 2, 16)
-    assert kernels.default_scale(q, None) == pytest.approx(0.25)
-    assert kernels.default_scale(q, 0.5) == 0.5
+    assert attnbench.default_scale(q, None) == pytest.approx(0.25)
+    assert attnbench.default_scale(q, 0.5) == 0.5
 
 
 BAD_INPUTS = {

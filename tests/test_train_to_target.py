@@ -13,9 +13,8 @@ import math
 
 import pytest
 import torch
-
-from benchmarks.train_to_target import Recipe, curve_agreement, train_to_target
-from reference_model.data import Dataset
+from attnbench.bench.train_to_target import Recipe, curve_agreement, train_to_target
+from attnbench.gpt.data import Dataset
 
 try:
     from mutants import no_causal_mask  # tests/mutants.py (the mutation catalogue)

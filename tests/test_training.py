@@ -10,7 +10,16 @@ import signal
 
 import pytest
 import torch
-from backends import backend_params
+from attnbench.conformance.backends import backend_params
+from attnbench.gpt.data import all_windows
+from attnbench.gpt.train import (
+    evaluate,
+    last_checkpoint_path,
+    load_checkpoint,
+    lr_at,
+    make_optimizer,
+    train,
+)
 from spine_helpers import (
     one_thread,  # noqa: F401  (autouse: one torch thread)
     require_cpu_fp32,
@@ -18,16 +27,6 @@ from spine_helpers import (
     tiny_model,
     tiny_model_config,
     tiny_train_config,
-)
-
-from reference_model.data import all_windows
-from reference_model.train import (
-    evaluate,
-    last_checkpoint_path,
-    load_checkpoint,
-    lr_at,
-    make_optimizer,
-    train,
 )
 
 quiet = dict(log=lambda s: None)

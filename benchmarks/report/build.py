@@ -12,8 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
-from benchmarks import scaling
+from attnbench.bench import scaling
 
 from . import plots
 from .correctness import summarize

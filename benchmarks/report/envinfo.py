@@ -45,7 +45,9 @@ def _version(dist: str) -> str | None:
         return None
 
 
-def collect(repo: Path) -> dict:
+def collect() -> dict:
+    """The environment; `git` describes the checkout attnbench itself runs from (None for an installed wheel)."""
+    package_dir = Path(__file__).resolve().parents[2]  # <checkout> for an editable install, site-packages else
     cuda = torch.cuda.is_available()
     return {
         "python": sys.version.split()[0],
@@ -60,6 +62,9 @@ def collect(repo: Path) -> dict:
         "torch_threads": torch.get_num_threads(),
         "torch_interop_threads": torch.get_num_interop_threads(),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-        **{f"{d}_version": _version(d) for d in ("numpy", "pandas", "matplotlib", "pytest", "pytest-benchmark")},
-        "git": git_info(repo),
+        **{
+            f"{d}_version": _version(d)
+            for d in ("attnbench", "numpy", "pandas", "matplotlib", "pytest", "pytest-benchmark")
+        },
+        "git": git_info(package_dir) if (package_dir / ".git").exists() else None,
     }

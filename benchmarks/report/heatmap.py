@@ -11,8 +11,7 @@ import math
 
 import torch
 import torch.nn.functional as F
-
-from kernels import get_backend
+from attnbench import get_backend
 
 
 def attention_matrix(backend: str, q: torch.Tensor, k: torch.Tensor, causal: bool = True) -> torch.Tensor:
@@ -50,9 +49,9 @@ def model_attention(model, idx: torch.Tensor, backend: str, layer: int = -1) -> 
 
 def train_small_model(data_path: str | None, steps: int, device: str, log=print):
     """A small char GPT trained for `steps` steps (seconds on a CPU); returns (model, tokenizer, final val loss)."""
-    from reference_model.data import Dataset
-    from reference_model.model import GPTConfig
-    from reference_model.train import TrainConfig, train
+    from attnbench.gpt.data import Dataset
+    from attnbench.gpt.model import GPTConfig
+    from attnbench.gpt.train import TrainConfig, train
 
     dataset = Dataset.load(data_path)
     cfg = TrainConfig(

@@ -18,17 +18,15 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from attnbench.bench import suites
 from tqdm.auto import tqdm
 
 from . import envinfo
 from .build import build_in_place, swap_in
 from .load import ReportInputError, load_benchmark_json
 
-REPO = Path(__file__).resolve().parents[2]  # benchmarks/report/main_job.py -> repository root
 DEVICES, DTYPES = ("cpu", "cuda"), ("float32", "bfloat16", "float16")
 HEAT_PROMPT = "ROMEO:\nO, she doth teach"
-# --quick's correctness stage: the per-backend equivalence and causality properties (the whole suite otherwise)
-QUICK_CORRECTNESS = ("tests/test_equivalence.py", "tests/test_causality.py")
 
 
 @dataclass
@@ -97,8 +95,7 @@ def ttt_options(cfg: JobConfig) -> list[str]:
 def support_matrix(names: list[str]) -> dict:
     """{backend: {'cpu float32': None | why not, ...}} from the registry, as seen on this machine."""
     import torch
-
-    from kernels import get_backend
+    from attnbench import get_backend
 
     out = {}
     for name in names:
@@ -122,15 +119,17 @@ class Job:
     # ------------------------------------------------------------------------------------------ stages
 
     def pytest(self, stage: str, args: list[str], bar: tqdm) -> int:
-        """Run `python -m pytest args` in the repository root, log to logs/<stage>.log; returns its exit code."""
+        """Run the shipped suite `args` under pytest in a scratch directory, log to logs/<stage>.log; exit code."""
         log = self.dir / "logs" / f"{stage}.log"
-        cmd = [sys.executable, "-m", "pytest", *args, "-p", "no:cacheprovider"]
+        scratch = self.dir / "scratch"  # pytest's and hypothesis's working files; removed before the swap
+        scratch.mkdir(exist_ok=True)
+        cmd = suites.pytest_command(args, rootdir=scratch)
         with open(log, "w") as f:
             f.write("$ " + " ".join(cmd) + "\n")
             f.flush()
             self.proc = subprocess.Popen(
                 cmd,
-                cwd=REPO,
+                cwd=scratch,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 text=True,
@@ -148,15 +147,15 @@ class Job:
         return rc
 
     def bench_stage(self, stage: str, bar: tqdm) -> tuple[str, str]:
-        path = REPO / "benchmarks" / f"{stage}.py"
+        path = suites.bench_file(stage)
         if not path.is_file():
-            return "failed", f"{path.relative_to(REPO)} not found"
+            return "failed", f"{path} not found"
         out = self.dir / f"{stage}.json"
         extra = ttt_options(self.cfg) if stage == "bench_train_to_target" else []
         rc = self.pytest(
             stage,
             [
-                str(path.relative_to(REPO)),
+                str(path),
                 "--benchmark-only",
                 f"--benchmark-json={out}",
                 "-v",
@@ -176,8 +175,8 @@ class Job:
 
     def correctness_stage(self, stage: str, bar: tqdm) -> tuple[str, str]:
         xml = self.dir / "correctness.xml"
-        quick = [f for f in QUICK_CORRECTNESS if (REPO / f).is_file()] if self.cfg.quick else []
-        args = [*(quick or ["tests"]), f"--junitxml={xml}", "-v", f"--ignore={Path('tests') / 'test_report.py'}"]
+        args = [*suites.conformance_paths(self.cfg.quick), f"--junitxml={xml}", "-v"]
+        args += [f"--backend={name}" for name in self.cfg.backends or ["all"]]
         if self.cfg.correctness_k:
             args += ["-k", self.cfg.correctness_k]
         rc = self.pytest(stage, args, bar)
@@ -191,7 +190,7 @@ class Job:
         return ("ok" if rc in (0, 1) else "failed"), detail + ("" if rc in (0, 1) else f" (pytest exit {rc})")
 
     def heatmap_stage(self, stage: str, bar: tqdm) -> tuple[str, str]:
-        from kernels import backend_names
+        from attnbench import backend_names
 
         from . import heatmap
 
@@ -224,11 +223,11 @@ class Job:
         (self.dir / "logs").mkdir()
         started = time.time()
         try:
-            from kernels import backend_names
+            from attnbench import backend_names
 
             names = cfg.backends or backend_names()
             support = support_matrix(names)  # also validates --backends: unknown names fail here, clearly
-            (self.dir / "env.json").write_text(json.dumps(envinfo.collect(REPO), indent=1))
+            (self.dir / "env.json").write_text(json.dumps(envinfo.collect(), indent=1))
             plan = [
                 (s, self.bench_stage)
                 for s in ("bench_ops", "bench_interleaved", "bench_model", "bench_train_to_target")
@@ -250,6 +249,7 @@ class Job:
                     bar.write(f"{stage}: {status} ({detail}) in {time.time() - t0:.0f} s")
                     self.write_run_info(name, names, support, started)
             self.write_run_info(name, names, support, started)
+            shutil.rmtree(self.dir / "scratch", ignore_errors=True)
             build_in_place(self.dir)
             swap_in(self.dir, final)
         except KeyboardInterrupt:

@@ -14,10 +14,9 @@ from dataclasses import dataclass
 
 import pytest
 import torch
-from backends import candidate_dtypes, set_model_backend, supported_dtypes
-from hypothesis import given, settings
-from hypothesis import strategies as st
-from reference import (
+from attnbench import Backend
+from attnbench.conformance.backends import candidate_dtypes, set_model_backend, supported_dtypes
+from attnbench.conformance.reference import (
     RuleResult,
     abs_logit_bound,
     attention_formula,
@@ -27,10 +26,10 @@ from reference import (
     reference_weights,
     rounding_noise,
 )
-from strategies import HUGE_MAGNITUDES, Case, ModelCase, cases, causal_cut_cases, model_cases
-
-from kernels import Backend
-from reference_model.model import GPT, GPTConfig
+from attnbench.conformance.strategies import HUGE_MAGNITUDES, Case, ModelCase, cases, causal_cut_cases, model_cases
+from attnbench.gpt.model import GPT, GPTConfig
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 FLOATS = (torch.float32, torch.float64)  # dtypes where a statistical or exact property is meaningful
 
@@ -473,15 +472,16 @@ def check_backend(name: str, backend: Backend, device: str, record_property=None
     worst example's max_err and bound (the report reads them).
     """
     prop = PROPERTIES[name]
+    if record_property is not None:  # first, so a skip is counted under this backend and property too
+        record_property("backend", backend.name)
+        record_property("property", name)
     if prop.uses_dropout and (reason := backend.why_no_dropout(device)):
         pytest.skip(f"{backend.name} on {device}: {reason}")
     wanted = [torch.float32] if prop.level == "model" else candidate_dtypes(device)
     if prop.dtypes is not None:
         wanted = [d for d in wanted if d in prop.dtypes]
     results = run_property(prop, backend, device, supported_dtypes(backend, device, wanted))
-    if record_property is not None:
-        record_property("backend", backend.name)
-        if results:
-            worst = _worst(results)
-            record_property("max_err", worst.err)
-            record_property("bound", worst.bound)
+    if record_property is not None and results:
+        worst = _worst(results)
+        record_property("max_err", worst.err)
+        record_property("bound", worst.bound)

@@ -1,6 +1,6 @@
 """Which attention backends and devices a test run covers: the one helper every test file parametrizes with.
 
-    from backends import backend_params, device_params, supported_dtypes
+    from attnbench.conformance.backends import backend_params, device_params, supported_dtypes
 
     @pytest.mark.parametrize("device", device_params())
     @pytest.mark.parametrize("backend", backend_params())   # ids are the backend names
@@ -8,7 +8,7 @@
         dtypes = supported_dtypes(backend, device)           # skips with the backend's reason if none
         ...
 
-By default every registered backend (kernels.all_backends(), entry-point plug-ins included) is covered.
+By default every registered backend (attnbench.all_backends(), entry-point plug-ins included) is covered.
 `pytest --backend NAME[,NAME...]` (repeatable) narrows the run to those registered names; a value of the
 form `package.module:function` is imported and covered too; `all` stands for every registered backend
 (so `--backend all,mypkg.attn:fn` adds a plug-in to the full set). tests/conftest.py calls `configure`.
@@ -16,11 +16,10 @@ form `package.module:function` is imported and covered too; `all` stands for eve
 
 from __future__ import annotations
 
+import attnbench
 import pytest
 import torch
-
-import kernels
-from kernels import Backend
+from attnbench import Backend
 
 _requested: list[str] | None = None  # the --backend values, None when not given
 
@@ -36,15 +35,15 @@ def configure(values: list[str] | None) -> None:
 
 def selected_backends() -> list[Backend]:
     if _requested is None:
-        return kernels.all_backends()
+        return attnbench.all_backends()
     out: dict[str, Backend] = {}
     for name in _requested:
         if name == "all":
-            out.update((b.name, b) for b in kernels.all_backends())
+            out.update((b.name, b) for b in attnbench.all_backends())
             continue
         try:
-            backend = kernels.get_backend(name)  # registered name or 'package.module:function'
-        except kernels.UnknownBackendError as e:
+            backend = attnbench.get_backend(name)  # registered name or 'package.module:function'
+        except attnbench.UnknownBackendError as e:
             raise pytest.UsageError(f"--backend: {e}") from e
         out[backend.name] = backend
     return list(out.values())

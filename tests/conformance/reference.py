@@ -5,7 +5,7 @@ Shapes (the backend contract of kernels/registry.py):
     q: (B, H, Tq, D); k, v: (B, H, Tk, D) with Tq <= Tk; out: (B, H, Tq, D)
 
 The causal mask is aligned to the bottom right: query i sits at absolute position Tk - Tq + i and sees keys
-0 .. Tk - Tq + i. The mask here is built independently of kernels.bottom_right_causal_mask (tril with an
+0 .. Tk - Tq + i. The mask here is built independently of attnbench.bottom_right_causal_mask (tril with an
 offset rather than comparing aranges) so that a bug there cannot hide in the oracle too.
 
 Pass rule (after flash-attention's tests), for the output and every gradient:

@@ -4,8 +4,8 @@ Pass rule (tests/reference.py): max|x - ref64| <= 2 * max|naive_d - ref64| + ato
 """
 
 import pytest
-from backends import backend_params, device_params
-from properties import check_backend
+from attnbench.conformance.backends import backend_params, device_params
+from attnbench.conformance.properties import check_backend
 
 
 @pytest.mark.parametrize("device", device_params())

@@ -1,8 +1,8 @@
 """Causality at op level (future inputs, gradients, prefix runs; Tq < Tk in absolute positions) and in the GPT."""
 
 import pytest
-from backends import backend_params, device_params
-from properties import check_backend
+from attnbench.conformance.backends import backend_params, device_params
+from attnbench.conformance.properties import check_backend
 
 
 @pytest.mark.parametrize("device", device_params())

@@ -1,8 +1,8 @@
 """Structural properties: convex combination, batch/head independence, dropout, huge logits, eval mode."""
 
 import pytest
-from backends import backend_params, device_params
-from properties import check_backend
+from attnbench.conformance.backends import backend_params, device_params
+from attnbench.conformance.properties import check_backend
 
 
 @pytest.mark.parametrize("device", device_params())

@@ -1,8 +1,8 @@
 """Model parity: one GPT and state_dict; logits, loss, grads and one AdamW step agree with float64 by the rule."""
 
 import pytest
-from backends import backend_params, device_params
-from properties import check_backend
+from attnbench.conformance.backends import backend_params, device_params
+from attnbench.conformance.properties import check_backend
 
 
 @pytest.mark.parametrize("device", device_params())

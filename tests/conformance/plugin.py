@@ -1,0 +1,95 @@
+"""The conformance suite's pytest plugin: the --backend option, hypothesis profiles and the verdict table.
+
+Loaded with `-p attnbench.conformance.plugin` (the repository's pytest config and `attnbench check` do it):
+
+--backend NAME_OR_SPEC   narrow the run to registered backends, or cover a `package.module:function` too
+                         (repeatable or comma-separated; `all` = every registered backend; see backends.py)
+--hypothesis-profile P   ci (derandomized; the default when the CI environment variable is set),
+                         dev (the default otherwise), thorough (>= 500 examples per property);
+                         the HYPOTHESIS_PROFILE environment variable also picks one
+
+At the end of the run a verdict table shows, per backend and property, how many tests passed, failed or
+were skipped (with the skip reasons), from the `backend` and `property` each conformance test records.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+
+from attnbench.conformance import backends
+from hypothesis import HealthCheck, settings
+
+# Deadlines are off: the machines are shared and noisy, and a slow example is not a wrong one.
+_common = dict(
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.differing_executors],
+)
+settings.register_profile("ci", max_examples=50, derandomize=True, **_common)  # reproducible: same examples every run
+settings.register_profile("dev", max_examples=50, **_common)  # random: new examples every run
+settings.register_profile("thorough", max_examples=500, **_common)  # before a release, or after touching a kernel
+# HYPOTHESIS_PROFILE (tox passes it through) or CI pick the default; --hypothesis-profile overrides both.
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "dev"))
+
+# (backend, property) -> {"passed"|"failed"|"skipped": count, "reasons": set}; one per pytest process
+_verdicts: dict[tuple[str, str], dict] = defaultdict(lambda: {"passed": 0, "failed": 0, "skipped": 0, "reasons": set()})
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--backend",
+        action="append",
+        default=None,
+        metavar="NAME_OR_SPEC",
+        help="attention backends to test: registered names and/or package.module:function specs "
+        "(repeatable or comma-separated; 'all' = every registered backend). Default: all registered.",
+    )
+
+
+def pytest_configure(config):
+    backends.configure(config.getoption("--backend"))
+
+
+def pytest_runtest_logreport(report):
+    """Count each conformance test's outcome under the (backend, property) it recorded."""
+    props = dict(report.user_properties)
+    if "backend" not in props or "property" not in props:
+        return
+    if report.when != "call" and not (report.skipped or report.failed):
+        return
+    cell = _verdicts[(props["backend"], props["property"])]
+    if report.skipped:
+        cell["skipped"] += 1
+        cell["reasons"].add(str(report.longrepr[2]) if isinstance(report.longrepr, tuple) else "skipped")
+    else:
+        cell["passed" if report.passed else "failed"] += 1
+
+
+def verdict_table(verdicts: dict) -> list[str]:
+    """One line per backend: PASS/FAIL and the properties that failed or were skipped."""
+    by_backend: dict[str, dict[str, dict]] = defaultdict(dict)
+    for (backend, prop), cell in verdicts.items():
+        by_backend[backend][prop] = cell
+    lines = []
+    for backend, cells in sorted(by_backend.items()):
+        failed = sorted(p for p, c in cells.items() if c["failed"])
+        passed = sum(1 for c in cells.values() if c["passed"] and not c["failed"])
+        skipped = {p: c["reasons"] for p, c in cells.items() if c["skipped"] and not c["passed"] and not c["failed"]}
+        verdict = "FAIL" if failed else ("PASS" if passed else "NOT RUN")
+        lines.append(
+            f"{backend}: {verdict}  ({passed} properties passed, {len(failed)} failed, {len(skipped)} skipped)"
+        )
+        if failed:
+            lines.append(f"    failed: {', '.join(failed)}")
+        for p, reasons in sorted(skipped.items()):
+            lines.append(f"    skipped {p}: {'; '.join(sorted(reasons))}")
+    return lines
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    lines = verdict_table(_verdicts)
+    if lines:
+        terminalreporter.write_sep("=", "attnbench conformance verdict (per backend)")
+        for line in lines:
+            terminalreporter.write_line(line)
