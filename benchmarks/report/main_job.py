@@ -218,7 +218,7 @@ class Job:
             )
             return 2
         out_dir.mkdir(parents=True, exist_ok=True)
-        self.dir = Path(tempfile.mkdtemp(dir=out_dir, prefix=f".partial-{name}-"))
+        self.dir = Path(tempfile.mkdtemp(dir=out_dir, prefix=f".partial-{name}-")).resolve()  # stages run elsewhere
         os.chmod(self.dir, 0o755)
         (self.dir / "logs").mkdir()
         started = time.time()
