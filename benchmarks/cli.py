@@ -93,7 +93,7 @@ def main(argv=None) -> int:
         if args.command == "check":
             return check(args.backends, args.profile, args.quick, pytest_args)
         if args.command == "run":
-            from attnbench.bench.report.main_job import Job, JobConfig, parse_T
+            from attnbench.bench.job.main_job import Job, JobConfig, parse_T
 
             cfg = JobConfig(
                 backends=args.backends,

@@ -13,7 +13,7 @@ import importlib.util
 import pytest
 import torch
 from attnbench import chunked, compiled_manual, flex, get_backend, triton_flash
-from attnbench.bench.measure import peak_memory_bytes, score_matrix_bytes
+from attnbench.bench.measuring.measure import peak_memory_bytes, score_matrix_bytes
 from attnbench.conformance.properties import PROPERTIES, run_property
 from attnbench.conformance.reference import attention_formula
 from attnbench.registry import AttentionInputError

@@ -13,9 +13,8 @@ import numpy as np
 import pytest
 import torch
 from attnbench import backend_names, get_backend
-from attnbench.bench.conftest import pytest_ignore_collect
-from attnbench.bench.interleaved import interleaved_times, ratio_summary, round_orders
-from attnbench.bench.measure import (
+from attnbench.bench.measuring.interleaved import interleaved_times, ratio_summary, round_orders
+from attnbench.bench.measuring.measure import (
     attention_call,
     attention_inputs,
     causal_attention_flops,
@@ -27,7 +26,8 @@ from attnbench.bench.measure import (
     quantile,
     score_matrix_bytes,
 )
-from attnbench.bench.scaling import fit_exponent, scaling_table
+from attnbench.bench.measuring.scaling import fit_exponent, scaling_table
+from attnbench.bench.suites.conftest import pytest_ignore_collect
 from attnbench.gpt.atomic import AtomicFile
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -195,15 +195,15 @@ class StubConfig:
 
 
 def test_bench_files_are_ignored_without_benchmark_only():
-    bench, other = REPO / "benchmarks" / "bench_ops.py", REPO / "benchmarks" / "measure.py"
+    bench, other = REPO / "benchmarks" / "suites" / "bench_ops.py", REPO / "benchmarks" / "measuring" / "measure.py"
     assert pytest_ignore_collect(bench, StubConfig()) is True
     assert pytest_ignore_collect(bench, StubConfig(benchmark_only=True)) is None
     assert pytest_ignore_collect(other, StubConfig()) is None
 
 
 def test_benchmark_only_collects_every_backend():
-    cmd = [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", "benchmarks/bench_ops.py",
-           "--benchmark-only", "--bench-quick", "--bench-device=cpu"]  # fmt: skip
+    cmd = [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+           "benchmarks/suites/bench_ops.py", "--benchmark-only", "--bench-quick", "--bench-device=cpu"]  # fmt: skip
     out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120).stdout
     for name in backend_names():
         for mode in ("fwd", "fwd+bwd"):
@@ -223,7 +223,7 @@ def test_cpu_threads_sets_the_count_inside_and_restores_it_after():
 
 
 def run_interleaved(tmp_path, *options) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "benchmarks/bench_interleaved.py",
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "benchmarks/suites/bench_interleaved.py",
            "--benchmark-only", "--bench-quick", "--bench-device=cpu", "--bench-backends=manual,chunked",
            "--bench-interleaved-T=128", f"--bench-json={tmp_path / 'il.json'}", *options]  # fmt: skip
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
@@ -249,8 +249,8 @@ def test_interleaved_threads_option_refuses_bad_values(tmp_path, bad):
 
 
 def test_op_sweep_skips_a_case_whose_process_memory_would_not_fit(monkeypatch):
-    from attnbench.bench import bench_ops
-    from attnbench.bench.conftest import OpCase
+    from attnbench.bench.suites import bench_ops
+    from attnbench.bench.suites.conftest import OpCase
 
     series = {1024: {"median_s": 0.01, "peak_mem_bytes": 2**30}}  # 1 GiB at T=1024 -> 4 GiB at T=2048
     case = OpCase("manual", "cpu", "float32", 2048, "fwd")

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 from attnbench.bench.cli import main as cli
-from attnbench.bench.report import build, compare, heatmap
+from attnbench.bench.measuring import heatmap
+from attnbench.bench.report import build, compare
 from attnbench.bench.report.load import ReportInputError, load_benchmark_json
 
 BACKENDS = ["manual", "per_head_loop", "sdpa"]
@@ -267,7 +268,7 @@ def test_interrupted_regen_leaves_earlier_report_intact(tmp_path, monkeypatch):
 
 
 def test_interrupted_run_leaves_earlier_reports_intact(tmp_path, monkeypatch):
-    from attnbench.bench.report import main_job
+    from attnbench.bench.job import main_job
 
     earlier = synthetic_run(tmp_path / "reports" / "earlier")
     build.build_in_place(earlier)
@@ -284,7 +285,7 @@ def test_interrupted_run_leaves_earlier_reports_intact(tmp_path, monkeypatch):
 
 
 def test_parse_T():
-    from attnbench.bench.report.main_job import parse_T
+    from attnbench.bench.job.main_job import parse_T
 
     assert parse_T("128:1024") == [128, 256, 512, 1024]
     assert parse_T("100:300") == [128, 256]

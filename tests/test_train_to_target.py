@@ -13,7 +13,7 @@ import math
 
 import pytest
 import torch
-from attnbench.bench.train_to_target import Recipe, curve_agreement, train_to_target
+from attnbench.bench.measuring.train_to_target import Recipe, curve_agreement, train_to_target
 from attnbench.gpt.data import Dataset
 
 try:

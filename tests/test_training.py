@@ -155,7 +155,7 @@ def sdpa_loss():
 
 @pytest.mark.parametrize("backend", backend_params())
 def test_every_cpu_backend_trains_to_the_same_loss_as_sdpa(backend, sdpa_loss, record_property):
-    """Reduced-scale version of the 200-step check (benchmarks/check_backend_training.py runs the full one)."""
+    """Reduced-scale version of the 200-step check (measuring/check_backend_training.py runs the full one)."""
     require_cpu_fp32(backend)
     loss = final_val_loss(backend.name)
     record_property("backend", backend.name)

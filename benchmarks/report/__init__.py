@@ -1,7 +1,7 @@
-"""Reports: the main job (`attnbench run`), building a report from saved JSON, and comparing two runs.
+"""Reports: a run directory read and rendered (report.md, report.html, results.csv, plots), and two runs compared.
 
-A run directory holds the raw inputs (pytest-benchmark JSON files, the correctness junit XML, env.json,
-run.json, heatmap.json) and the outputs rebuilt from them (report.md, report.html, results.csv, PNG plots).
+A run directory holds the raw inputs the stages of `attnbench run` wrote (pytest-benchmark JSON files, the
+correctness junit XML, env.json, run.json, heatmap.json) and the outputs rebuilt from them by `build`.
 """
 
 from .load import ReportInputError, load_benchmark_json, load_run, results_frame

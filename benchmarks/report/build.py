@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from attnbench.bench import scaling
+from attnbench.bench.measuring import scaling
 
 from . import plots
 from .correctness import summarize

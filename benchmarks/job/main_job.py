@@ -19,11 +19,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from attnbench.bench import suites
+from attnbench.bench.measuring import envinfo
+from attnbench.bench.report.build import build_in_place, swap_in
+from attnbench.bench.report.load import ReportInputError, load_benchmark_json
 from tqdm.auto import tqdm
-
-from . import envinfo
-from .build import build_in_place, swap_in
-from .load import ReportInputError, load_benchmark_json
 
 DEVICES, DTYPES = ("cpu", "cuda"), ("float32", "bfloat16", "float16")
 HEAT_PROMPT = "ROMEO:\nO, she doth teach"
@@ -182,7 +181,7 @@ class Job:
         rc = self.pytest(stage, args, bar)
         if not xml.is_file():
             return "failed", f"pytest exit {rc}, no junit XML; see logs/{stage}.log"
-        from .correctness import parse_junit
+        from attnbench.bench.report.correctness import parse_junit
 
         t = parse_junit(xml)["totals"]
         detail = f"{t['passed']} passed, {t['failed']} failed, {t['skipped']} skipped"
@@ -191,8 +190,7 @@ class Job:
 
     def heatmap_stage(self, stage: str, bar: tqdm) -> tuple[str, str]:
         from attnbench import backend_names
-
-        from . import heatmap
+        from attnbench.bench.measuring import heatmap
 
         device = "cuda" if self.cfg.device == "cuda" else "cpu"
         steps = self.cfg.heat_steps or (150 if self.cfg.quick else 500)

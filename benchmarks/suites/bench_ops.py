@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 from attnbench import get_backend
-from attnbench.bench.measure import (
+from attnbench.bench.measuring.measure import (
     attention_call,
     attention_inputs,
     available_memory_bytes,

@@ -10,8 +10,8 @@ import os
 import pytest
 import torch
 from attnbench import get_backend
-from attnbench.bench.interleaved import interleaved_times, ratio_summary, record_rounds
-from attnbench.bench.measure import (
+from attnbench.bench.measuring.interleaved import interleaved_times, ratio_summary, record_rounds
+from attnbench.bench.measuring.measure import (
     attention_call,
     attention_inputs,
     case_info,

@@ -12,7 +12,7 @@ import os
 import pytest
 import torch
 from attnbench import get_backend
-from attnbench.bench.measure import plan_rounds, synced, time_call, unavailable_reason
+from attnbench.bench.measuring.measure import plan_rounds, synced, time_call, unavailable_reason
 from attnbench.gpt.model import GPT, GPTConfig
 from attnbench.gpt.train import TrainConfig, make_optimizer
 

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 from attnbench import backend_names
-from attnbench.bench.interleaved import DEFAULT_BASELINE
-from attnbench.bench.measure import MODES, matmul_peak_flop_per_s
-from attnbench.bench.scaling import scaling_table
+from attnbench.bench.measuring.interleaved import DEFAULT_BASELINE
+from attnbench.bench.measuring.measure import MODES, matmul_peak_flop_per_s
+from attnbench.bench.measuring.scaling import scaling_table
 from attnbench.gpt.atomic import AtomicFile
 
 BENCH_FILES = "bench_*.py"

@@ -12,7 +12,7 @@ every backend); once that estimate is within `fine_margin` of the target, the wh
 `fine_interval` steps and the first whole-split value <= target stops the run. The optimizer's path does not
 depend on the cadence (evaluation has its own RNG), so steps-to-target is exact to within `fine_interval`.
 
-    python -m attnbench.bench.train_to_target --backends sdpa,manual --target 1.88 --json out.json
+    python -m attnbench.bench.measuring.train_to_target --backends sdpa,manual --target 1.88 --json out.json
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 from attnbench import backend_names, get_backend
-from attnbench.bench.measure import unavailable_reason
+from attnbench.bench.measuring.measure import unavailable_reason
 from attnbench.gpt.atomic import AtomicFile
 from attnbench.gpt.data import DataError, Dataset
 from attnbench.gpt.model import GPT, GPTConfig

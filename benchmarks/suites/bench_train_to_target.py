@@ -1,13 +1,13 @@
-"""Training to a target loss, per backend (benchmarks/train_to_target.py has the recipe and the runner).
+"""Training to a target loss, per backend (benchmarks/measuring/train_to_target.py has the recipe and the runner).
 
 One pytest-benchmark row per (backend, device), timed once (rounds=1): the row's own time is the whole run
 including evaluation; extra_info carries steps, training seconds (evaluation excluded), evaluation seconds,
 the curve and the leak flag. Curve agreement between the backends of a device goes into the JSON's top-level
 "attnbench" -> "curve_agreement" -> device.
 
-    pytest benchmarks/bench_train_to_target.py --benchmark-only                 # sdpa and manual to 1.88
-    pytest benchmarks/bench_train_to_target.py --benchmark-only --ttt-full      # every backend to 1.88
-    pytest benchmarks/bench_train_to_target.py --benchmark-only --ttt-quick     # seconds: loose target
+    pytest benchmarks/suites/bench_train_to_target.py --benchmark-only                 # sdpa and manual to 1.88
+    pytest benchmarks/suites/bench_train_to_target.py --benchmark-only --ttt-full      # every backend to 1.88
+    pytest benchmarks/suites/bench_train_to_target.py --benchmark-only --ttt-quick     # seconds: loose target
 """
 
 import dataclasses
@@ -15,9 +15,15 @@ import dataclasses
 import pytest
 import torch
 from attnbench import get_backend
-from attnbench.bench.measure import unavailable_reason
-from attnbench.bench.train_to_target import FAST_RECIPE, QUICK_RECIPE, SPINE_RECIPE, cpu_backends, curve_agreement
-from attnbench.bench.train_to_target import train_to_target as run_to_target
+from attnbench.bench.measuring.measure import unavailable_reason
+from attnbench.bench.measuring.train_to_target import (
+    FAST_RECIPE,
+    QUICK_RECIPE,
+    SPINE_RECIPE,
+    cpu_backends,
+    curve_agreement,
+)
+from attnbench.bench.measuring.train_to_target import train_to_target as run_to_target
 from attnbench.gpt.data import Dataset
 
 DEFAULT_BACKENDS = ["sdpa", "manual"]  # PyTorch's fused kernel and the explicit-mask formula: fits in ~3 min on CPU

@@ -1,7 +1,7 @@
 """Every backend that runs on CPU in float32 trains the reference config from the same seed to the same loss as sdpa.
 
-    python benchmarks/check_backend_training.py                  # 200 steps, tolerance 1e-3, 2 threads
-    python benchmarks/check_backend_training.py --steps 50 --backends sdpa,manual
+    python -m attnbench.bench.measuring.check_backend_training                  # 200 steps, tolerance 1e-3, 2 threads
+    python -m attnbench.bench.measuring.check_backend_training --steps 50 --backends sdpa,manual
 
 Config: 4 layers, 4 heads, n_embd 128, block 64, batch 12, lr 1e-3 cosine to 1e-4 over the run, warmup 100,
 dropout 0 (the GPTConfig / TrainConfig defaults). The loss compared is the validation loss on the whole val split

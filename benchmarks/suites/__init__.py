@@ -12,11 +12,10 @@ import os
 import sys
 from pathlib import Path
 
-import attnbench.bench
 import attnbench.conformance
 
 CONFORMANCE_PLUGIN = "attnbench.conformance.plugin"
-BENCH_DIR = Path(attnbench.bench.__file__).parent  # bench_*.py and their conftest (the benchmark plugin)
+BENCH_DIR = Path(__file__).parent  # bench_*.py and their conftest (the benchmark plugin)
 CONFORMANCE_DIR = Path(attnbench.conformance.__file__).parent
 # --quick's correctness stage: the per-backend equivalence and causality properties (the whole suite otherwise)
 QUICK_CONFORMANCE = ("test_equivalence.py", "test_causality.py")
