@@ -21,6 +21,7 @@ from . import (  # noqa: F401  (importing a backend module registers it)
 from .registry import (
     DEFAULT_BACKEND,
     ENTRY_POINT_GROUP,
+    FEATURES,
     AttendFn,
     AttentionInputError,
     Backend,
@@ -31,14 +32,17 @@ from .registry import (
     bottom_right_causal_mask,
     check_inputs,
     default_scale,
+    features_in_use,
     get_backend,
     register_backend,
     use_backend,
+    visible_mask,
 )
 
 __all__ = [
     "DEFAULT_BACKEND",
     "ENTRY_POINT_GROUP",
+    "FEATURES",
     "AttendFn",
     "AttentionInputError",
     "Backend",
@@ -49,7 +53,9 @@ __all__ = [
     "bottom_right_causal_mask",
     "check_inputs",
     "default_scale",
+    "features_in_use",
     "get_backend",
     "register_backend",
     "use_backend",
+    "visible_mask",
 ]

@@ -1,20 +1,28 @@
-"""`manual`: all heads batched, explicit causal mask with masked_fill(-inf), softmax, weighted sum."""
+"""`manual`: all heads batched, explicit boolean mask, softmax, weighted sum: the plain reference of every feature."""
 
 import torch.nn.functional as F
 
-from .registry import bottom_right_causal_mask, default_scale, register_backend
+from .registry import FEATURES, default_scale, masked_softmax, register_backend, repeat_kv, visible_mask
 
 
-def manual_attention(q, k, v, *, causal=True, dropout_p=0.0, scale=None):
-    # q: (B, H, Tq, D); k, v: (B, H, Tk, D)
-    att = (q @ k.transpose(-2, -1)) * default_scale(q, scale)  # (B, H, Tq, Tk)
-    if causal:
-        mask = bottom_right_causal_mask(q.size(-2), k.size(-2), q.device)  # (Tq, Tk)
-        att = att.masked_fill(~mask, float("-inf"))
-    att = F.softmax(att, dim=-1)
+def manual_attention(
+    q, k, v, *, causal=True, dropout_p=0.0, scale=None, window=None, mask_mod=None, document_ids=None, softcap=None
+):
+    # q: (B, Hq, Tq, D); k, v: (B, Hkv, Tk, D)
+    k, v = repeat_kv(k, q.size(1)), repeat_kv(v, q.size(1))  # (B, Hq, Tk, D)
+    att = (q @ k.transpose(-2, -1)) * default_scale(q, scale)  # (B, Hq, Tq, Tk)
+    if softcap is not None:
+        att = softcap * (att / softcap).tanh()
+    vis = visible_mask(q, k, causal=causal, window=window, mask_mod=mask_mod, document_ids=document_ids)
+    att = masked_softmax(att, vis)  # (B, Hq, Tq, Tk); rows seeing no key are 0
     if dropout_p > 0.0:
         att = F.dropout(att, p=dropout_p)
-    return att @ v  # (B, H, Tq, D)
+    return att @ v  # (B, Hq, Tq, D)
 
 
-register_backend("manual", manual_attention, "all heads batched, explicit -inf causal mask, softmax, matmul")
+register_backend(
+    "manual",
+    manual_attention,
+    "all heads batched, explicit boolean mask, softmax, matmul",
+    features=FEATURES,
+)

@@ -3,23 +3,32 @@
 import torch
 import torch.nn.functional as F
 
-from .registry import bottom_right_causal_mask, default_scale, register_backend
+from .registry import FEATURES, default_scale, masked_softmax, register_backend, visible_mask
 
 
-def per_head_loop_attention(q, k, v, *, causal=True, dropout_p=0.0, scale=None):
-    # q: (B, H, Tq, D); k, v: (B, H, Tk, D)
+def per_head_loop_attention(
+    q, k, v, *, causal=True, dropout_p=0.0, scale=None, window=None, mask_mod=None, document_ids=None, softcap=None
+):
+    # q: (B, Hq, Tq, D); k, v: (B, Hkv, Tk, D)
     scale = default_scale(q, scale)
-    mask = bottom_right_causal_mask(q.size(-2), k.size(-2), q.device) if causal else None  # (Tq, Tk)
+    group = q.size(1) // k.size(1)  # query heads per key/value head
+    vis = visible_mask(q, k, causal=causal, window=window, mask_mod=mask_mod, document_ids=document_ids)
     heads = []
     for h in range(q.size(1)):
-        wei = (q[:, h] @ k[:, h].transpose(-2, -1)) * scale  # (B, Tq, Tk)
-        if mask is not None:
-            wei = wei.masked_fill(~mask, float("-inf"))
-        wei = F.softmax(wei, dim=-1)
+        kh, vh = k[:, h // group], v[:, h // group]  # (B, Tk, D): the key/value head this query head reads
+        wei = (q[:, h] @ kh.transpose(-2, -1)) * scale  # (B, Tq, Tk)
+        if softcap is not None:
+            wei = softcap * (wei / softcap).tanh()
+        wei = masked_softmax(wei, None if vis is None else vis[:, min(h, vis.size(1) - 1)])  # (B, Tq, Tk)
         if dropout_p > 0.0:
             wei = F.dropout(wei, p=dropout_p)
-        heads.append(wei @ v[:, h])  # (B, Tq, D)
-    return torch.stack(heads, dim=1)  # (B, H, Tq, D)
+        heads.append(wei @ vh)  # (B, Tq, D)
+    return torch.stack(heads, dim=1)  # (B, Hq, Tq, D)
 
 
-register_backend("per_head_loop", per_head_loop_attention, "one head at a time in a Python loop, then stacked")
+register_backend(
+    "per_head_loop",
+    per_head_loop_attention,
+    "one head at a time in a Python loop, then stacked",
+    features=FEATURES,
+)

@@ -2,12 +2,25 @@
 
 A backend computes multi-head attention on already-projected tensors:
 
-    out = backend(q, k, v, *, causal=True, dropout_p=0.0, scale=None)
-    q: (B, H, Tq, D); k, v: (B, H, Tk, D) with Tq <= Tk; same dtype and device; out: (B, H, Tq, D)
+    out = backend(q, k, v, *, causal=True, dropout_p=0.0, scale=None,
+                  window=None, mask_mod=None, document_ids=None, softcap=None)
+    q: (B, Hq, Tq, D); k, v: (B, Hkv, Tk, D) with Tq <= Tk and Hq % Hkv == 0; same dtype and device;
+    out: (B, Hq, Tq, D)
 
 `scale` defaults to 1/sqrt(D), the per-head size. Causal attention with Tq < Tk is aligned to the bottom
 right: query i sits at absolute position Tk - Tq + i and sees keys 0 .. Tk - Tq + i (KV-cache decoding,
 chunked prefill).
+
+Optional features (FEATURES), each off by default; a backend declares those it implements:
+- gqa: Hkv < Hq (grouped-query attention; MQA is Hkv = 1): query head h reads key/value head h // (Hq // Hkv).
+- window (int >= 1, causal only): the query at absolute position p sees keys p - window + 1 .. p.
+- mask_mod(b, h, q_idx, kv_idx) -> bool tensor (FlexAttention's convention, broadcasting index tensors, on
+  absolute positions, h the query head): True where the query may see the key.
+- document_ids ((B, Tk) integer tensor, packed sequences): the query at absolute position p sees only keys j
+  with document_ids[b, j] == document_ids[b, p].
+- softcap (float > 0): logits -> softcap * tanh(logits / softcap), applied before masking.
+Every mask given is combined by AND. A query row that sees no key at all (possible with mask_mod) outputs
+zeros, and its gradient with respect to q, k and v is zero.
 """
 
 from __future__ import annotations
@@ -26,6 +39,8 @@ import torch
 
 ENTRY_POINT_GROUP = "attnbench.backends"
 DEFAULT_BACKEND = "sdpa"
+FEATURES = ("gqa", "window", "mask_mod", "document_ids", "softcap")  # the contract's optional features
+MaskMod = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class AttendFn(Protocol):
@@ -38,6 +53,10 @@ class AttendFn(Protocol):
         causal: bool = True,
         dropout_p: float = 0.0,
         scale: float | None = None,
+        window: int | None = None,
+        mask_mod: MaskMod | None = None,
+        document_ids: torch.Tensor | None = None,
+        softcap: float | None = None,
     ) -> torch.Tensor: ...
 
 
@@ -60,6 +79,10 @@ def dropout_supported(device: torch.device) -> str | None:
     return None
 
 
+def declared_features_supported(feature: str, device: torch.device) -> str | None:
+    return None
+
+
 @dataclass(frozen=True)
 class Backend:
     """A registered attention implementation.
@@ -67,6 +90,8 @@ class Backend:
     `unsupported_reason(device, dtype)` returns None when the backend can run there, else a sentence
     saying why not (tests and benchmarks skip with that sentence). `no_dropout_reason(device)` likewise
     says why the backend cannot apply dropout_p > 0 there; such a call raises AttentionInputError.
+    `features` are the optional features (FEATURES) the backend implements; `no_feature_reason(feature,
+    device)` may still refuse a declared one on a device. A backend that declares nothing is dense MHA.
     """
 
     name: str
@@ -74,6 +99,13 @@ class Backend:
     description: str
     unsupported_reason: Callable[[torch.device, torch.dtype], str | None] = always_supported
     no_dropout_reason: Callable[[torch.device], str | None] = dropout_supported
+    features: frozenset[str] = frozenset()
+    no_feature_reason: Callable[[str, torch.device], str | None] = declared_features_supported
+
+    def __post_init__(self):
+        if unknown := set(self.features) - set(FEATURES):
+            raise ValueError(f"backend {self.name!r} declares unknown features {sorted(unknown)}; known: {FEATURES}")
+        object.__setattr__(self, "features", frozenset(self.features))
 
     def supports(self, device: torch.device | str, dtype: torch.dtype) -> bool:
         return self.why_unsupported(device, dtype) is None
@@ -89,14 +121,59 @@ class Backend:
     def why_no_dropout(self, device: torch.device | str) -> str | None:
         return self.no_dropout_reason(torch.device(device))
 
-    def __call__(self, q, k, v, *, causal=True, dropout_p=0.0, scale=None) -> torch.Tensor:
-        check_inputs(q, k, v, dropout_p=dropout_p, scale=scale)
+    def why_no_feature(self, feature: str, device: torch.device | str) -> str | None:
+        """None if the backend implements `feature` (one of FEATURES) on `device`, else one sentence why not."""
+        if feature not in FEATURES:
+            raise ValueError(f"unknown feature {feature!r}; known: {FEATURES}")
+        if feature not in self.features:
+            return f"{self.name} does not implement {feature}"
+        return self.no_feature_reason(feature, torch.device(device))
+
+    def __call__(
+        self,
+        q,
+        k,
+        v,
+        *,
+        causal=True,
+        dropout_p=0.0,
+        scale=None,
+        window=None,
+        mask_mod=None,
+        document_ids=None,
+        softcap=None,
+    ) -> torch.Tensor:
+        extras = {"window": window, "mask_mod": mask_mod, "document_ids": document_ids, "softcap": softcap}
+        check_inputs(q, k, v, causal=causal, dropout_p=dropout_p, scale=scale, **extras)
         if dropout_p > 0 and (reason := self.why_no_dropout(q.device)):
             raise AttentionInputError(f"{self.name} cannot apply dropout here: {reason}")
-        return self.fn(q, k, v, causal=causal, dropout_p=dropout_p, scale=scale)
+        for feature in features_in_use(q, k, **extras):
+            if reason := self.why_no_feature(feature, q.device):
+                raise AttentionInputError(f"{self.name} cannot run {feature} on {q.device.type}: {reason}")
+        used = {name: value for name, value in extras.items() if value is not None}  # an old-style fn never sees them
+        return self.fn(q, k, v, causal=causal, dropout_p=dropout_p, scale=scale, **used)
 
 
-def check_inputs(q, k, v, *, dropout_p: float = 0.0, scale: float | None = None) -> None:
+def features_in_use(q, k, *, window=None, mask_mod=None, document_ids=None, softcap=None) -> list[str]:
+    """The optional features (FEATURES) a call with these arguments needs."""
+    used = ["gqa"] if q.size(1) != k.size(1) else []
+    given = {"window": window, "mask_mod": mask_mod, "document_ids": document_ids, "softcap": softcap}
+    return used + [name for name, value in given.items() if value is not None]
+
+
+def check_inputs(
+    q,
+    k,
+    v,
+    *,
+    causal: bool = True,
+    dropout_p: float = 0.0,
+    scale: float | None = None,
+    window=None,
+    mask_mod=None,
+    document_ids=None,
+    softcap=None,
+) -> None:
     """Raise AttentionInputError naming the first broken rule of the backend contract."""
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
@@ -108,9 +185,14 @@ def check_inputs(q, k, v, *, dropout_p: float = 0.0, scale: float | None = None)
     if k.shape != v.shape:
         raise AttentionInputError(f"k and v shapes differ: k {tuple(k.shape)} vs v {tuple(v.shape)}")
     (bq, hq, tq, dq), (bk, hk, tk, dk) = q.shape, k.shape
-    if (bq, hq, dq) != (bk, hk, dk):
+    if (bq, dq) != (bk, dk):
         raise AttentionInputError(
-            f"q {tuple(q.shape)} and k/v {tuple(k.shape)} must agree on batch, heads and head size (B, H, _, D)"
+            f"q {tuple(q.shape)} and k/v {tuple(k.shape)} must agree on batch and head size (B, _, _, D)"
+        )
+    if hk == 0 or hq % hk:
+        raise AttentionInputError(
+            f"the query heads Hq={hq} must be a multiple of the key/value heads Hkv={hk} "
+            f"(q {tuple(q.shape)}, k/v {tuple(k.shape)})"
         )
     if tq > tk:
         raise AttentionInputError(f"Tq must be <= Tk, got Tq={tq} > Tk={tk}")
@@ -126,6 +208,31 @@ def check_inputs(q, k, v, *, dropout_p: float = 0.0, scale: float | None = None)
         raise AttentionInputError(f"dropout_p must be in [0, 1), got {dropout_p}")
     if scale is not None and not (math.isfinite(scale) and scale > 0):
         raise AttentionInputError(f"scale must be a positive finite number or None, got {scale}")
+    _check_features(q, k, causal, window, mask_mod, document_ids, softcap)
+
+
+def _check_features(q, k, causal, window, mask_mod, document_ids, softcap) -> None:
+    if window is not None:
+        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+            raise AttentionInputError(f"window must be an int >= 1 or None, got {window!r}")
+        if not causal:
+            raise AttentionInputError("window needs causal=True (a sliding window looks back from each query)")
+    if mask_mod is not None and not callable(mask_mod):
+        raise AttentionInputError(f"mask_mod must be callable (b, h, q_idx, kv_idx) -> bool, got {mask_mod!r}")
+    if document_ids is not None:
+        if not isinstance(document_ids, torch.Tensor):
+            raise AttentionInputError(f"document_ids must be a torch.Tensor, got {type(document_ids).__name__}")
+        want = (q.size(0), k.size(-2))
+        if tuple(document_ids.shape) != want:
+            raise AttentionInputError(f"document_ids must have shape (B, Tk) = {want}, got {tuple(document_ids.shape)}")
+        dt = document_ids.dtype
+        if dt.is_floating_point or dt.is_complex or dt == torch.bool:
+            raise AttentionInputError(f"document_ids must be an integer tensor, got {dt}")
+        if document_ids.device != q.device:
+            raise AttentionInputError(f"document_ids is on {document_ids.device}, q on {q.device}")
+    is_number = isinstance(softcap, (int, float)) and not isinstance(softcap, bool)
+    if softcap is not None and not (is_number and math.isfinite(softcap) and softcap > 0):
+        raise AttentionInputError(f"softcap must be a positive finite number or None, got {softcap!r}")
 
 
 def default_scale(q: torch.Tensor, scale: float | None) -> float:
@@ -140,6 +247,46 @@ def bottom_right_causal_mask(tq: int, tk: int, device: torch.device) -> torch.Te
     return cols <= rows
 
 
+def visible_mask(
+    q: torch.Tensor, k: torch.Tensor, *, causal: bool, window=None, mask_mod=None, document_ids=None
+) -> torch.Tensor | None:
+    """(B or 1, Hq or 1, Tq, Tk) bool, True where query i (absolute position Tk - Tq + i) may see key j, from
+    every mask given (AND); None when every key is visible."""
+    (b, hq, tq, _), tk, dev = q.shape, k.size(-2), q.device
+    pos = torch.arange(tk - tq, tk, device=dev)[:, None]  # (Tq, 1) absolute query positions
+    keys = torch.arange(tk, device=dev)[None, :]  # (1, Tk)
+    vis = (keys <= pos)[None, None] if causal else None  # (1, 1, Tq, Tk)
+    if window is not None:
+        vis = vis & (keys > pos - window)[None, None]
+    if document_ids is not None:
+        same = document_ids[:, tk - tq :, None] == document_ids[:, None, :]  # (B, Tq, Tk)
+        vis = same[:, None] if vis is None else vis & same[:, None]  # (B, 1, Tq, Tk)
+    if mask_mod is not None:
+        bi = torch.arange(b, device=dev)[:, None, None, None]  # (B, 1, 1, 1)
+        hi = torch.arange(hq, device=dev)[None, :, None, None]  # (1, Hq, 1, 1)
+        m = torch.as_tensor(mask_mod(bi, hi, pos[None, None], keys[None, None]), device=dev)
+        if m.dtype != torch.bool:
+            raise AttentionInputError(f"mask_mod must return a bool tensor, got {m.dtype}")
+        m = m.reshape((1,) * (4 - m.dim()) + tuple(m.shape))  # (B or 1, Hq or 1, Tq or 1, Tk or 1)
+        vis = m if vis is None else vis & m
+    return vis
+
+
+def masked_softmax(scores: torch.Tensor, visible: torch.Tensor | None) -> torch.Tensor:
+    """softmax over the last axis of `scores` restricted to `visible` keys; a row with no visible key is all
+    zeros, with zero gradient (a plain -inf fill would give NaN there)."""
+    if visible is None:
+        return scores.softmax(dim=-1)
+    any_visible = visible.any(dim=-1, keepdim=True)  # (..., Tq, 1)
+    p = scores.masked_fill(~(visible | ~any_visible), float("-inf")).softmax(dim=-1)  # empty rows: uniform
+    return p * any_visible  # empty rows: 0, and their gradient is 0
+
+
+def repeat_kv(x: torch.Tensor, hq: int) -> torch.Tensor:
+    """(B, Hkv, T, D) -> (B, Hq, T, D): query head h gets key/value head h // (Hq // Hkv)."""
+    return x if x.size(1) == hq else x.repeat_interleave(hq // x.size(1), dim=1)
+
+
 _REGISTRY: dict[str, Backend] = {}
 _entry_points_loaded = False
 _default_backend: contextvars.ContextVar[str] = contextvars.ContextVar("attnbench_backend", default=DEFAULT_BACKEND)
@@ -152,12 +299,16 @@ def register_backend(
     unsupported_reason: Callable[[torch.device, torch.dtype], str | None] = always_supported,
     *,
     no_dropout_reason: Callable[[torch.device], str | None] = dropout_supported,
+    features: frozenset[str] | set[str] | tuple[str, ...] = frozenset(),
+    no_feature_reason: Callable[[str, torch.device], str | None] = declared_features_supported,
     replace: bool = False,
 ) -> Backend:
     """Register `fn` under `name`; returns the Backend. Re-registering a name needs replace=True."""
     if name in _REGISTRY and not replace:
         raise ValueError(f"backend {name!r} is already registered ({_REGISTRY[name].description})")
-    backend = Backend(name, fn, description, unsupported_reason, no_dropout_reason)
+    backend = Backend(
+        name, fn, description, unsupported_reason, no_dropout_reason, frozenset(features), no_feature_reason
+    )
     _REGISTRY[name] = backend
     return backend
 
@@ -245,6 +396,20 @@ def use_backend(name: str) -> Iterator[Backend]:
         _default_backend.reset(token)
 
 
-def attend(q, k, v, *, causal=True, dropout_p=0.0, scale=None, backend: str | None = None) -> torch.Tensor:
+def attend(
+    q,
+    k,
+    v,
+    *,
+    causal=True,
+    dropout_p=0.0,
+    scale=None,
+    window=None,
+    mask_mod=None,
+    document_ids=None,
+    softcap=None,
+    backend: str | None = None,
+) -> torch.Tensor:
     """Attention with the named backend (or the one chosen by `use_backend`, default 'sdpa')."""
-    return get_backend(backend)(q, k, v, causal=causal, dropout_p=dropout_p, scale=scale)
+    extras = {"window": window, "mask_mod": mask_mod, "document_ids": document_ids, "softcap": softcap}
+    return get_backend(backend)(q, k, v, causal=causal, dropout_p=dropout_p, scale=scale, **extras)

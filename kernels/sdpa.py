@@ -4,6 +4,13 @@ SDPA's own `is_causal=True` aligns the mask to the top left when Tq != Tk. The c
 alignment, so for Tq < Tk we prepend Tk - Tq dummy query rows, run the square causal case (where both
 alignments agree) and keep the last Tq rows. That keeps every pinned kernel usable (flash takes no explicit
 mask) at the cost of computing the dummy rows; their gradient is zero.
+
+Features: GQA through SDPA's own `enable_gqa=True` (no copy of k/v); window, document_ids and mask_mod through
+one boolean `attn_mask` (True = may attend) that carries the causal rule too. No softcap: SDPA has no hook on
+the logits. Which pinned kernel takes what (torch 2.13): on CPU, math and flash take enable_gqa and a boolean
+mask (checked by the conformance suite); on CUDA, flash takes no attn_mask at all (is_causal only), the
+memory-efficient kernel takes a mask but not enable_gqa, and the cuDNN kernel is given neither (its support
+varies with the cuDNN version, and no GPU here checks it); see `_feature_reason`.
 """
 
 from __future__ import annotations
@@ -15,20 +22,53 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from .registry import register_backend
+from .registry import register_backend, visible_mask
+
+FEATURES = frozenset({"gqa", "window", "mask_mod", "document_ids"})
+MASKS = ("window", "mask_mod", "document_ids")  # the features SDPA receives as a boolean attn_mask
 
 
-def sdpa_attention(q, k, v, *, causal=True, dropout_p=0.0, scale=None, kernel: SDPBackend | None = None):
-    # q: (B, H, Tq, D); k, v: (B, H, Tk, D)
+def sdpa_attention(
+    q, k, v, *, causal=True, dropout_p=0.0, scale=None, window=None, mask_mod=None, document_ids=None,
+    kernel: SDPBackend | None = None,
+):  # fmt: skip
+    # q: (B, Hq, Tq, D); k, v: (B, Hkv, Tk, D)
     tq, tk = q.size(-2), k.size(-2)
     # Fused kernels need a unit last stride; .contiguous() keeps odd strides on size-1 dims, a clone does not.
     q, k, v = (t if t.stride(-1) == 1 else t.clone(memory_format=torch.contiguous_format) for t in (q, k, v))
-    if causal and tq < tk:
-        pad = q.new_zeros(*q.shape[:-2], tk - tq, q.size(-1))  # (B, H, Tk - Tq, D)
-        q = torch.cat([pad, q], dim=-2)  # (B, H, Tk, D): square, so top-left == bottom-right
+    gqa = q.size(1) != k.size(1)
+    if window is not None or mask_mod is not None or document_ids is not None:
+        mask = visible_mask(q, k, causal=causal, window=window, mask_mod=mask_mod, document_ids=document_ids)
+        with sdpa_kernel(kernel) if kernel is not None else contextlib.nullcontext():
+            return F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale, enable_gqa=gqa
+            )  # (B, Hq, Tq, D); mask: (B or 1, Hq or 1, Tq, Tk)
+    pad_rows = tk - tq if causal else 0
+    if pad_rows:
+        pad = q.new_zeros(*q.shape[:-2], pad_rows, q.size(-1))  # (B, Hq, Tk - Tq, D)
+        q = torch.cat([pad, q], dim=-2)  # (B, Hq, Tk, D): square, so top-left == bottom-right
     with sdpa_kernel(kernel) if kernel is not None else contextlib.nullcontext():
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=causal, scale=scale)
-    return out[..., tk - tq :, :] if causal and tq < tk else out  # (B, H, Tq, D)
+        out = F.scaled_dot_product_attention(
+            q, k, v, dropout_p=dropout_p, is_causal=causal, scale=scale, enable_gqa=gqa
+        )
+    return out[..., pad_rows:, :]  # (B, Hq, Tq, D)
+
+
+def _feature_reason(kernel: str):
+    """no_feature_reason for SDPA pinned to `kernel`: which declared feature that kernel refuses on a device."""
+
+    def reason(feature: str, device: torch.device) -> str | None:
+        if device.type != "cuda":
+            return None  # the CPU math and flash kernels take enable_gqa and a boolean mask
+        if kernel == "flash" and feature in MASKS:
+            return "PyTorch's CUDA flash kernel takes no attn_mask (is_causal only)"
+        if kernel == "efficient" and feature == "gqa":
+            return "PyTorch's memory-efficient kernel takes no enable_gqa (flash and math do)"
+        if kernel == "cudnn":
+            return "SDPA's cuDNN kernel is not given GQA or masks here (support varies by cuDNN version, unchecked)"
+        return None
+
+    return reason
 
 
 def _sm(device: torch.device) -> tuple[int, int]:
@@ -71,11 +111,12 @@ def _cudnn_reason(device, dtype):
     return None
 
 
-register_backend("sdpa", sdpa_attention, "F.scaled_dot_product_attention, PyTorch picks the kernel")
+register_backend("sdpa", sdpa_attention, "F.scaled_dot_product_attention, PyTorch picks the kernel", features=FEATURES)
 register_backend(
     "sdpa_math",
     functools.partial(sdpa_attention, kernel=SDPBackend.MATH),
     "SDPA pinned to the math (reference, materialized) kernel",
+    features=FEATURES,
 )
 register_backend(
     "sdpa_flash",
@@ -83,16 +124,22 @@ register_backend(
     "SDPA pinned to the flash-attention kernel (blockwise, O(T) memory)",
     _flash_reason,
     no_dropout_reason=_flash_no_dropout_reason,
+    features=FEATURES,
+    no_feature_reason=_feature_reason("flash"),
 )
 register_backend(
     "sdpa_efficient",
     functools.partial(sdpa_attention, kernel=SDPBackend.EFFICIENT_ATTENTION),
     "SDPA pinned to the memory-efficient (xFormers-style) kernel",
     _efficient_reason,
+    features=FEATURES,
+    no_feature_reason=_feature_reason("efficient"),
 )
 register_backend(
     "sdpa_cudnn",
     functools.partial(sdpa_attention, kernel=SDPBackend.CUDNN_ATTENTION),
     "SDPA pinned to the cuDNN attention kernel",
     _cudnn_reason,
+    features=FEATURES,
+    no_feature_reason=_feature_reason("cudnn"),
 )

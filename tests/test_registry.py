@@ -128,7 +128,8 @@ def test_default_scale_is_per_head_size():
 BAD_INPUTS = {
     "rank": (lambda: (torch.zeros(2, 3, 4), *qkv()[1:]), {}, "rank 4"),
     "kv_shapes": (lambda: (*qkv()[:2], torch.zeros(1, 2, 5, 4)), {}, "k and v shapes differ"),
-    "q_k_heads": (lambda: (torch.zeros(1, 3, 3, 4), *qkv()[1:]), {}, "must agree"),
+    "q_k_heads": (lambda: (torch.zeros(1, 3, 3, 4), *qkv()[1:]), {}, "must be a multiple of the key/value heads"),
+    "q_k_batch": (lambda: (torch.zeros(2, 2, 3, 4), *qkv()[1:]), {}, "must agree"),
     "q_k_headsize": (lambda: (torch.zeros(1, 2, 3, 8), *qkv()[1:]), {}, "must agree"),
     "tq_gt_tk": (lambda: qkv(Tq=5, Tk=3), {}, "Tq must be <= Tk"),
     "dtypes": (lambda: (qkv()[0].double(), *qkv()[1:]), {}, "dtypes differ"),
@@ -139,6 +140,19 @@ BAD_INPUTS = {
     "dropout_one": (qkv, {"dropout_p": 1.0}, r"dropout_p must be in \[0, 1\)"),
     "scale_zero": (qkv, {"scale": 0.0}, "scale must be"),
     "scale_nan": (qkv, {"scale": float("nan")}, "scale must be"),
+    "window_zero": (qkv, {"window": 0}, "window must be an int >= 1"),
+    "window_float": (qkv, {"window": 2.0}, "window must be an int >= 1"),
+    "window_bool": (qkv, {"window": True}, "window must be an int >= 1"),
+    "window_not_causal": (qkv, {"window": 2, "causal": False}, "window needs causal=True"),
+    "mask_mod_not_callable": (qkv, {"mask_mod": True}, "mask_mod must be callable"),
+    "docs_shape": (qkv, {"document_ids": torch.zeros(1, 4, dtype=torch.long)}, r"shape \(B, Tk\) = \(1, 3\)"),
+    "docs_float": (qkv, {"document_ids": torch.zeros(1, 3)}, "integer tensor"),
+    "docs_bool": (qkv, {"document_ids": torch.zeros(1, 3, dtype=torch.bool)}, "integer tensor"),
+    "docs_list": (qkv, {"document_ids": [[0, 0, 1]]}, "document_ids must be a torch.Tensor"),
+    "softcap_zero": (qkv, {"softcap": 0.0}, "softcap must be"),
+    "softcap_neg": (qkv, {"softcap": -1.0}, "softcap must be"),
+    "softcap_inf": (qkv, {"softcap": float("inf")}, "softcap must be"),
+    "softcap_str": (qkv, {"softcap": "30"}, "softcap must be"),
 }
 
 
@@ -149,3 +163,106 @@ def test_bad_input_gets_a_clear_error(backend, case):
     with pytest.raises(AttentionInputError, match=message):
         backend(*make(), **kwargs)
     assert issubclass(AttentionInputError, ValueError)
+
+
+def _old_style(calls):
+    def fn(q, k, v, *, causal=True, dropout_p=0.0, scale=None):  # a dense-MHA plug-in, written before features
+        calls.append("called")
+        return get_backend("manual").fn(q, k, v, causal=causal, dropout_p=dropout_p, scale=scale)
+
+    return fn
+
+
+def test_undeclared_features_are_refused_with_the_reason():
+    calls = []
+    plain = attnbench.Backend("plain", _old_style(calls), "declares nothing")
+    q, k, v = qkv(H=4)
+    torch.testing.assert_close(plain(q, k, v), get_backend("manual")(q, k, v), rtol=0, atol=0)  # still works
+    k2, v2 = k[:, :2], v[:, :2]  # (B, 2, Tk, D): GQA with 2 query heads per key/value head
+    docs = torch.zeros(1, 3, dtype=torch.long)
+    refused = {
+        "gqa": ((q, k2, v2), {}),
+        "window": ((q, k, v), {"window": 2}),
+        "mask_mod": ((q, k, v), {"mask_mod": lambda b, h, qi, ki: ki <= qi}),
+        "document_ids": ((q, k, v), {"document_ids": docs}),
+        "softcap": ((q, k, v), {"softcap": 30.0}),
+    }
+    assert set(refused) == set(attnbench.FEATURES)
+    for feature, (args, kwargs) in refused.items():
+        assert plain.why_no_feature(feature, "cpu") == f"plain does not implement {feature}"
+        with pytest.raises(AttentionInputError, match=f"plain cannot run {feature} on cpu: plain does not implement"):
+            plain(*args, **kwargs)
+    assert calls == ["called"]  # refused before the backend ran
+
+
+def test_backend_fn_gets_only_the_feature_keywords_in_use(scratch_registry):
+    seen = []
+
+    def fn(q, k, v, **kwargs):
+        seen.append(sorted(kwargs))
+        return get_backend("manual").fn(q, k, v, **kwargs)
+
+    register_backend("kw_spy", fn, "records keywords", features={"window", "softcap", "gqa"})
+    q, k, v = qkv(H=2)
+    attend(q, k, v, backend="kw_spy")
+    attend(q, k[:, :1], v[:, :1], window=2, backend="kw_spy")
+    attend(q, k, v, softcap=5.0, causal=False, backend="kw_spy")
+    assert seen == [
+        ["causal", "dropout_p", "scale"],
+        ["causal", "dropout_p", "scale", "window"],
+        ["causal", "dropout_p", "scale", "softcap"],
+    ]
+
+
+def test_a_declared_feature_can_be_refused_per_device():
+    def cuda_only(feature, device):
+        return "the kernel takes a mask on CUDA only" if feature == "mask_mod" and device.type == "cpu" else None
+
+    b = attnbench.Backend("masky", _old_style([]), "d", features=frozenset({"mask_mod"}), no_feature_reason=cuda_only)
+    assert b.why_no_feature("mask_mod", "cpu") == "the kernel takes a mask on CUDA only"
+    assert b.why_no_feature("mask_mod", "cuda") is None
+    q, k, v = qkv()
+    with pytest.raises(AttentionInputError, match="on CUDA only"):
+        b(q, k, v, mask_mod=lambda b_, h, qi, ki: ki <= qi)
+    with pytest.raises(ValueError, match="unknown feature"):
+        b.why_no_feature("alibi", "cpu")
+
+
+def test_unknown_declared_feature_is_rejected(scratch_registry):
+    with pytest.raises(ValueError, match="unknown features"):
+        register_backend("typo", get_backend("manual").fn, "d", features={"sliding_window"})
+
+
+def test_features_in_use():
+    q, k, v = qkv(H=4)
+    assert attnbench.features_in_use(q, k) == []
+    assert attnbench.features_in_use(q, k[:, :1], window=3, softcap=1.0) == ["gqa", "window", "softcap"]
+
+
+@pytest.mark.parametrize("name", ["manual", "per_head_loop"])
+def test_a_query_that_sees_no_key_outputs_zeros_with_zero_gradients(name):
+    """The contract's definition of an empty row: output 0, and no gradient flows through it (not NaN)."""
+    q, k, v = (t.requires_grad_(True) for t in qkv(H=2, Tq=4, Tk=4, dtype=torch.float64))
+
+    def hide_from_odd_queries(b, h, q_idx, kv_idx):
+        return (q_idx % 2 == 0) & (kv_idx <= q_idx)  # queries 1 and 3 see nothing
+
+    out = attend(q, k, v, mask_mod=hide_from_odd_queries, backend=name)  # (1, 2, 4, 4)
+    assert torch.equal(out[..., 1::2, :], torch.zeros_like(out[..., 1::2, :]))
+    causal = attend(q, k, v, backend=name)  # the even queries see exactly their causal keys
+    torch.testing.assert_close(out[..., ::2, :], causal[..., ::2, :], rtol=0, atol=1e-12)
+    dq, dk, dv = torch.autograd.grad(out.sum(), (q, k, v))
+    assert torch.isfinite(dq).all() and torch.isfinite(dk).all() and torch.isfinite(dv).all()
+    assert torch.equal(dq[..., 1::2, :], torch.zeros_like(dq[..., 1::2, :]))
+    for g in (dk, dv):
+        assert torch.equal(g[..., 3, :], torch.zeros_like(g[..., 3, :]))  # key 3 is seen by no query
+
+
+def test_visible_mask_combines_every_mask():
+    q, k, v = qkv(B=2, H=1, Tq=3, Tk=5)
+    docs = torch.tensor([[0, 0, 1, 1, 1], [0, 1, 1, 1, 2]])
+    vis = attnbench.visible_mask(q, k, causal=True, window=2, document_ids=docs, mask_mod=lambda b, h, qi, ki: ki != 3)
+    assert vis.shape == (2, 1, 3, 5)
+    assert vis[0, 0].int().tolist() == [[0, 0, 1, 0, 0], [0, 0, 1, 0, 0], [0, 0, 0, 0, 1]]
+    assert vis[1, 0].int().tolist() == [[0, 1, 1, 0, 0], [0, 0, 1, 0, 0], [0, 0, 0, 0, 1]]
+    assert attnbench.visible_mask(q, k, causal=False) is None
