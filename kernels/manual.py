@@ -2,7 +2,15 @@
 
 import torch.nn.functional as F
 
-from .registry import FEATURES, default_scale, masked_softmax, register_backend, repeat_kv, visible_mask
+from .registry import (
+    FEATURES,
+    default_scale,
+    mask_scores,
+    register_backend,
+    repeat_kv,
+    visible_mask,
+    zero_empty_rows,
+)
 
 
 def manual_attention(
@@ -14,10 +22,11 @@ def manual_attention(
     if softcap is not None:
         att = softcap * (att / softcap).tanh()
     vis = visible_mask(q, k, causal=causal, window=window, mask_mod=mask_mod, document_ids=document_ids)
-    att = masked_softmax(att, vis)  # (B, Hq, Tq, Tk); rows seeing no key are 0
+    att = mask_scores(att, vis)  # (B, Hq, Tq, Tk), -inf where hidden
+    att = att.softmax(dim=-1)  # (B, Hq, Tq, Tk)
     if dropout_p > 0.0:
         att = F.dropout(att, p=dropout_p)
-    return att @ v  # (B, Hq, Tq, D)
+    return zero_empty_rows(att @ v, vis)  # (B, Hq, Tq, D); rows seeing no key are 0
 
 
 register_backend(

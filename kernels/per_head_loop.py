@@ -3,7 +3,7 @@
 import torch
 import torch.nn.functional as F
 
-from .registry import FEATURES, default_scale, masked_softmax, register_backend, visible_mask
+from .registry import FEATURES, default_scale, mask_scores, register_backend, visible_mask, zero_empty_rows
 
 
 def per_head_loop_attention(
@@ -19,10 +19,11 @@ def per_head_loop_attention(
         wei = (q[:, h] @ kh.transpose(-2, -1)) * scale  # (B, Tq, Tk)
         if softcap is not None:
             wei = softcap * (wei / softcap).tanh()
-        wei = masked_softmax(wei, None if vis is None else vis[:, min(h, vis.size(1) - 1)])  # (B, Tq, Tk)
+        vis_h = None if vis is None else vis[:, min(h, vis.size(1) - 1)]  # (B or 1, Tq, Tk)
+        wei = mask_scores(wei, vis_h).softmax(dim=-1)  # (B, Tq, Tk)
         if dropout_p > 0.0:
             wei = F.dropout(wei, p=dropout_p)
-        heads.append(wei @ vh)  # (B, Tq, D)
+        heads.append(zero_empty_rows(wei @ vh, vis_h))  # (B, Tq, D); rows seeing no key are 0
     return torch.stack(heads, dim=1)  # (B, Hq, Tq, D)
 
 

@@ -272,14 +272,20 @@ def visible_mask(
     return vis
 
 
-def masked_softmax(scores: torch.Tensor, visible: torch.Tensor | None) -> torch.Tensor:
-    """softmax over the last axis of `scores` restricted to `visible` keys; a row with no visible key is all
-    zeros, with zero gradient (a plain -inf fill would give NaN there)."""
+def mask_scores(scores: torch.Tensor, visible: torch.Tensor | None) -> torch.Tensor:
+    """`scores` with the keys a query may not see set to -inf, ready for softmax over the last axis. A row with
+    no visible key is left unmasked (uniform weights, where a plain -inf fill would give NaN); `zero_empty_rows`
+    then zeroes its output, and so its gradient. Zeroing the (Tq, D) output rather than the (Tq, Tk) weights, and
+    returning the masked scores for the caller to rebind, keeps the scores' buffers as few as a plain fill's."""
     if visible is None:
-        return scores.softmax(dim=-1)
+        return scores
     any_visible = visible.any(dim=-1, keepdim=True)  # (..., Tq, 1)
-    p = scores.masked_fill(~(visible | ~any_visible), float("-inf")).softmax(dim=-1)  # empty rows: uniform
-    return p * any_visible  # empty rows: 0, and their gradient is 0
+    return scores.masked_fill(~(visible | ~any_visible), float("-inf"))
+
+
+def zero_empty_rows(out: torch.Tensor, visible: torch.Tensor | None) -> torch.Tensor:
+    """out: (..., Tq, D); the rows whose query sees no key (see mask_scores) become 0."""
+    return out if visible is None else out * visible.any(dim=-1, keepdim=True)
 
 
 def repeat_kv(x: torch.Tensor, hq: int) -> torch.Tensor:
