@@ -11,8 +11,10 @@ import pytest
 import torch
 from attnbench.bench.cli import main as cli
 from attnbench.bench.measuring import heatmap
+from attnbench.bench.measuring.scaling import scaling_table
+from attnbench.bench.options import RunConfig
 from attnbench.bench.report import build, compare
-from attnbench.bench.report.load import ReportInputError, load_benchmark_json
+from attnbench.bench.schema import ReportInputError, load_benchmark_json
 
 BACKENDS = ["manual", "per_head_loop", "sdpa"]
 SPEED = {"manual": 1.0, "per_head_loop": 1.6, "sdpa": 0.5}  # relative op time of each synthetic backend
@@ -126,7 +128,9 @@ def synthetic_run(tmp: Path, seed: int = 0, noise: float = 0.01, slow: dict | No
             recipe={"n_layer": 2, "lr": 3e-3},
         )
         ttt.append(bench(e, secs, 0.0, rng))
-    top = {"attnbench": {"peak_flop_per_s": 1e11}}
+    # the op session fits the exponents from its rows (conftest's JSON summary): the report only shows them
+    fits = scaling_table([b["extra_info"] for b in ops])
+    top = {"attnbench": {"peak_flop_per_s": 1e11, "scaling": fits}}
     for name, rows in (
         ("bench_ops", ops),
         ("bench_interleaved", inter),
@@ -278,14 +282,14 @@ def test_interrupted_run_leaves_earlier_reports_intact(tmp_path, monkeypatch):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(main_job.Job, "bench_stage", interrupted)
-    cfg = main_job.JobConfig(backends=["manual"], name="new", out_dir=str(tmp_path / "reports"))
+    cfg = RunConfig(backends=["manual"], name="new", out_dir=str(tmp_path / "reports"))
     assert main_job.Job(cfg, "attnbench run").run() == 130
     assert sorted(p.name for p in (tmp_path / "reports").iterdir()) == ["earlier"]
     assert sorted(p.name for p in earlier.iterdir()) == before
 
 
 def test_parse_T():
-    from attnbench.bench.job.main_job import parse_T
+    from attnbench.bench.options import parse_T
 
     assert parse_T("128:1024") == [128, 256, 512, 1024]
     assert parse_T("100:300") == [128, 256]

@@ -19,8 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
-from .load import load_run
+from attnbench.bench.schema import load_run
 
 KEY = ["kind", "backend", "device", "dtype", "mode", "T", "use_cache", "threads"]
 
