@@ -11,7 +11,6 @@ import ctypes
 import dataclasses
 import fnmatch
 import functools
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,7 +30,7 @@ from attnbench.bench.options import (
     parse_T,
     parse_threads,
 )
-from attnbench.gpt.atomic import AtomicFile
+from attnbench.bench.suites.pytest_benchmark_adapter import check_version, commit_json, write_json_atomically
 
 BENCH_FILES = "bench_*.py"
 POW2 = [2**i for i in range(7, 15)]  # 128 .. 16384
@@ -282,24 +281,14 @@ def pytest_configure(config):
     if config.getoption("benchmark_only", default=False):
         state.summary["cpu_memory_kept_for_reuse"] = keep_freed_cpu_memory()
     config.stash[STATE] = state
-    session = getattr(config, "_benchmarksession", None)  # pytest-benchmark's, built in its own pytest_configure
-    if session is None:
-        return
-    # --benchmark-json opens (and truncates) its file at option parsing and writes it at the end in place;
-    # write it (and --bench-json) through a temporary file and a rename instead, so no half-written JSON exists.
-    if config.getoption("bench_json"):
-        session.json = AtomicFile(config.getoption("bench_json"))
-    elif session.json:  # an open handle (pytest-benchmark < 5.3) or a path (5.3+)
-        path = session.json if isinstance(session.json, (str, os.PathLike)) else session.json.name
-        if hasattr(session.json, "close"):
-            session.json.close()
-        session.json = AtomicFile(path)
+    if config.getoption("benchmark_only", default=False):
+        check_version()
+    # --benchmark-json opens (and truncates) its file at option parsing and writes it at the end in place
+    write_json_atomically(config, config.getoption("bench_json"))
 
 
 def pytest_unconfigure(config):
-    session = getattr(config, "_benchmarksession", None)
-    if session is not None and isinstance(session.json, AtomicFile):
-        session.json.commit()
+    commit_json(config)
 
 
 @pytest.fixture(scope="session")
