@@ -13,9 +13,7 @@ import argparse
 import shlex
 import sys
 
-
-def _csv(text: str) -> list[str]:
-    return [x.strip() for x in text.split(",") if x.strip()]
+from attnbench.bench.options import DEVICE_CHOICES, RunConfig, csv_list, parse_dtypes, parse_T
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,10 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
     k.epilog = "Arguments after -- go to pytest, e.g. attnbench check mod:fn -- -x -k equivalence"
 
     r = sub.add_parser("run", help="the main job: benchmarks, speed-ups, training to target, correctness, report")
-    r.add_argument("--backends", type=_csv, help="comma-separated backend names (default: all registered)")
+    r.add_argument("--backends", type=csv_list, help="comma-separated backend names (default: all registered)")
     r.add_argument("--T", help="sequence lengths: 128,256,512 or a power-of-two range 128:2048 (default: sweep's)")
     r.add_argument("--dtype", help="dtypes for the op benchmarks, e.g. float32 or bfloat16,float16")
-    r.add_argument("--device", choices=["cpu", "cuda", "all"], help="default: cpu, plus cuda when available")
+    r.add_argument("--device", choices=DEVICE_CHOICES, help="default: cpu, plus cuda when available")
     r.add_argument("--quick", action="store_true", help="a small sweep, about 2 minutes on a 2-core CPU")
     r.add_argument("--target", type=float, help="validation loss for the training-to-target check")
     r.add_argument("--name", help="report directory name under --out-dir (default: a timestamp)")
@@ -87,18 +85,18 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
 
     from attnbench import UnknownBackendError
-    from attnbench.bench.report.load import ReportInputError
+    from attnbench.bench.schema import ReportInputError
 
     try:
         if args.command == "check":
             return check(args.backends, args.profile, args.quick, pytest_args)
         if args.command == "run":
-            from attnbench.bench.job.main_job import Job, JobConfig, parse_T
+            from attnbench.bench.job.main_job import Job
 
-            cfg = JobConfig(
+            cfg = RunConfig(
                 backends=args.backends,
-                T=parse_T(args.T) if args.T else None,
-                dtype=args.dtype,
+                T=parse_T(args.T),
+                dtype=parse_dtypes(csv_list(args.dtype)),
                 device=args.device,
                 quick=args.quick,
                 target=args.target,

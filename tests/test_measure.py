@@ -1,5 +1,6 @@
 """The measuring code of the benchmarks: FLOP formula, peak memory, scaling fit, interleaving, round planning."""
 
+import importlib.metadata
 import json
 import math
 import os
@@ -28,6 +29,7 @@ from attnbench.bench.measuring.measure import (
 )
 from attnbench.bench.measuring.scaling import fit_exponent, scaling_table
 from attnbench.bench.suites.conftest import pytest_ignore_collect
+from attnbench.bench.suites.pytest_benchmark_adapter import check_version, record_rounds
 from attnbench.gpt.atomic import AtomicFile
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -259,3 +261,20 @@ def test_op_sweep_skips_a_case_whose_process_memory_would_not_fit(monkeypatch):
     assert bench_ops.budget_skip_reason(case, series, max_call_s=10.0) is None
     monkeypatch.setattr(bench_ops, "available_memory_bytes", lambda device: 23 * 2**30)
     assert "estimated peak 4.0 GiB" in bench_ops.budget_skip_reason(case, series, max_call_s=10.0)
+
+
+def test_adapter_records_rounds_timed_outside_the_fixture(benchmark):
+    from pytest_benchmark.fixture import FixtureAlreadyUsed
+
+    record_rounds(benchmark, [0.3, 0.1, 0.2, 0.5])
+    stats = benchmark.stats.stats
+    assert (stats.rounds, stats.min, stats.median, stats.max) == (4, 0.1, 0.25, 0.5)
+    with pytest.raises(FixtureAlreadyUsed):  # as after pedantic(): one measurement per fixture
+        benchmark.pedantic(lambda: None, rounds=1)
+
+
+def test_adapter_refuses_an_unchecked_pytest_benchmark_version():
+    assert check_version() == importlib.metadata.version("pytest-benchmark")
+    assert check_version("4.0.0") == "4.0.0"
+    with pytest.raises(RuntimeError, match="pytest-benchmark 6.0.0 is not supported"):
+        check_version("6.0.0")

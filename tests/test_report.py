@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 from pathlib import Path
 
@@ -11,8 +12,10 @@ import pytest
 import torch
 from attnbench.bench.cli import main as cli
 from attnbench.bench.measuring import heatmap
+from attnbench.bench.measuring.scaling import scaling_table
+from attnbench.bench.options import RunConfig
 from attnbench.bench.report import build, compare
-from attnbench.bench.report.load import ReportInputError, load_benchmark_json
+from attnbench.bench.schema import ReportInputError, load_benchmark_json
 
 BACKENDS = ["manual", "per_head_loop", "sdpa"]
 SPEED = {"manual": 1.0, "per_head_loop": 1.6, "sdpa": 0.5}  # relative op time of each synthetic backend
@@ -126,7 +129,9 @@ def synthetic_run(tmp: Path, seed: int = 0, noise: float = 0.01, slow: dict | No
             recipe={"n_layer": 2, "lr": 3e-3},
         )
         ttt.append(bench(e, secs, 0.0, rng))
-    top = {"attnbench": {"peak_flop_per_s": 1e11}}
+    # the op session fits the exponents from its rows (conftest's JSON summary): the report only shows them
+    fits = scaling_table([b["extra_info"] for b in ops])
+    top = {"attnbench": {"peak_flop_per_s": 1e11, "scaling": fits}}
     for name, rows in (
         ("bench_ops", ops),
         ("bench_interleaved", inter),
@@ -278,14 +283,14 @@ def test_interrupted_run_leaves_earlier_reports_intact(tmp_path, monkeypatch):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(main_job.Job, "bench_stage", interrupted)
-    cfg = main_job.JobConfig(backends=["manual"], name="new", out_dir=str(tmp_path / "reports"))
+    cfg = RunConfig(backends=["manual"], name="new", out_dir=str(tmp_path / "reports"))
     assert main_job.Job(cfg, "attnbench run").run() == 130
     assert sorted(p.name for p in (tmp_path / "reports").iterdir()) == ["earlier"]
     assert sorted(p.name for p in earlier.iterdir()) == before
 
 
 def test_parse_T():
-    from attnbench.bench.job.main_job import parse_T
+    from attnbench.bench.options import parse_T
 
     assert parse_T("128:1024") == [128, 256, 512, 1024]
     assert parse_T("100:300") == [128, 256]
@@ -323,3 +328,117 @@ def test_speedups_of_cpu_and_cuda_never_share_a_cell(tmp_path):
     one_device = build.speedup_table(df[df["device"] == "cpu"])
     assert list(one_device.columns) == ["backend", "fwd+bwd T=1024"]  # no prefix when there is one pair
     assert build.plots.speedup_vs_T(df, tmp_path / "s.png").stat().st_size > 1000
+
+
+# ------------------------------------------------------------------------------ inputs, gates and leftovers
+
+
+def test_regen_keeps_every_file_it_does_not_own(tmp_path):
+    run = synthetic_run(tmp_path / "r1")
+    assert cli(["regen", str(run)]) == 0
+    (run / "screenshot.png").write_bytes(b"\x89PNG not ours")
+    (run / "notes.txt").write_text("kept")
+    assert cli(["regen", str(run)]) == 0
+    assert (run / "screenshot.png").read_bytes() == b"\x89PNG not ours" and (run / "notes.txt").read_text() == "kept"
+    assert (run / "speedup.png").stat().st_size > 1000  # its own plots are rebuilt
+
+
+def test_regen_refuses_a_run_missing_the_file_of_a_stage_recorded_ok(tmp_path, capsys):
+    run = synthetic_run(tmp_path / "r1")
+    assert cli(["regen", str(run)]) == 0
+    before = (run / "report.md").read_text()
+    (run / "bench_ops.json").unlink()  # run.json records bench_ops as ok
+    assert cli(["regen", str(run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "bench_ops.json" in err and "missing" in err and len(err.splitlines()) == 1
+    assert (run / "report.md").read_text() == before  # the complete report is not replaced by a thinner one
+
+
+@pytest.mark.parametrize("xml", ["<foo/>", '<?xml version="1.0"?><testsuites><testsuite name="x"/></testsuites>'])
+def test_regen_refuses_a_foreign_correctness_xml(tmp_path, capsys, xml):
+    run = synthetic_run(tmp_path / "r1")
+    (run / "correctness.xml").write_text(xml)
+    assert cli(["regen", str(run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "correctness.xml" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "file, damage",
+    [
+        ("bench_ops.json", lambda d: d["benchmarks"][0]["stats"].update(median="fast")),
+        ("bench_ops.json", lambda d: d["benchmarks"][0].update(extra_info=["op"])),
+        ("bench_ops.json", lambda d: d["benchmarks"][0]["extra_info"].update(T="big")),
+        ("run.json", lambda d: d.update(stages="all ok")),
+        ("run.json", lambda d: d.update(support={"manual": "yes"})),
+        ("heatmap.json", lambda d: d.update(max_abs_diff_vs_reference={"manual": "0.0"})),
+    ],
+)
+def test_wrong_typed_field_is_one_line_and_exit_2(tmp_path, capsys, file, damage):
+    run = synthetic_run(tmp_path / "r1")
+    (run / "heatmap.json").write_text(json.dumps({"matrices": {}, "max_abs_diff_vs_reference": {"manual": 0.0}}))
+    data = json.loads((run / file).read_text())
+    damage(data)
+    (run / file).write_text(json.dumps(data))
+    assert cli(["regen", str(run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert file in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_compare_fails_when_gated_rows_are_missing_in_b(tmp_path, capsys):
+    a = synthetic_run(tmp_path / "a", seed=1)
+    b = synthetic_run(tmp_path / "b", seed=1)
+    (b / "bench_interleaved.json").unlink()  # the gated ratios are gone
+    assert cli(["compare", str(a), str(b), "--fail-on-regression"]) == 1
+    out = capsys.readouterr().out
+    assert "MISSING IN B" in out and "per_head_loop" in out
+    assert cli(["compare", str(a), str(b)]) == 0  # listed, but not asked to fail
+
+
+def test_compare_refuses_a_run_without_rows(tmp_path, capsys):
+    a = synthetic_run(tmp_path / "a", seed=1)
+    empty = tmp_path / "empty.json"
+    empty.write_text(json.dumps({"benchmarks": []}))
+    assert cli(["compare", str(a), str(empty), "--fail-on-regression"]) == 2
+    assert "no benchmark rows" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("threshold", ["nan", "inf", "-0.1"])
+def test_compare_refuses_a_bad_threshold(tmp_path, capsys, threshold):
+    a = synthetic_run(tmp_path / "a", seed=1)
+    assert cli(["compare", str(a), str(a), "--threshold", threshold, "--fail-on-regression"]) == 2
+    assert "--threshold" in capsys.readouterr().err
+
+
+def test_run_removes_the_partial_directories_of_killed_runs(tmp_path, monkeypatch, capsys):
+    import subprocess
+    import time
+
+    from attnbench.bench.job import main_job
+
+    reports = tmp_path / "reports"
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a pid that no longer runs
+    killed = reports / ".partial-old-abc123"
+    killed.mkdir(parents=True)
+    (killed / "owner.pid").write_text(str(dead.pid))
+    old_unlocked = reports / ".partial-older-def456"  # written before partial directories carried a pid
+    old_unlocked.mkdir()
+    os.utime(old_unlocked, (time.time() - 2 * 86400,) * 2)
+    live = reports / ".partial-running-ghi789"  # a run still going on
+    live.mkdir()
+    (live / "owner.pid").write_text(str(os.getpid()))
+    fresh_unlocked = reports / ".partial-fresh-jkl012"
+    fresh_unlocked.mkdir()
+
+    def no_stage(self, stage, bar):
+        return "failed", "not run in this test"
+
+    for stage in ("bench_stage", "correctness_stage", "heatmap_stage"):
+        monkeypatch.setattr(main_job.Job, stage, no_stage)
+    cfg = RunConfig(backends=["manual"], name="new", out_dir=str(reports))
+    main_job.Job(cfg, "attnbench run").run()
+    left = sorted(p.name for p in reports.iterdir())
+    assert left == [".partial-fresh-jkl012", ".partial-running-ghi789", "new"]
+    err = capsys.readouterr().err
+    assert str(killed) in err and str(old_unlocked) in err and "killed" in err

@@ -1,9 +1,12 @@
 """`attnbench run`: the whole sweep on this machine, written to reports/<name>/ with a progress bar.
 
-Stages: the four benchmark files (pytest subprocesses writing pytest-benchmark JSON), the correctness suite
-(pytest tests --junitxml), and the attention heat maps of a small freshly trained model; then the report.
-Everything is written into a hidden staging directory and renamed into place at the end, so an interrupted
-run (Ctrl-C) leaves earlier reports untouched. A failed stage is recorded and the report still written.
+The job is the table `STAGES` below: each stage measures one thing and writes its files (schema.STAGE_FILES)
+into the run directory; the report is then rendered from that directory alone. The benchmark and correctness
+stages are pytest subprocesses reading the one serialized configuration (run-config.json); the heat-map
+stage trains a small model. Everything is written into a hidden `.partial-*` directory (with the pid of its
+writer) renamed into place at the end, so an interrupted run (Ctrl-C) leaves earlier reports untouched; the
+partial directories of runs that were killed are removed by the next run. A failed stage is recorded and
+the report still written.
 """
 
 from __future__ import annotations
@@ -15,80 +18,19 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from attnbench.bench import suites
+from attnbench.bench import schema, suites
 from attnbench.bench.measuring import envinfo
-from attnbench.bench.report.build import build_in_place, swap_in
-from attnbench.bench.report.load import ReportInputError, load_benchmark_json
+from attnbench.bench.options import RunConfig
+from attnbench.bench.report.build import build_in_place
 from tqdm.auto import tqdm
 
 DEVICES, DTYPES = ("cpu", "cuda"), ("float32", "bfloat16", "float16")
 HEAT_PROMPT = "ROMEO:\nO, she doth teach"
-
-
-@dataclass
-class JobConfig:
-    backends: list[str] | None = None  # None: every registered backend
-    T: list[int] | None = None  # None: the benchmarks' default sweep
-    dtype: str | None = None  # passed to --bench-dtypes; None: the benchmarks' default per device
-    device: str | None = None  # cpu | cuda | all; None: cpu, plus cuda when available
-    quick: bool = False  # the small sweep (--bench-quick, --ttt-quick): about 2 minutes on 2 CPU cores
-    target: float | None = None  # training-to-target loss; None: that benchmark's default
-    name: str | None = None  # reports/<name>; None: a timestamp
-    out_dir: str = "reports"
-    data: str | None = None  # tiny Shakespeare path for the heat-map model (else ATTNBENCH_DATA / cache)
-    heat_steps: int | None = None  # training steps of the heat-map model; None: 150 quick, 500 default
-    correctness_k: str | None = None  # pytest -k expression for the correctness stage; None: the whole suite
-    verbose: bool = False  # stream every subprocess line (else the last line shows beside the bar)
-    force: bool = False  # replace an existing reports/<name>
-
-
-def parse_T(spec: str) -> list[int]:
-    """'128,256,1024' as given, or 'LO:HI' for the powers of two from LO to HI."""
-    try:
-        if ":" in spec:
-            lo, hi = (int(x) for x in spec.split(":"))
-            if lo < 1 or hi < lo:
-                raise ValueError
-            out, t = [], 1 << (lo - 1).bit_length()
-            while t <= hi:
-                out.append(t)
-                t *= 2
-            return out
-        return [int(x) for x in spec.split(",") if x.strip()]
-    except ValueError:
-        raise ValueError(
-            f"--T must be a list like 128,256,512 or a range LO:HI (powers of two), got {spec!r}"
-        ) from None
-
-
-def bench_options(cfg: JobConfig) -> list[str]:
-    opts = []
-    if cfg.backends:
-        opts.append(f"--bench-backends={','.join(cfg.backends)}")
-    if cfg.device:
-        opts.append(f"--bench-device={cfg.device}")
-    if cfg.dtype:
-        opts.append(f"--bench-dtypes={cfg.dtype}")
-    if cfg.T:
-        opts.append(f"--bench-T={','.join(map(str, cfg.T))}")
-        opts.append(f"--bench-interleaved-T={','.join(map(str, cfg.T[-3:]))}")  # ratios at the largest three
-    if cfg.quick:
-        opts.append("--bench-quick")
-    return opts
-
-
-def ttt_options(cfg: JobConfig) -> list[str]:
-    opts = []
-    if cfg.backends:
-        opts.append(f"--ttt-backends={','.join(cfg.backends)}")
-    if cfg.target is not None:
-        opts.append(f"--ttt-target={cfg.target}")
-    if cfg.quick:
-        opts.append("--ttt-quick")
-    return opts
+PROGRESS_PLUGIN = "attnbench.bench.job.progress"
 
 
 def support_matrix(names: list[str]) -> dict:
@@ -109,8 +51,46 @@ def support_matrix(names: list[str]) -> dict:
     return out
 
 
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+STALE_UNLOCKED_S = 24 * 3600  # a partial directory without a pid file (an older attnbench) counts as stale after this
+
+
+def clean_stale_partials(out_dir: Path, now: float | None = None) -> list[Path]:
+    """Remove the `.partial-*` directories of runs that died (their writer's pid is gone, or they carry no
+    pid and are older than a day); returns what was removed. Those of live runs are left alone."""
+    now = time.time() if now is None else now
+    removed = []
+    for d in sorted(out_dir.glob(schema.PARTIAL_PREFIX + "*")):
+        if not d.is_dir():
+            continue
+        lock = d / schema.PARTIAL_LOCK
+        try:
+            stale = not pid_alive(int(lock.read_text().strip()))
+        except (OSError, ValueError):  # no readable pid: judge by age
+            stale = now - d.stat().st_mtime > STALE_UNLOCKED_S
+        if stale:
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(d)
+    return removed
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    name: str
+    run: Callable  # Job method (stage name, bar) -> (status, detail); writes schema.STAGE_FILES[name]
+
+
 class Job:
-    def __init__(self, cfg: JobConfig, command: str):
+    def __init__(self, cfg: RunConfig, command: str):
         self.cfg, self.command = cfg, command
         self.stages: list[dict] = []
         self.proc: subprocess.Popen | None = None
@@ -118,54 +98,40 @@ class Job:
     # ------------------------------------------------------------------------------------------ stages
 
     def pytest(self, stage: str, args: list[str], bar: tqdm) -> int:
-        """Run the shipped suite `args` under pytest in a scratch directory, log to logs/<stage>.log; exit code."""
-        log = self.dir / "logs" / f"{stage}.log"
+        """Run the shipped suite `args` under pytest in a scratch directory, log to logs/<stage>.log; exit code.
+        The bar follows the stage's progress file (job/progress.py), and the log too with --verbose."""
+        log, progress = self.dir / schema.LOGS / f"{stage}.log", self.dir / "scratch" / f"{stage}.progress"
         scratch = self.dir / "scratch"  # pytest's and hypothesis's working files; removed before the swap
         scratch.mkdir(exist_ok=True)
-        cmd = suites.pytest_command(args, rootdir=scratch)
+        cmd = suites.pytest_command([*args, "-p", PROGRESS_PLUGIN, f"--attnbench-progress={progress}"], rootdir=scratch)
         with open(log, "w") as f:
             f.write("$ " + " ".join(cmd) + "\n")
             f.flush()
             self.proc = subprocess.Popen(
                 cmd,
                 cwd=scratch,
-                stdout=subprocess.PIPE,
+                stdout=f,
                 stderr=subprocess.STDOUT,
-                text=True,
                 env={"HYPOTHESIS_PROFILE": "ci", **os.environ, "PYTHONUNBUFFERED": "1"},
             )
-            for line in self.proc.stdout:
-                f.write(line)
-                if self.cfg.verbose:
-                    bar.write(f"  [{stage}] {line.rstrip()}")
-                elif "%]" in line:  # pytest -v progress: 'path::test[id] PASSED [ 40%]'
-                    test, _, rest = line.rpartition("::")[2].partition(" ")
-                    bar.set_postfix_str(f"{test[:50]} {rest.strip()}", refresh=True)
-            rc = self.proc.wait()
-            self.proc = None
+            follow = Follower(progress, log if self.cfg.verbose else None)
+            while self.proc.poll() is None:
+                time.sleep(0.2)
+                follow.update(bar, stage)
+            follow.update(bar, stage)
+            rc, self.proc = self.proc.returncode, None
         return rc
 
     def bench_stage(self, stage: str, bar: tqdm) -> tuple[str, str]:
         path = suites.bench_file(stage)
         if not path.is_file():
             return "failed", f"{path} not found"
-        out = self.dir / f"{stage}.json"
-        extra = ttt_options(self.cfg) if stage == "bench_train_to_target" else []
-        rc = self.pytest(
-            stage,
-            [
-                str(path),
-                "--benchmark-only",
-                f"--benchmark-json={out}",
-                "-v",
-                *bench_options(self.cfg),
-                *extra,
-            ],
-            bar,
-        )
+        out = self.dir / schema.STAGE_FILES[stage][0]
+        args = [str(path), "--benchmark-only", f"--benchmark-json={out}", f"--bench-config={self.dir / schema.CONFIG}"]
+        rc = self.pytest(stage, args, bar)
         try:
-            n = len(load_benchmark_json(out)["benchmarks"])
-        except ReportInputError:  # not written, empty or truncated: drop it, the report says the stage failed
+            n = len(schema.load_benchmark_json(out)["benchmarks"])
+        except schema.ReportInputError:  # not written, empty or truncated: drop it, the report says the stage failed
             out.unlink(missing_ok=True)
             n = 0
         if rc == 0 and n:
@@ -173,17 +139,17 @@ class Job:
         return "failed", f"pytest exit {rc}, {n} rows; see logs/{stage}.log"
 
     def correctness_stage(self, stage: str, bar: tqdm) -> tuple[str, str]:
-        xml = self.dir / "correctness.xml"
-        args = [*suites.conformance_paths(self.cfg.quick), f"--junitxml={xml}", "-v"]
+        xml = self.dir / schema.CORRECTNESS_XML
+        args = [*suites.conformance_paths(self.cfg.quick), f"--junitxml={xml}"]
         args += [f"--backend={name}" for name in self.cfg.backends or ["all"]]
         if self.cfg.correctness_k:
             args += ["-k", self.cfg.correctness_k]
         rc = self.pytest(stage, args, bar)
-        if not xml.is_file():
-            return "failed", f"pytest exit {rc}, no junit XML; see logs/{stage}.log"
-        from attnbench.bench.report.correctness import parse_junit
-
-        t = parse_junit(xml)["totals"]
+        try:
+            t = schema.read_correctness(xml)["totals"]
+        except schema.ReportInputError as e:
+            xml.unlink(missing_ok=True)
+            return "failed", f"pytest exit {rc}: {e}; see logs/{stage}.log"
         detail = f"{t['passed']} passed, {t['failed']} failed, {t['skipped']} skipped"
         # failing tests are a finding (shown per backend), not a broken stage; other exit codes are
         return ("ok" if rc in (0, 1) else "failed"), detail + ("" if rc in (0, 1) else f" (pytest exit {rc})")
@@ -198,9 +164,14 @@ class Job:
         names = self.cfg.backends or backend_names()
         heat = heatmap.compute(model, tok, HEAT_PROMPT, names, device)
         heat["model"] = f"2 layers, 4 heads, width 64, {steps} steps, val loss {val:.3f}, trained with 'manual'"
-        (self.dir / "heatmap.json").write_text(json.dumps(heat))
+        (self.dir / schema.HEATMAP).write_text(json.dumps(heat))
         diffs = heat["max_abs_diff_vs_reference"]
         return "ok", f"{len(diffs)} backends, max diff {max(diffs.values(), default=float('nan')):.1e}"
+
+    def plan(self) -> list[StageSpec]:
+        """The stages in order: each writes schema.STAGE_FILES[name] into the run directory."""
+        runs = {"correctness": self.correctness_stage, "heatmap": self.heatmap_stage}
+        return [StageSpec(s.name, runs.get(s.name, self.bench_stage)) for s in schema.STAGES]
 
     # ---------------------------------------------------------------------------------------------- run
 
@@ -216,40 +187,42 @@ class Job:
             )
             return 2
         out_dir.mkdir(parents=True, exist_ok=True)
-        self.dir = Path(tempfile.mkdtemp(dir=out_dir, prefix=f".partial-{name}-")).resolve()  # stages run elsewhere
+        for d in clean_stale_partials(out_dir):
+            print(f"attnbench run: removed {d}, left by a run that was killed", file=sys.stderr)
+        # absolute: the stages run in a scratch directory of their own
+        self.dir = Path(tempfile.mkdtemp(dir=out_dir, prefix=f"{schema.PARTIAL_PREFIX}{name}-")).resolve()
         os.chmod(self.dir, 0o755)
-        (self.dir / "logs").mkdir()
+        (self.dir / schema.PARTIAL_LOCK).write_text(str(os.getpid()))
+        (self.dir / schema.LOGS).mkdir()
         started = time.time()
         try:
             from attnbench import backend_names
 
             names = cfg.backends or backend_names()
             support = support_matrix(names)  # also validates --backends: unknown names fail here, clearly
-            (self.dir / "env.json").write_text(json.dumps(envinfo.collect(), indent=1))
-            plan = [
-                (s, self.bench_stage)
-                for s in ("bench_ops", "bench_interleaved", "bench_model", "bench_train_to_target")
-            ]
-            plan += [("correctness", self.correctness_stage), ("heatmap", self.heatmap_stage)]
+            cfg.write(self.dir / schema.CONFIG)
+            (self.dir / schema.ENV).write_text(json.dumps(envinfo.collect(), indent=1))
+            plan = self.plan()
             with tqdm(plan, desc="attnbench run", unit="stage", dynamic_ncols=True) as bar:
-                for stage, fn in bar:
-                    bar.set_description(f"attnbench run: {stage}")
+                for spec in bar:
+                    bar.set_description(f"attnbench run: {spec.name}")
                     t0 = time.time()
                     try:
-                        status, detail = fn(stage, bar)
+                        status, detail = spec.run(spec.name, bar)
                     except KeyboardInterrupt:
                         raise
                     except Exception as e:  # a stage's crash is reported, the others still run
                         status, detail = "failed", f"{type(e).__name__}: {e}"
                     self.stages.append(
-                        {"stage": stage, "status": status, "seconds": round(time.time() - t0, 1), "detail": detail}
+                        {"stage": spec.name, "status": status, "seconds": round(time.time() - t0, 1), "detail": detail}
                     )
-                    bar.write(f"{stage}: {status} ({detail}) in {time.time() - t0:.0f} s")
+                    bar.write(f"{spec.name}: {status} ({detail}) in {time.time() - t0:.0f} s")
                     self.write_run_info(name, names, support, started)
             self.write_run_info(name, names, support, started)
             shutil.rmtree(self.dir / "scratch", ignore_errors=True)
+            (self.dir / schema.PARTIAL_LOCK).unlink()
             build_in_place(self.dir)
-            swap_in(self.dir, final)
+            schema.swap_in(self.dir, final)
         except KeyboardInterrupt:
             if self.proc is not None:
                 self.proc.terminate()
@@ -280,4 +253,37 @@ class Job:
             "support": support,
             "stages": self.stages,
         }
-        (self.dir / "run.json").write_text(json.dumps(info, indent=1))
+        (self.dir / schema.RUN_INFO).write_text(json.dumps(info, indent=1))
+
+
+class Follower:
+    """Reads what a stage appended to its progress file (and its log, when streaming) since the last look."""
+
+    def __init__(self, progress: Path, log: Path | None):
+        self.progress, self.log = progress, log
+        self.offsets = {progress: 0, log: 0}
+        self.total, self.done = None, 0
+
+    def _new_lines(self, path: Path) -> list[str]:
+        try:
+            with open(path, "rb") as f:
+                f.seek(self.offsets[path])
+                data = f.read()
+        except FileNotFoundError:
+            return []
+        complete = data[: data.rfind(b"\n") + 1]  # a line still being written is read next time
+        self.offsets[path] += len(complete)
+        return complete.decode("utf-8", errors="replace").splitlines()
+
+    def update(self, bar: tqdm, stage: str) -> None:
+        if self.log is not None:
+            for line in self._new_lines(self.log):
+                bar.write(f"  [{stage}] {line}")
+        for line in self._new_lines(self.progress):
+            record = json.loads(line)
+            if "total" in record:
+                self.total = record["total"]
+                continue
+            self.done += 1
+            of = f"/{self.total}" if self.total else ""
+            bar.set_postfix_str(f"{self.done}{of} {record['test'][:50]} {record['outcome']}", refresh=True)

@@ -64,17 +64,3 @@ def ratio_summary(times: dict[str, list[float]], baseline: str) -> dict[str, dic
             "rounds": len(ratios),
         }
     return out
-
-
-def record_rounds(benchmark, seconds: list[float]) -> None:
-    """Give a pytest-benchmark fixture rounds that were timed outside it (its own timer cannot interleave).
-
-    Uses the fixture's internal `_make_stats` (pytest-benchmark 4-5): the row then carries these rounds' stats
-    (min, median, ...) exactly as if `benchmark.pedantic` had timed them, and the fixture refuses reuse.
-    """
-    if benchmark.disabled:
-        return
-    benchmark._mode = "interleaved rounds"  # what pedantic() sets: a second use raises FixtureAlreadyUsed
-    stats = benchmark._make_stats(1)
-    for s in seconds:
-        stats.update(s)

@@ -15,12 +15,12 @@ gate_absolute=True (a quiet, dedicated machine, or two machines compared on purp
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
-from .load import load_run
+from attnbench.bench.schema import ReportInputError, load_run
 
 KEY = ["kind", "backend", "device", "dtype", "mode", "T", "use_cache", "threads"]
 
@@ -56,20 +56,34 @@ def metric_frame(df: pd.DataFrame) -> pd.DataFrame:
 DRIFT_FREE = ("ratio to baseline", "steps to target")  # metrics that gate by default (module docstring)
 
 
+def run_rows(path: str | Path) -> pd.DataFrame:
+    """The benchmark rows of a run; a run without any is an error (nothing to compare is not 'no regression')."""
+    df = load_run(path, strict=True).results
+    if df.empty:
+        raise ReportInputError(f"{path}: no benchmark rows to compare")
+    return df
+
+
 def compare(a: str | Path, b: str | Path, threshold: float = 0.1, gate_absolute: bool = False) -> pd.DataFrame:
     """Matched rows of runs a and b with change = median_b / median_a - 1, a 'worse' flag (beyond threshold and
-    spread), and 'regression' = worse on a drift-free metric (any metric with gate_absolute) or target lost."""
-    ma, mb = metric_frame(load_run(a, strict=True).results), metric_frame(load_run(b, strict=True).results)
+    spread), and 'regression' = worse on a drift-free metric (any metric with gate_absolute), target lost, or
+    a gated row of a that b no longer has ('missing')."""
+    if not (isinstance(threshold, (int, float)) and math.isfinite(threshold) and threshold >= 0):
+        raise ValueError(f"--threshold must be a finite number >= 0, got {threshold!r}")
+    ma, mb = metric_frame(run_rows(a)), metric_frame(run_rows(b))
     m = ma.merge(mb, on=[*KEY, "metric"], suffixes=("_a", "_b"), how="outer", indicator=True)
     m["change"] = m["median_b"] / m["median_a"] - 1
     beyond = m["change"] > threshold
     separated = m["lo_b"].fillna(m["median_b"]) > m["hi_a"].fillna(m["median_a"])
     m["worse"] = beyond & separated
-    m["regression"] = m["worse"] & (m["metric"].isin(DRIFT_FREE) | gate_absolute)
+    gated = m["metric"].isin(DRIFT_FREE) | gate_absolute
+    m["regression"] = m["worse"] & gated
     m["improvement"] = (m["change"] < -threshold) & (m["hi_b"].fillna(m["median_b"]) < m["lo_a"].fillna(m["median_a"]))
     if "reached_a" in m:  # a backend that no longer reaches the target regressed, whatever its time
         lost = (m["reached_a"].astype(str) == "True") & (m["reached_b"].astype(str) == "False")
         m["regression"] |= lost
+    m["missing"] = (m["_merge"] == "left_only") & gated  # gated in a, gone from b: its gate cannot pass
+    m["regression"] |= m["missing"]
     m["only_in"] = m["_merge"].map({"left_only": "A", "right_only": "B", "both": ""})
     return m.drop(columns="_merge")
 
@@ -85,7 +99,8 @@ def render(m: pd.DataFrame, threshold: float) -> str:
         where = f"{r['backend']} {r['device']} {r['dtype']} {r['mode']} T={r['T']}"
         lines.append(f"largest change of a ratio to the baseline: {r['change']:+.1%} ({where})")
     sections = (
-        ("REGRESSIONS", m["regression"]),
+        ("REGRESSIONS", m["regression"] & ~m["missing"]),
+        ("MISSING IN B (gated rows of A that B does not have: regressions)", m["missing"]),
         ("slower in absolute time (not gated: sequential timings drift)", m["worse"] & ~m["regression"]),
         ("improvements", m["improvement"]),
     )
@@ -94,10 +109,10 @@ def render(m: pd.DataFrame, threshold: float) -> str:
         lines.append(f"{title}: {len(rows)}")
         if len(rows):
             t = rows[shown].copy()
-            t["change"] = t["change"].map(lambda x: f"{x:+.1%}")
+            t["change"] = t["change"].map(lambda x: "—" if pd.isna(x) else f"{x:+.1%}")
             lines.append(t.to_string(index=False))
     for side in ("A", "B"):
-        n = int((m["only_in"] == side).sum())
+        n = int(((m["only_in"] == side) & ~m["missing"]).sum())
         if n:
             lines.append(f"{n} rows only in {side} (not compared)")
     return "\n".join(lines)

@@ -11,6 +11,7 @@ import matplotlib.ticker
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
+from attnbench.bench.schema import select  # noqa: E402
 
 DPI = 80  # small PNGs: the report is committed
 
@@ -33,15 +34,9 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def op_rows(df: pd.DataFrame) -> pd.DataFrame:
-    if "T" not in df:
-        return df.iloc[0:0]
-    return df[(df["kind"] == "op") & df["T"].notna()].sort_values("T")
-
-
 def time_vs_T(df: pd.DataFrame, path: Path) -> Path | None:
     """Median time and tokens/s against T, log-log, one line per backend; one column per mode."""
-    ops = op_rows(df)
+    ops = select(df, "op")
     if ops.empty:
         return None
     modes = sorted(ops["mode"].dropna().unique()) or [None]
@@ -66,7 +61,7 @@ def time_vs_T(df: pd.DataFrame, path: Path) -> Path | None:
 
 def memory_vs_T(df: pd.DataFrame, path: Path) -> Path | None:
     """Peak memory against T per backend (forward), with the analytic score-matrix size dashed."""
-    ops = op_rows(df)
+    ops = select(df, "op")
     if ops.empty or "peak_mem_bytes" not in ops or ops["peak_mem_bytes"].isna().all():
         return None
     fwd = ops[ops["mode"] == "fwd"] if (ops["mode"] == "fwd").any() else ops
@@ -90,13 +85,9 @@ def memory_vs_T(df: pd.DataFrame, path: Path) -> Path | None:
     return _save(fig, path)
 
 
-def interleaved_rows(df: pd.DataFrame) -> pd.DataFrame:
-    return df[df["kind"] == "interleaved"] if "speedup_median" in df else df.iloc[0:0]
-
-
 def speedup_vs_T(df: pd.DataFrame, path: Path) -> Path | None:
     """Interleaved speed-up over the baseline against T, with the p25..p75 spread as error bars."""
-    il = interleaved_rows(df)
+    il = select(df, "interleaved")
     if il.empty:
         return None
     panels = il[["device", "dtype", "mode"]].drop_duplicates().sort_values(["device", "dtype", "mode"])
@@ -120,13 +111,9 @@ def speedup_vs_T(df: pd.DataFrame, path: Path) -> Path | None:
     return _save(fig, path)
 
 
-def ttt_rows(df: pd.DataFrame) -> pd.DataFrame:
-    return df[df["kind"] == "train_to_target"] if "target" in df else df.iloc[0:0]
-
-
 def loss_curves(df: pd.DataFrame, path: Path) -> Path | None:
     """Validation loss against step for each backend's training-to-target run, target dashed."""
-    ttt = ttt_rows(df)
+    ttt = select(df, "train_to_target")
     if ttt.empty or "curve" not in ttt:
         return None
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
@@ -144,7 +131,7 @@ def loss_curves(df: pd.DataFrame, path: Path) -> Path | None:
 
 def time_to_target(df: pd.DataFrame, path: Path) -> Path | None:
     """Seconds of training to reach the target per backend; hatched bars did not reach it."""
-    ttt = ttt_rows(df)
+    ttt = select(df, "train_to_target")
     if ttt.empty or "train_seconds" not in ttt:
         return None
     fig, ax = plt.subplots(figsize=(6.5, 0.5 * len(ttt) + 1.5))

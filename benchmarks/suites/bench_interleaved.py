@@ -10,7 +10,7 @@ import os
 import pytest
 import torch
 from attnbench import get_backend
-from attnbench.bench.measuring.interleaved import interleaved_times, ratio_summary, record_rounds
+from attnbench.bench.measuring.interleaved import interleaved_times, ratio_summary
 from attnbench.bench.measuring.measure import (
     attention_call,
     attention_inputs,
@@ -19,6 +19,7 @@ from attnbench.bench.measuring.measure import (
     time_call,
     unavailable_reason,
 )
+from attnbench.bench.suites.pytest_benchmark_adapter import record_rounds
 
 BUDGET_S = {"cpu": 30.0, "cuda": 5.0}  # timed seconds per configuration (all backends), sets the rounds
 MIN_ROUNDS, MAX_ROUNDS = 9, 30  # at least 9 paired ratios: the median of 5 moved by 10% between runs at T=4096

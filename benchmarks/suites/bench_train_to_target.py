@@ -10,54 +10,15 @@ the curve and the leak flag. Curve agreement between the backends of a device go
     pytest benchmarks/suites/bench_train_to_target.py --benchmark-only --ttt-quick     # seconds: loose target
 """
 
-import dataclasses
-
 import pytest
 import torch
 from attnbench import get_backend
 from attnbench.bench.measuring.measure import unavailable_reason
-from attnbench.bench.measuring.train_to_target import (
-    FAST_RECIPE,
-    QUICK_RECIPE,
-    SPINE_RECIPE,
-    cpu_backends,
-    curve_agreement,
-)
+from attnbench.bench.measuring.train_to_target import curve_agreement
 from attnbench.bench.measuring.train_to_target import train_to_target as run_to_target
 from attnbench.gpt.data import Dataset
 
-DEFAULT_BACKENDS = ["sdpa", "manual"]  # PyTorch's fused kernel and the explicit-mask formula: fits in ~3 min on CPU
-RECIPES = {"fast": FAST_RECIPE, "spine": SPINE_RECIPE}
 _RUNS: dict[str, list] = {}  # device -> TargetRun, in order, for curve agreement
-
-
-def _devices(config) -> list[str]:
-    opt = config.getoption("bench_device", None)
-    if opt == "all":
-        return ["cpu", "cuda"]
-    return [opt] if opt else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-
-
-def pytest_generate_tests(metafunc):
-    if "ttt_case" not in metafunc.fixturenames:
-        return
-    config = metafunc.config
-    names = config.getoption("ttt_backends")
-    if names:
-        backends = [b.strip() for b in names.split(",") if b.strip()]
-    elif config.getoption("ttt_full") or config.getoption("ttt_quick"):
-        backends = cpu_backends("cpu")  # every backend (those that cannot run on a device skip with the reason)
-    else:
-        backends = DEFAULT_BACKENDS
-    cases = [(b, dev) for dev in _devices(config) for b in backends]
-    metafunc.parametrize("ttt_case", cases, ids=[f"{b}-{dev}" for b, dev in cases])
-
-
-@pytest.fixture(scope="module")
-def ttt_recipe(pytestconfig):
-    recipe = QUICK_RECIPE if pytestconfig.getoption("ttt_quick") else RECIPES[pytestconfig.getoption("ttt_recipe")]
-    target = pytestconfig.getoption("ttt_target")
-    return recipe if target is None else dataclasses.replace(recipe, target=target)
 
 
 @pytest.fixture(scope="module")

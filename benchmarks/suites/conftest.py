@@ -8,9 +8,9 @@ benchmarked without any edit. The README's "Benchmarks" section lists the option
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import fnmatch
 import functools
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,7 +20,17 @@ from attnbench import backend_names
 from attnbench.bench.measuring.interleaved import DEFAULT_BASELINE
 from attnbench.bench.measuring.measure import MODES, matmul_peak_flop_per_s
 from attnbench.bench.measuring.scaling import scaling_table
-from attnbench.gpt.atomic import AtomicFile
+from attnbench.bench.measuring.train_to_target import FAST_RECIPE, QUICK_RECIPE, SPINE_RECIPE, Recipe, cpu_backends
+from attnbench.bench.options import (
+    RunConfig,
+    csv_list,
+    parse_backends,
+    parse_devices,
+    parse_dtypes,
+    parse_T,
+    parse_threads,
+)
+from attnbench.bench.suites.pytest_benchmark_adapter import check_version, commit_json, write_json_atomically
 
 BENCH_FILES = "bench_*.py"
 POW2 = [2**i for i in range(7, 15)]  # 128 .. 16384
@@ -49,6 +59,8 @@ DEFAULTS = {
 # differed by up to 25%; with one thread, five runs agreed within 5.3% of each other. Multi-thread speed: op sweep.
 INTERLEAVED_CPU_THREADS = 1
 QUICK_INTERLEAVED_T = [256]
+TTT_DEFAULT_BACKENDS = ["sdpa", "manual"]  # PyTorch's fused kernel and the explicit-mask formula: ~3 min on CPU
+TTT_RECIPES = {"fast": FAST_RECIPE, "spine": SPINE_RECIPE}
 
 
 @dataclass(frozen=True)
@@ -97,6 +109,7 @@ class BenchSettings:
     baseline: str
     quick: bool
     max_call_s: dict[str, float]
+    config: RunConfig  # what was asked (the training-to-target suite reads backends, target and quick from it)
 
     def shape(self, device: str) -> tuple[int, int, int]:
         d = DEFAULTS[device]
@@ -125,10 +138,6 @@ class BenchState:
         return self.peak_flops[key]
 
 
-def _csv(value: str | None) -> list[str] | None:
-    return None if value is None else [s.strip() for s in value.split(",") if s.strip()]
-
-
 def pytest_addoption(parser):
     g = parser.getgroup("attnbench", "attnbench benchmarks (pytest --benchmark-only)")
     g.addoption("--bench-backends", default=None, help="comma-separated registered backends (default: all)")
@@ -150,6 +159,13 @@ def pytest_addoption(parser):
     )
     g.addoption("--bench-max-call-s", type=float, default=None, help="skip cases estimated slower per call (s)")
     g.addoption("--bench-json", default=None, metavar="PATH", help="write the pytest-benchmark JSON atomically here")
+    g.addoption(
+        "--bench-config",
+        default=None,
+        metavar="PATH",
+        help="run-config.json of `attnbench run`: backends, device, dtypes, T, quick and target in one file "
+        "(instead of the --bench-* and --ttt-* options)",
+    )
     t = parser.getgroup("attnbench-ttt", "attnbench training to a target loss (bench_train_to_target.py)")
     t.addoption("--ttt-target", type=float, default=None, help="whole-split val loss to reach (default: 1.88)")
     t.addoption("--ttt-backends", default=None, help="comma-separated backends (default: sdpa,manual; --ttt-full: all)")
@@ -165,43 +181,56 @@ def pytest_ignore_collect(collection_path: Path, config):
     return None
 
 
+def run_config(config) -> RunConfig:
+    """The configuration of this session: --bench-config's file, else the --bench-* and --ttt-* options."""
+    path = config.getoption("bench_config", None)
+    if path:
+        return RunConfig.read(path)
+    return RunConfig(
+        backends=csv_list(config.getoption("bench_backends", None)),
+        T=parse_T(config.getoption("bench_T", None), "--bench-T"),
+        dtype=csv_list(config.getoption("bench_dtypes", None)),
+        device=config.getoption("bench_device", None),
+        quick=config.getoption("bench_quick", False),
+        target=config.getoption("ttt_target", None),
+    )
+
+
+def ttt_options(config) -> tuple[list[str] | None, bool, float | None]:
+    """Training to target: (backends or None, quick, target or None), from --bench-config or the --ttt-* options."""
+    if config.getoption("bench_config", None):
+        cfg = config.stash[STATE].settings.config
+        return cfg.backends, cfg.quick, cfg.target
+    names = csv_list(config.getoption("ttt_backends", None))
+    return names, config.getoption("ttt_quick", False), config.getoption("ttt_target", None)
+
+
 def _settings(config) -> BenchSettings:
-    quick = config.getoption("bench_quick")
-    names = backend_names()
-    backends = _csv(config.getoption("bench_backends")) or names
-    unknown = [b for b in backends if b not in names]
-    if unknown:
-        raise pytest.UsageError(f"--bench-backends: unknown {unknown}; registered: {names}")
-    device_opt = config.getoption("bench_device")
-    if device_opt is None:
-        devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    else:
-        devices = ["cpu", "cuda"] if device_opt == "all" else [device_opt]
-    dtypes_opt = _csv(config.getoption("bench_dtypes"))
-    for d in dtypes_opt or []:
-        if not isinstance(getattr(torch, d, None), torch.dtype):
-            raise pytest.UsageError(f"--bench-dtypes: {d!r} is not a torch dtype")
-    T_opt = _csv(config.getoption("bench_T"))
-    it_opt = _csv(config.getoption("bench_interleaved_T"))
+    cfg = run_config(config)
+    interleaved_T = config.getoption("bench_interleaved_T")
     try:
-        T_opt = T_opt and [int(t) for t in T_opt]
-        it_opt = it_opt and [int(t) for t in it_opt]
+        backends = parse_backends(cfg.backends, backend_names(), "--bench-backends") or backend_names()
+        devices = parse_devices(cfg.device)
+        dtypes = parse_dtypes(cfg.dtype, "--bench-dtypes")
+        it = parse_T(interleaved_T, "--bench-interleaved-T") if interleaved_T else None
+        if it is None and config.getoption("bench_config", None):
+            it = cfg.interleaved_T  # the main job times its ratios at the largest three T of its sweep
+        threads = parse_threads(config.getoption("bench_interleaved_threads"), INTERLEAVED_CPU_THREADS)
     except ValueError as e:
-        raise pytest.UsageError(f"--bench-T / --bench-interleaved-T take integers: {e}") from None
+        raise pytest.UsageError(str(e)) from None
     max_call = config.getoption("bench_max_call_s")
-    threads = config.getoption("bench_interleaved_threads") or str(INTERLEAVED_CPU_THREADS)
-    if threads != "all" and not (threads.isdigit() and int(threads) > 0):
-        raise pytest.UsageError(f"--bench-interleaved-threads takes a positive integer or 'all', got {threads!r}")
+    quick = cfg.quick
     return BenchSettings(
         backends=backends,
         devices=devices,
-        dtypes={d: dtypes_opt or DEFAULTS[d].dtypes for d in devices},
-        Ts={d: T_opt or (DEFAULTS[d].quick_Ts if quick else DEFAULTS[d].Ts) for d in devices},
-        interleaved_Ts={d: it_opt or (QUICK_INTERLEAVED_T if quick else DEFAULTS[d].interleaved_Ts) for d in devices},
-        interleaved_cpu_threads=None if threads == "all" else int(threads),
+        dtypes={d: dtypes or DEFAULTS[d].dtypes for d in devices},
+        Ts={d: cfg.T or (DEFAULTS[d].quick_Ts if quick else DEFAULTS[d].Ts) for d in devices},
+        interleaved_Ts={d: it or (QUICK_INTERLEAVED_T if quick else DEFAULTS[d].interleaved_Ts) for d in devices},
+        interleaved_cpu_threads=threads,
         baseline=config.getoption("bench_baseline"),
         quick=quick,
         max_call_s={d: max_call or DEFAULTS[d].max_call_s for d in devices},
+        config=cfg,
     )
 
 
@@ -252,24 +281,14 @@ def pytest_configure(config):
     if config.getoption("benchmark_only", default=False):
         state.summary["cpu_memory_kept_for_reuse"] = keep_freed_cpu_memory()
     config.stash[STATE] = state
-    session = getattr(config, "_benchmarksession", None)  # pytest-benchmark's, built in its own pytest_configure
-    if session is None:
-        return
-    # --benchmark-json opens (and truncates) its file at option parsing and writes it at the end in place;
-    # write it (and --bench-json) through a temporary file and a rename instead, so no half-written JSON exists.
-    if config.getoption("bench_json"):
-        session.json = AtomicFile(config.getoption("bench_json"))
-    elif session.json:  # an open handle (pytest-benchmark < 5.3) or a path (5.3+)
-        path = session.json if isinstance(session.json, (str, os.PathLike)) else session.json.name
-        if hasattr(session.json, "close"):
-            session.json.close()
-        session.json = AtomicFile(path)
+    if config.getoption("benchmark_only", default=False):
+        check_version()
+    # --benchmark-json opens (and truncates) its file at option parsing and writes it at the end in place
+    write_json_atomically(config, config.getoption("bench_json"))
 
 
 def pytest_unconfigure(config):
-    session = getattr(config, "_benchmarksession", None)
-    if session is not None and isinstance(session.json, AtomicFile):
-        session.json.commit()
+    commit_json(config)
 
 
 @pytest.fixture(scope="session")
@@ -283,8 +302,17 @@ def attnbench_summary(bench_state) -> dict:
     return bench_state.summary
 
 
+@pytest.fixture(scope="module")
+def ttt_recipe(pytestconfig) -> Recipe:
+    """The training-to-target recipe of this session, with its target."""
+    _, quick, target = ttt_options(pytestconfig)
+    recipe = QUICK_RECIPE if quick else TTT_RECIPES[pytestconfig.getoption("ttt_recipe")]
+    return recipe if target is None else dataclasses.replace(recipe, target=target)
+
+
 def pytest_generate_tests(metafunc):
-    if not {"op_case", "interleaved_case", "train_step_case", "generate_case"} & set(metafunc.fixturenames):
+    cases = {"op_case", "interleaved_case", "train_step_case", "generate_case", "ttt_case"}
+    if not cases & set(metafunc.fixturenames):
         return
     s = metafunc.config.stash[STATE].settings
     combos = [(dev, dt) for dev in s.devices for dt in s.dtypes[dev]]
@@ -307,6 +335,12 @@ def pytest_generate_tests(metafunc):
     if "generate_case" in metafunc.fixturenames:
         cases = [ModelCase(b, dev, dt, cache) for dev, dt in combos for b in s.backends for cache in (True, False)]
         metafunc.parametrize("generate_case", cases, ids=[c.id for c in cases])
+    if "ttt_case" in metafunc.fixturenames:
+        names, quick, _ = ttt_options(metafunc.config)
+        if not names and (metafunc.config.getoption("ttt_full") or quick):
+            names = cpu_backends("cpu")  # every backend (those that cannot run on a device skip with the reason)
+        cases = [(b, dev) for dev in s.devices for b in names or TTT_DEFAULT_BACKENDS]
+        metafunc.parametrize("ttt_case", cases, ids=[f"{b}-{dev}" for b, dev in cases])
 
 
 @pytest.hookimpl(optionalhook=True)
