@@ -24,7 +24,12 @@ from hypothesis import HealthCheck, settings
 _common = dict(
     deadline=None,
     print_blob=True,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.differing_executors],
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.differing_executors,
+        HealthCheck.function_scoped_fixture,  # record_property: the tests record once per test, not per example
+    ],
 )
 settings.register_profile("ci", max_examples=50, derandomize=True, **_common)  # reproducible: same examples every run
 settings.register_profile("dev", max_examples=50, **_common)  # random: new examples every run
