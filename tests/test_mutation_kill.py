@@ -8,23 +8,20 @@ The kill table (mutant x property) is printed in pytest's terminal summary:
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 import torch
 from attnbench import Backend
 from attnbench.conformance.properties import PROPERTIES, run_property
 from hypothesis import Phase
 from mutants import CATALOGUE, KILL_TABLE, Mutant
+from mutants_kernel_scale import MUTANTS as KERNEL_SCALE
+from mutants_online_softmax import MUTANTS as ONLINE_SOFTMAX
 
-KILL_EXAMPLES = 20  # examples per (mutant, property); a mutant is usually killed within the first few
+KILL_EXAMPLES = 8  # drawn examples per (mutant, property), after the property's fixed kernel-size examples
 
 
 def all_mutants() -> list[Mutant]:
-    extra = []
-    if importlib.util.find_spec("mutants_online_softmax") is not None:  # written by the kernels helper
-        extra = list(importlib.import_module("mutants_online_softmax").MUTANTS)
-    return CATALOGUE + extra
+    return CATALOGUE + ONLINE_SOFTMAX + KERNEL_SCALE
 
 
 def _verdict(prop_name: str, backend: Backend) -> str:

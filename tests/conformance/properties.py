@@ -54,7 +54,8 @@ from hypothesis import strategies as st
 FLOATS = (torch.float32, torch.float64)  # dtypes where a statistical or exact property is meaningful
 
 
-def _boundaries(dtype: torch.dtype) -> list[Case]:
+def boundary_examples(dtype: torch.dtype) -> list[Case]:
+    """The boundary cases (strategies.boundary_cases) of the current profile: the default fixed examples."""
     return boundary_cases(dtype, long=long_rows_enabled())
 
 
@@ -69,7 +70,7 @@ class Property:
     uses_dropout: bool = False  # skipped, with the backend's reason, where it cannot apply dropout
     needs_backward: bool = False  # skipped, with the backend's reason, where it has no backward
     # The fixed kernel-size examples run in every profile (dtype -> cases): tile boundaries are always hit.
-    examples: Callable[[torch.dtype], list] = _boundaries
+    examples: Callable[[torch.dtype], list] = boundary_examples
 
 
 def run_property(prop: Property, backend: Backend, device: str, dtypes, **overrides) -> list[RuleResult]:
@@ -463,11 +464,11 @@ def _dropout_cases(dtypes):
 
 def _mapped(fn):
     """Fixed examples: the boundary cases, each passed through `fn` (to fit the property's preconditions)."""
-    return lambda dtype: [fn(c) for c in _boundaries(dtype)]
+    return lambda dtype: [fn(c) for c in boundary_examples(dtype)]
 
 
 def _huge_examples(dtype):
-    return [c.with_(magnitude=HUGE_MAGNITUDES[0]) for c in _boundaries(_no_bf16([dtype])[0])]
+    return [c.with_(magnitude=HUGE_MAGNITUDES[0]) for c in boundary_examples(_no_bf16([dtype])[0])]
 
 
 def _model_examples(dtype):
@@ -478,7 +479,11 @@ PROPERTIES: dict[str, Property] = {
     p.name: p
     for p in (
         Property(
-            "equivalence", equivalence, lambda d: cases(d), "fwd + grads vs float64 by the pass rule", needs_backward=True
+            "equivalence",
+            equivalence,
+            lambda d: cases(d),
+            "fwd + grads vs float64 by the pass rule",
+            needs_backward=True,
         ),
         Property(
             "explicit_scale",
@@ -627,6 +632,9 @@ def check_examples(name: str, backend: Backend, device: str, record_property=Non
     for case in fixed:
         _record(prop, backend, device, prop.check(backend, case, device), record_property)
     return len(fixed)
+
+
+from attnbench.conformance import contract, metamorphic  # noqa: E402,F401  (importing registers their properties)
 
 
 def property_tests(names: list[str]):

@@ -124,7 +124,9 @@ def rounding_noise(dtype: torch.dtype, magnitude: float, abs_logit: float = 0.0,
     return torch.finfo(dtype).eps * (n_terms + 2.0 + 2.0 * abs_logit) * magnitude
 
 
-def grad_magnitudes(q, k, v, dout, *, causal: bool = True, scale: float | None = None, visible=None) -> dict[str, float]:
+def grad_magnitudes(
+    q, k, v, dout, *, causal: bool = True, scale: float | None = None, visible=None
+) -> dict[str, float]:
     """Sizes of the terms each result sums (|.| of every factor), the `magnitude` for rounding_noise.
 
     Using the terms, not the result, matters where the result cancels to ~0 (dq with Tk = 1 is exactly 0
