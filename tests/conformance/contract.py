@@ -55,7 +55,7 @@ def inputs_unchanged(backend: Backend, case: Case, device: str) -> None:
         if not torch.equal(t.detach(), before[name]):
             changed = int((t.detach() != before[name]).sum())
             raise AssertionError(
-                f"{name} was modified in place by the backend ({changed} elements changed) {_ctx(backend, case, device)}"
+                f"{name} was modified in place ({changed} elements changed) {_ctx(backend, case, device)}"
             )
 
 
