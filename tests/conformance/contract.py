@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import torch
 from attnbench import Backend
-from attnbench.conformance.metamorphic import _grad_bounds, _has_backward
-from attnbench.conformance.properties import Property, register
+from attnbench.conformance.properties import Property, has_backward, register, two_run_bounds
 from attnbench.conformance.strategies import Case, cases
 
 
@@ -45,7 +44,7 @@ def output_contract(backend: Backend, case: Case, device: str) -> None:
 
 def inputs_unchanged(backend: Backend, case: Case, device: str) -> None:
     """q, k, v (forward) and the upstream gradient (backward) are never written to."""
-    q, k, v = (t.requires_grad_(_has_backward(backend, device)) for t in case.tensors(device))
+    q, k, v = (t.requires_grad_(has_backward(backend, device)) for t in case.tensors(device))
     dout = case.upstream(device)
     before = {name: t.detach().clone() for name, t in (("q", q), ("k", k), ("v", v), ("dout", dout))}
     out = backend(q, k, v, causal=case.causal, scale=case.scale)
@@ -71,7 +70,7 @@ NAMES = ("out", "dq", "dk", "dv")
 
 def call_independence(backend: Backend, case: Case, device: str) -> None:
     """Shape A, then shape B (module docstring), then A again: A bit-identical."""
-    backward = _has_backward(backend, device)
+    backward = has_backward(backend, device)
     longer = case.with_(Tq=case.Tq + 65, Tk=case.Tk + 65)
     other = (case.with_(Tq=case.Tk) if case.Tq < case.Tk else longer).with_(seed=case.seed + 3)
     first = _run(backend, case, device, backward)
@@ -83,13 +82,13 @@ def call_independence(backend: Backend, case: Case, device: str) -> None:
 
 def deterministic(backend: Backend, case: Case, device: str) -> None:
     """The same call twice is bit-identical in forward and backward (within rounding, if declared otherwise)."""
-    backward = _has_backward(backend, device)
+    backward = has_backward(backend, device)
     first, again = _run(backend, case, device, backward), _run(backend, case, device, backward)
     ctx = _ctx(backend, case, device)
     if not getattr(backend, "nondeterministic", False):
         return _bit_identical("two identical calls differ", first, again, NAMES, ctx)
     q, k, v = case.tensors(device)
-    bounds = _grad_bounds(case, q, k, v, case.upstream(device))
+    bounds = two_run_bounds(case, q, k, v, case.upstream(device))
     for name, a, b in zip(NAMES, first, again, strict=False):
         err = float((a.double() - b.double()).abs().max())
         if not err <= bounds[name]:

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import torch
 from attnbench import Backend
-from attnbench.conformance.properties import Property, boundary_examples, register
-from attnbench.conformance.reference import abs_logit_bound, grad_magnitudes, rounding_noise
+from attnbench.conformance.properties import Property, boundary_examples, has_backward, register, two_run_bounds
+from attnbench.conformance.reference import abs_logit_bound, rounding_noise
 from attnbench.conformance.strategies import Case, cases
 
 DECODE_STEPS = 4  # single-token steps checked per example (the last rows of the prefill)
@@ -33,23 +33,10 @@ def _assert_close(name: str, a: torch.Tensor, b: torch.Tensor, bound: float, wha
         raise AssertionError(f"{what}: {name} differs by {err:.3e} > {bound:.3e} at {idx} {ctx}")
 
 
-def _has_backward(backend: Backend, device: str) -> bool:
-    why = getattr(backend, "why_no_backward", None)
-    return why is None or why(device) is None
-
-
 def _grads(backend: Backend, case: Case, q, k, v, dout):
     xs = [t.detach().requires_grad_(True) for t in (q, k, v)]
     out = backend(*xs, causal=case.causal, scale=case.scale)
     return (out.detach(), *torch.autograd.grad(out, xs, dout))
-
-
-def _grad_bounds(case: Case, q, k, v, dout) -> dict[str, float]:
-    """2 * atol_d per result (out, dq, dk, dv): the most two correct runs of the same exact value can differ."""
-    mags = grad_magnitudes(q, k, v, dout, causal=case.causal, scale=case.scale)
-    a = abs_logit_bound(q, k, case.scale)
-    n = {"out": case.Tk, "dq": case.Tk, "dk": case.Tq, "dv": case.Tq}
-    return {name: 2.0 * rounding_noise(case.dtype, mags[name], a, n_terms=n[name]) for name in n}
 
 
 def _pieces(case: Case) -> list[tuple[int, int]]:
@@ -92,14 +79,14 @@ def key_shift(backend: Backend, case: Case, device: str) -> None:
     shifted = k + c  # (B, H, Tk, D) contiguous
     ctx = f"(k + c, |c| ~ {case.magnitude}) [{backend.name} on {device}: {case}]"
     big = max(_noise(case, q, k, v), _noise(case, q, shifted, v))
-    if not _has_backward(backend, device):
+    if not has_backward(backend, device):
         a = backend(q, k, v, causal=case.causal, scale=case.scale)
         b = backend(q, shifted, v, causal=case.causal, scale=case.scale)
         return _assert_close("out", b, a, 2.0 * big, "key shift", ctx)
     dout = case.upstream(device)
     base, moved = _grads(backend, case, q, k, v, dout), _grads(backend, case, q, shifted, v, dout)
-    bounds = _grad_bounds(case, q, k, v, dout)
-    moved_bounds = _grad_bounds(case, q, shifted, v, dout)
+    bounds = two_run_bounds(case, q, k, v, dout)
+    moved_bounds = two_run_bounds(case, q, shifted, v, dout)
     for i, name in enumerate(("out", "dq", "dk", "dv")):
         _assert_close(name, moved[i], base[i], max(bounds[name], moved_bounds[name]), "key shift", ctx)
 
@@ -110,13 +97,13 @@ def kv_permutation(backend: Backend, case: Case, device: str) -> None:
     perm = torch.randperm(case.Tk, generator=torch.Generator().manual_seed(case.seed)).to(device)
     pk, pv = k[..., perm, :], v[..., perm, :]
     ctx = f"(keys permuted) [{backend.name} on {device}: {case}]"
-    if not _has_backward(backend, device):
+    if not has_backward(backend, device):
         a = backend(q, k, v, causal=False, scale=case.scale)
         b = backend(q, pk, pv, causal=False, scale=case.scale)
         return _assert_close("out", b, a, 2.0 * _noise(case, q, k, v), "kv permutation", ctx)
     dout = case.upstream(device)
     base, moved = _grads(backend, case, q, k, v, dout), _grads(backend, case, q, pk, pv, dout)
-    bounds = _grad_bounds(case, q, k, v, dout)
+    bounds = two_run_bounds(case, q, k, v, dout)
     expected = (base[0], base[1], base[2][..., perm, :], base[3][..., perm, :])
     for i, name in enumerate(("out", "dq", "dk", "dv")):
         _assert_close(name, moved[i], expected[i], bounds[name], "kv permutation", ctx)

@@ -114,6 +114,20 @@ def forward_bound(case: Case, q, k, v) -> tuple[torch.Tensor, torch.Tensor, floa
     return ref, naive, atol
 
 
+def has_backward(backend: Backend, device: str) -> bool:
+    """False where the backend declares it has no backward on this device (forward-only backends)."""
+    why = getattr(backend, "why_no_backward", None)
+    return why is None or why(device) is None
+
+
+def two_run_bounds(case: Case, q, k, v, dout) -> dict[str, float]:
+    """2 * atol_d per result (out, dq, dk, dv): the most two correct runs of the same exact value can differ."""
+    mags = grad_magnitudes(q, k, v, dout, causal=case.causal, scale=case.scale)
+    a = abs_logit_bound(q, k, case.scale)
+    n = {"out": case.Tk, "dq": case.Tk, "dk": case.Tq, "dv": case.Tq}
+    return {name: 2.0 * rounding_noise(case.dtype, mags[name], a, n_terms=n[name]) for name in n}
+
+
 def _worst(results: list[RuleResult]) -> RuleResult:
     return max(results, key=lambda r: r.ratio)
 
