@@ -613,14 +613,28 @@ def property_dtypes(prop: Property, backend: Backend, device: str, record_proper
 
 
 _worst_seen: dict[tuple[str, str, str], RuleResult] = {}  # (property, backend, device) -> worst pass-rule result
+_largest: dict[tuple[str, str, str], dict[str, int]] = {}  # (property, backend, device) -> largest T, D, B*H run
 
 
-def _record(prop: Property, backend: Backend, device: str, result: RuleResult | None, record_property) -> None:
-    """Keep the worst pass-rule result per (property, backend, device); the last one recorded is the worst."""
-    key = (prop.name, backend.name, device)
-    if result is None or record_property is None:
+def case_sizes(case) -> dict[str, int]:
+    """The sizes a case reaches: longest sequence T, head dim D, programs B*H (a GPT: head size, B * heads)."""
+    if isinstance(case, ModelCase):
+        return {"T": case.T, "D": case.head_size, "BH": case.B * case.n_head}
+    return {"T": max(case.Tq, case.Tk), "D": case.D, "BH": case.B * case.H}
+
+
+def _record(prop: Property, backend: Backend, device: str, case, result, record_property) -> None:
+    """Record the largest sizes run and the worst pass-rule result per (property, backend, device); the last
+    value recorded under a name is the largest (or worst) so far, which is what the report and verdict read."""
+    if record_property is None:
         return
-    if key not in _worst_seen or result.ratio > _worst_seen[key].ratio:
+    key = (prop.name, backend.name, device)
+    largest = _largest.setdefault(key, {"T": 0, "D": 0, "BH": 0})
+    for name, n in case_sizes(case).items():
+        if n > largest[name]:
+            largest[name] = n
+            record_property(f"largest_{name}", n)
+    if result is not None and (key not in _worst_seen or result.ratio > _worst_seen[key].ratio):
         _worst_seen[key] = result
         record_property("max_err", result.err)
         record_property("bound", result.bound)
@@ -634,7 +648,7 @@ def check_backend(name: str, backend: Backend, device: str, data, record_propert
     prop = PROPERTIES[name]
     dtypes = property_dtypes(prop, backend, device, record_property)
     case = data.draw(prop.strategy(dtypes), label="case")
-    _record(prop, backend, device, prop.check(backend, case, device), record_property)
+    _record(prop, backend, device, case, prop.check(backend, case, device), record_property)
 
 
 def check_examples(name: str, backend: Backend, device: str, record_property=None) -> int:
@@ -644,7 +658,7 @@ def check_examples(name: str, backend: Backend, device: str, record_property=Non
     if not fixed:
         pytest.skip(f"{name} has no fixed examples (its cost grows with the size: drawn toy sizes only)")
     for case in fixed:
-        _record(prop, backend, device, prop.check(backend, case, device), record_property)
+        _record(prop, backend, device, case, prop.check(backend, case, device), record_property)
     return len(fixed)
 
 
