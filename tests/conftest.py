@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
-from mutants import KILL_TABLE
+import json
+
+from mutants import KILL_ROW, kill_table
+
+_kill_rows: list[dict[str, str]] = []  # one per mutant, from the test reports (complete under pytest-xdist)
+
+
+def pytest_runtest_logreport(report):
+    if report.when == "call":
+        _kill_rows.extend(json.loads(v) for k, v in report.user_properties if k == KILL_ROW)
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
-    table = config.stash.get(KILL_TABLE, None)
-    if table:
+    if _kill_rows:
         terminalreporter.write_sep("=", "mutation kill table (x = killed by an assertion, E = crashed, . = survived)")
-        terminalreporter.write_line(table)
+        terminalreporter.write_line(kill_table(sorted(_kill_rows, key=lambda r: r["order"])))

@@ -11,11 +11,24 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import pytest
 import torch
 import torch.nn.functional as F
 
-KILL_TABLE = pytest.StashKey[str]()  # written by test_mutation_kill.py, printed by tests/conftest.py
+KILL_ROW = "kill_row"  # the user property test_mutation_kill.py records a mutant's verdicts under (JSON)
+
+
+def kill_table(rows: list[dict[str, str]]) -> str:
+    """The table of verdicts: one row per mutant ({"mutant": name, property: "x" | "E" | ".", ...})."""
+    names = [k for k in rows[0] if k not in ("mutant", "order")]
+    width = max(len(r["mutant"]) for r in rows)
+    lines = [" " * width + "  " + " ".join(f"{i:>2}" for i in range(len(names))) + "  killed by"]
+    for r in rows:
+        marks = " ".join(f"{r[p]:>2}" for p in names)
+        lines.append(f"{r['mutant']:<{width}}  {marks}  {sum(r[p] != '.' for p in names)}/{len(names)}")
+    lines.append("properties: " + ", ".join(f"{i}={n}" for i, n in enumerate(names)))
+    killed = sum(any(r[p] != "." for p in names) for r in rows)
+    lines.append(f"killed {killed}/{len(rows)} mutants ({100 * killed / len(rows):.0f}%)")
+    return "\n".join(lines)
 
 
 @dataclass(frozen=True)

@@ -2,29 +2,29 @@
 
 Each mutant runs against every property of tests/properties.py (the same definitions the normal tests use),
 on CPU in the dtypes the property draws, with a small fixed number of derandomized examples and no shrinking.
-The kill table (mutant x property) is printed in pytest's terminal summary:
+The kill table (mutant x property) is printed in pytest's terminal summary (tests/conftest.py assembles it from
+the test reports, so it is complete under pytest-xdist too):
   x = killed by an AssertionError (the property caught it), E = killed by a crash, . = survived.
 """
 
 from __future__ import annotations
 
-import importlib.util
+import json
 
 import pytest
 import torch
 from attnbench import Backend
 from attnbench.conformance.properties import PROPERTIES, run_property
 from hypothesis import Phase
-from mutants import CATALOGUE, KILL_TABLE, Mutant
+from mutants import CATALOGUE, KILL_ROW, Mutant
+from mutants_kernel_scale import MUTANTS as KERNEL_SCALE
+from mutants_online_softmax import MUTANTS as ONLINE_SOFTMAX
 
-KILL_EXAMPLES = 20  # examples per (mutant, property); a mutant is usually killed within the first few
+KILL_EXAMPLES = 8  # drawn examples per (mutant, property), after the property's fixed kernel-size examples
 
 
 def all_mutants() -> list[Mutant]:
-    extra = []
-    if importlib.util.find_spec("mutants_online_softmax") is not None:  # written by the kernels helper
-        extra = list(importlib.import_module("mutants_online_softmax").MUTANTS)
-    return CATALOGUE + extra
+    return CATALOGUE + ONLINE_SOFTMAX + KERNEL_SCALE
 
 
 def _verdict(prop_name: str, backend: Backend) -> str:
@@ -52,33 +52,13 @@ def _only_assertions(e: BaseException) -> bool:
     return all(_only_assertions(x) for x in inner) if inner else isinstance(e, AssertionError)
 
 
-def kill_table(rows: dict[str, dict[str, str]]) -> str:
-    names = list(PROPERTIES)
-    width = max(len(m) for m in rows)
-    lines = [" " * width + "  " + " ".join(f"{i:>2}" for i in range(len(names))) + "  killed by"]
-    for mutant, verdicts in rows.items():
-        marks = " ".join(f"{verdicts[p]:>2}" for p in names)
-        lines.append(f"{mutant:<{width}}  {marks}  {sum(v != '.' for v in verdicts.values())}/{len(names)}")
-    lines.append("properties: " + ", ".join(f"{i}={n}" for i, n in enumerate(names)))
-    killed = sum(any(v != "." for v in r.values()) for r in rows.values())
-    lines.append(f"killed {killed}/{len(rows)} mutants ({100 * killed / max(len(rows), 1):.0f}%)")
-    return "\n".join(lines)
-
-
-@pytest.fixture(scope="module")
-def kill_rows(request):
-    rows: dict[str, dict[str, str]] = {}
-    yield rows
-    table = kill_table(rows)
-    request.config.stash[KILL_TABLE] = table  # shown by tests/conftest.py's terminal summary
-    print("\n" + table)
-
-
 @pytest.mark.parametrize("mutant", all_mutants(), ids=lambda m: m.name)
-def test_mutant_is_killed(mutant: Mutant, kill_rows):
+def test_mutant_is_killed(mutant: Mutant, record_property):
     backend = Backend(f"mutant:{mutant.name}", mutant.fn, mutant.bug)  # never registered
     verdicts = {name: _verdict(name, backend) for name in PROPERTIES}
-    kill_rows[mutant.name] = verdicts
+    # The row travels on the test report (pytest-xdist sends it from the worker), and tests/conftest.py
+    # assembles the table in the process that prints the summary.
+    record_property(KILL_ROW, json.dumps({"mutant": mutant.name, "order": all_mutants().index(mutant), **verdicts}))
     killers = [n for n, v in verdicts.items() if v != "."]
     assert killers, f"mutant {mutant.name!r} ({mutant.bug}) survived every property: {list(PROPERTIES)}"
 

@@ -9,7 +9,8 @@ Loaded with `-p attnbench.conformance.plugin` (the repository's pytest config an
                          the HYPOTHESIS_PROFILE environment variable also picks one
 
 At the end of the run a verdict table shows, per backend and property, how many tests passed, failed or
-were skipped (with the skip reasons), from the `backend` and `property` each conformance test records.
+were skipped (with the skip reasons), from the `backend` and `property` each conformance test records, and
+the largest sequence length T, head dim D and number of programs B*H each property ran on.
 """
 
 from __future__ import annotations
@@ -24,7 +25,12 @@ from hypothesis import HealthCheck, settings
 _common = dict(
     deadline=None,
     print_blob=True,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.differing_executors],
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.differing_executors,
+        HealthCheck.function_scoped_fixture,  # record_property: the tests record once per test, not per example
+    ],
 )
 settings.register_profile("ci", max_examples=50, derandomize=True, **_common)  # reproducible: same examples every run
 settings.register_profile("dev", max_examples=50, **_common)  # random: new examples every run
@@ -34,6 +40,7 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.enviro
 
 # (backend, property) -> {"passed"|"failed"|"skipped": count, "reasons": set}; one per pytest process
 _verdicts: dict[tuple[str, str], dict] = defaultdict(lambda: {"passed": 0, "failed": 0, "skipped": 0, "reasons": set()})
+_largest: dict[str, dict[str, int]] = defaultdict(lambda: {"T": 0, "D": 0, "BH": 0})  # property -> sizes run
 
 
 def pytest_addoption(parser):
@@ -59,6 +66,10 @@ def pytest_runtest_logreport(report):
     if report.when != "call" and not (report.skipped or report.failed):
         return
     cell = _verdicts[(props["backend"], props["property"])]
+    if report.passed:
+        sizes = _largest[props["property"]]
+        for name in sizes:
+            sizes[name] = max(sizes[name], int(props.get(f"largest_{name}", 0)))
     if report.skipped:
         cell["skipped"] += 1
         cell["reasons"].add(str(report.longrepr[2]) if isinstance(report.longrepr, tuple) else "skipped")
@@ -87,9 +98,19 @@ def verdict_table(verdicts: dict) -> list[str]:
     return lines
 
 
+def largest_sizes(largest: dict[str, dict[str, int]]) -> list[str]:
+    """One line per property that passed somewhere: the largest T, D and B*H it was checked on."""
+    return [f"{p}: T={s['T']} D={s['D']} B*H={s['BH']}" for p, s in sorted(largest.items()) if any(s.values())]
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     lines = verdict_table(_verdicts)
     if lines:
         terminalreporter.write_sep("=", "attnbench conformance verdict (per backend)")
         for line in lines:
+            terminalreporter.write_line(line)
+    sizes = largest_sizes(_largest)
+    if sizes:
+        terminalreporter.write_sep("-", "largest sizes passed, per property (T = longest sequence)")
+        for line in sizes:
             terminalreporter.write_line(line)

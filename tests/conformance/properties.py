@@ -15,23 +15,48 @@ from dataclasses import dataclass
 import pytest
 import torch
 from attnbench import Backend
-from attnbench.conformance.backends import candidate_dtypes, set_model_backend, supported_dtypes
+from attnbench.conformance.backends import (
+    backend_params,
+    candidate_dtypes,
+    device_params,
+    set_model_backend,
+    supported_dtypes,
+)
 from attnbench.conformance.reference import (
     RuleResult,
     abs_logit_bound,
     attention_formula,
-    causal_mask,
     check_rule,
     grad_magnitudes,
+    keep_rows_,
     reference_weights,
     rounding_noise,
+    row_sampled_attention,
+    sample_rows,
+    visible_mask,
 )
-from attnbench.conformance.strategies import HUGE_MAGNITUDES, Case, ModelCase, cases, causal_cut_cases, model_cases
+from attnbench.conformance.strategies import (
+    HUGE_MAGNITUDES,
+    MODEL_BOUNDARY,
+    Case,
+    ModelCase,
+    boundary_cases,
+    cases,
+    causal_cut_cases,
+    long_rows_enabled,
+    model_cases,
+    with_cut,
+)
 from attnbench.gpt.model import GPT, GPTConfig
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 FLOATS = (torch.float32, torch.float64)  # dtypes where a statistical or exact property is meaningful
+
+
+def boundary_examples(dtype: torch.dtype) -> list[Case]:
+    """The boundary cases (strategies.boundary_cases) of the current profile: the default fixed examples."""
+    return boundary_cases(dtype, long=long_rows_enabled())
 
 
 @dataclass(frozen=True)
@@ -43,21 +68,31 @@ class Property:
     dtypes: tuple[torch.dtype, ...] | None = None  # restrict the dtypes drawn (None: all the backend supports)
     level: str = "op"  # "op" or "model" (model-level properties run the GPT in float32)
     uses_dropout: bool = False  # skipped, with the backend's reason, where it cannot apply dropout
+    needs_backward: bool = False  # skipped, with the backend's reason, where it has no backward
+    # The fixed kernel-size examples run in every profile (dtype -> cases): tile boundaries are always hit.
+    examples: Callable[[torch.dtype], list] = boundary_examples
 
 
 def run_property(prop: Property, backend: Backend, device: str, dtypes, **overrides) -> list[RuleResult]:
-    """Run `prop` under hypothesis (current profile, plus `overrides`); return the RuleResults it produced."""
+    """Run `prop` under hypothesis (current profile, plus `overrides`), its fixed examples first; return the
+    RuleResults it produced. The mutation kill test uses this; the suite's tests carry their own @given."""
     results: list[RuleResult] = []
 
-    @settings(**overrides)
-    @given(case=prop.strategy(list(dtypes)))
     def run(case):
         r = prop.check(backend, case, device)
         if r is not None:
             results.append(r)
 
-    run()
+    run = given(case=prop.strategy(list(dtypes)))(run)
+    for case in reversed(prop.examples(example_dtype(dtypes))):
+        run = example(case=case)(run)
+    settings(**overrides)(run)()
     return results
+
+
+def example_dtype(dtypes) -> torch.dtype:
+    """The dtype the fixed examples run in: float32 where supported (the dtype kernels are judged in)."""
+    return torch.float32 if torch.float32 in dtypes else list(dtypes)[0]
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -70,13 +105,6 @@ def _leaf(t: torch.Tensor, dtype=None) -> torch.Tensor:
     return t.detach().to(dtype).requires_grad_(True)
 
 
-def _visible(case: Case, device) -> torch.Tensor:
-    """(Tq, Tk) bool: which keys each query may attend to."""
-    if case.causal:
-        return causal_mask(case.Tq, case.Tk, device)
-    return torch.ones(case.Tq, case.Tk, dtype=torch.bool, device=device)
-
-
 def forward_bound(case: Case, q, k, v) -> tuple[torch.Tensor, torch.Tensor, float]:
     """ref64 output, naive_d output and atol_d for the forward of this case (inputs q, k, v)."""
     ref = attention_formula(q.double(), k.double(), v.double(), causal=case.causal, scale=case.scale)
@@ -84,6 +112,20 @@ def forward_bound(case: Case, q, k, v) -> tuple[torch.Tensor, torch.Tensor, floa
     a = abs_logit_bound(q, k, case.scale)
     atol = rounding_noise(case.dtype, float(v.abs().max()), a, n_terms=case.Tk)
     return ref, naive, atol
+
+
+def has_backward(backend: Backend, device: str) -> bool:
+    """False where the backend declares it has no backward on this device (forward-only backends)."""
+    why = getattr(backend, "why_no_backward", None)
+    return why is None or why(device) is None
+
+
+def two_run_bounds(case: Case, q, k, v, dout) -> dict[str, float]:
+    """2 * atol_d per result (out, dq, dk, dv): the most two correct runs of the same exact value can differ."""
+    mags = grad_magnitudes(q, k, v, dout, causal=case.causal, scale=case.scale)
+    a = abs_logit_bound(q, k, case.scale)
+    n = {"out": case.Tk, "dq": case.Tk, "dk": case.Tq, "dv": case.Tq}
+    return {name: 2.0 * rounding_noise(case.dtype, mags[name], a, n_terms=n[name]) for name in n}
 
 
 def _worst(results: list[RuleResult]) -> RuleResult:
@@ -94,29 +136,33 @@ def _worst(results: list[RuleResult]) -> RuleResult:
 
 
 def equivalence(backend: Backend, case: Case, device: str) -> RuleResult:
-    """Output and grads wrt q, k, v (random upstream gradient) against float64, by the pass rule."""
+    """Output and grads wrt q, k, v against float64 by the pass rule, on sampled query rows.
+
+    The row-sampled reference (reference.row_sampled_attention): the exact float64 output on a few query rows
+    (tile-boundary rows first), and exact gradients for a random upstream gradient, laid out like q, that is
+    nonzero on those rows only; dq is then checked on every row and dk, dv on every key. For Tq <= 16 every
+    row is kept: the full reference."""
     q, k, v = (_leaf(t) for t in case.tensors(device))
-    dout = case.upstream(device)
+    rows = sample_rows(case.Tq, case.seed)
+    dout = keep_rows_(case.upstream(device), rows)
     out = backend(q, k, v, causal=case.causal, scale=case.scale)
     grads = torch.autograd.grad(out, (q, k, v), dout)
-
-    def run(dtype):
-        xs = [_leaf(t, dtype) for t in (q, k, v)]
-        o = attention_formula(*xs, causal=case.causal, scale=case.scale)
-        return (o.detach(), *torch.autograd.grad(o, xs, dout.to(dtype)))
-
-    refs, naives = run(torch.float64), run(case.dtype)
-    a = abs_logit_bound(q, k, case.scale)
-    mags = grad_magnitudes(q, k, v, dout, causal=case.causal, scale=case.scale)
-    ctx = f"[{backend.name} on {device}: {case}]"
+    kw = dict(causal=case.causal, scale=case.scale)
+    refs = row_sampled_attention(q, k, v, dout, rows, dtype=torch.float64, **kw)
+    naives = row_sampled_attention(q, k, v, dout, rows, dtype=case.dtype, **kw)
+    q_rows, dout_rows = q[..., rows, :], dout[..., rows, :]
+    a = abs_logit_bound(q_rows, k, case.scale)
+    vis = visible_mask(case.Tq, case.Tk, case.causal, device)[rows.to(device)]
+    mags = grad_magnitudes(q_rows, k, v, dout_rows, scale=case.scale, visible=vis)
+    ctx = f"[{backend.name} on {device}: {case}; sampled rows {rows.tolist()}]"
     results = []
-    # Pass rule, per tensor: max|x - ref64| <= 2 * max|naive_d - ref64| + atol_d (tests/reference.py).
+    # Pass rule, per tensor: max|x - ref64| <= 2 * max|naive_d - ref64| + atol_d (reference.py).
     for i, (name, x, n) in enumerate(
         (
-            ("out", out.detach(), case.Tk),
+            ("out", out.detach()[..., rows.to(device), :], case.Tk),
             ("dq", grads[0], case.Tk),
-            ("dk", grads[1], case.Tq),
-            ("dv", grads[2], case.Tq),
+            ("dk", grads[1], len(rows)),
+            ("dv", grads[2], len(rows)),
         )
     ):
         atol = rounding_noise(case.dtype, mags[name], a, n_terms=n)
@@ -199,10 +245,7 @@ def convex_combination(backend: Backend, case: Case, device: str) -> None:
     """Each output row is a convex combination of the visible value rows; all-equal values come back as is."""
     q, k, v = case.tensors(device)
     out = backend(q, k, v, causal=case.causal, scale=case.scale).double()  # (B, H, Tq, D)
-    vis = _visible(case, device)[None, None, :, :, None]  # (1, 1, Tq, Tk, 1)
-    v64 = v.double()[:, :, None, :, :]  # (B, H, 1, Tk, D)
-    lo = v64.masked_fill(~vis, float("inf")).amin(dim=3)  # (B, H, Tq, D) smallest visible value
-    hi = v64.masked_fill(~vis, float("-inf")).amax(dim=3)
+    lo, hi = visible_value_range(v.double(), case)  # (B, H, Tq, D) each
     atol = rounding_noise(case.dtype, float(v.abs().max()), abs_logit_bound(q, k, case.scale), n_terms=case.Tk)
     outside = (out < lo - atol) | (out > hi + atol) | ~torch.isfinite(out)
     if outside.any():
@@ -218,6 +261,16 @@ def convex_combination(backend: Backend, case: Case, device: str) -> None:
         raise AssertionError(
             f"all-equal values not returned: max error {err:.3e} > {atol:.3e} [{backend.name} on {device}: {case}]"
         )
+
+
+def visible_value_range(v64: torch.Tensor, case: Case) -> tuple[torch.Tensor, torch.Tensor]:
+    """Smallest and largest visible value per query row and feature: (B, H, Tq, D) each. Causal rows see a key
+    prefix, so a running min/max over keys answers in O(Tk D), never materializing (Tq, Tk, D)."""
+    if case.causal:
+        off = case.Tk - case.Tq  # query i sees keys 0 .. off + i
+        return v64.cummin(dim=-2).values[..., off:, :], v64.cummax(dim=-2).values[..., off:, :]
+    shape = (*v64.shape[:2], case.Tq, v64.size(-1))
+    return v64.amin(dim=-2, keepdim=True).expand(shape), v64.amax(dim=-2, keepdim=True).expand(shape)
 
 
 def permutation_equivariance(backend: Backend, case: Case, device: str) -> None:
@@ -298,7 +351,7 @@ def no_nan_huge_logits(backend: Backend, case: Case, device: str) -> None:
 def tiny_gpt(mc: ModelCase, dropout: float = 0.0) -> GPT:
     torch.manual_seed(mc.seed)
     cfg = GPTConfig(
-        block_size=16,
+        block_size=max(16, mc.T),
         vocab_size=11,
         n_layer=mc.n_layer,
         n_head=mc.n_head,
@@ -345,6 +398,7 @@ def model_eval_no_dropout(backend: Backend, mc: ModelCase, device: str) -> None:
 
 ADAMW = dict(lr=1e-3, weight_decay=0.1, eps=1e-8)  # one GPT-style AdamW step (eps: PyTorch's default)
 PARITY_CASE = ModelCase(n_layer=2, n_head=3, head_size=8, B=2, T=16, t=0, seed=1234)
+PARITY_KERNEL_CASE = ModelCase(n_layer=1, n_head=2, head_size=64, B=1, T=130, t=0, seed=4321)  # head 64, T > 128
 
 
 def _train_step(model: GPT, mc: ModelCase, device: str, dtype: torch.dtype) -> dict[str, torch.Tensor]:
@@ -411,27 +465,77 @@ def _single_token_cases(dtypes):
 
 
 def _huge_cases(dtypes):
-    return cases([d for d in dtypes if d != torch.bfloat16] or dtypes, magnitudes=HUGE_MAGNITUDES)
+    return cases(_no_bf16(dtypes), magnitudes=HUGE_MAGNITUDES)
+
+
+def _no_bf16(dtypes):
+    return [d for d in dtypes if d != torch.bfloat16] or list(dtypes)
 
 
 def _dropout_cases(dtypes):
-    return cases(dtypes, max_t=8, max_b=1, max_h=2, max_d=8)
+    return cases(dtypes, max_t=8, max_b=1, max_h=2, max_d=8, kernel=False)
+
+
+def _mapped(fn):
+    """Fixed examples: the boundary cases, each passed through `fn` (to fit the property's preconditions)."""
+    return lambda dtype: [fn(c) for c in boundary_examples(dtype)]
+
+
+def _huge_examples(dtype):
+    return [c.with_(magnitude=HUGE_MAGNITUDES[0]) for c in boundary_examples(_no_bf16([dtype])[0])]
+
+
+def _model_examples(dtype):
+    return [MODEL_BOUNDARY]
 
 
 PROPERTIES: dict[str, Property] = {
     p.name: p
     for p in (
-        Property("equivalence", equivalence, lambda d: cases(d), "fwd + grads vs float64 by the pass rule"),
+        Property(
+            "equivalence",
+            equivalence,
+            lambda d: cases(d),
+            "fwd + grads vs float64 by the pass rule",
+            needs_backward=True,
+        ),
         Property(
             "explicit_scale",
             explicit_scale,
             lambda d: cases(d, explicit_scale=True),
             "explicit scale honoured",
+            examples=_mapped(lambda c: c.with_(scale=0.37)),
         ),
-        Property("single_token", single_token, _single_token_cases, "Tq = 1 against any Tk"),
-        Property("causal_future", causal_future_invariance, causal_cut_cases, "future q/k/v never change the past"),
-        Property("causal_grad_zero", causal_grad_zero, causal_cut_cases, "d out[<=t] / d in[>t] == 0 exactly"),
-        Property("causal_prefix", causal_prefix, causal_cut_cases, "prefix run == prefix of the full run"),
+        Property(
+            "single_token",
+            single_token,
+            _single_token_cases,
+            "Tq = 1 against any Tk",
+            needs_backward=True,
+            examples=_mapped(lambda c: c.with_(Tq=1)),
+        ),
+        Property(
+            "causal_future",
+            causal_future_invariance,
+            causal_cut_cases,
+            "future q/k/v never change the past",
+            examples=_mapped(with_cut),
+        ),
+        Property(
+            "causal_grad_zero",
+            causal_grad_zero,
+            causal_cut_cases,
+            "d out[<=t] / d in[>t] == 0 exactly",
+            needs_backward=True,
+            examples=_mapped(with_cut),
+        ),
+        Property(
+            "causal_prefix",
+            causal_prefix,
+            causal_cut_cases,
+            "prefix run == prefix of the full run",
+            examples=_mapped(with_cut),
+        ),
         Property("convex", convex_combination, lambda d: cases(d), "rows are convex combinations of values"),
         Property("permutation", permutation_equivariance, lambda d: cases(d), "batch/head permutation equivariance"),
         Property(
@@ -441,11 +545,24 @@ PROPERTIES: dict[str, Property] = {
             "E[dropout out] = out",
             dtypes=FLOATS,
             uses_dropout=True,
+            examples=lambda dtype: [],  # 512 dropout draws per example: toy sizes only
         ),
         Property("dropout_off", dropout_off_when_zero, lambda d: cases(d), "dropout_p = 0 is deterministic"),
-        Property("huge_logits", no_nan_huge_logits, _huge_cases, "no NaN with logits up to 1e6"),
         Property(
-            "model_causal", model_causality, lambda d: model_cases(), "GPT logits ignore later tokens", level="model"
+            "huge_logits",
+            no_nan_huge_logits,
+            _huge_cases,
+            "no NaN with logits up to 1e6",
+            needs_backward=True,
+            examples=_huge_examples,
+        ),
+        Property(
+            "model_causal",
+            model_causality,
+            lambda d: model_cases(),
+            "GPT logits ignore later tokens",
+            level="model",
+            examples=_model_examples,
         ),
         Property(
             "model_eval",
@@ -453,6 +570,7 @@ PROPERTIES: dict[str, Property] = {
             lambda d: model_cases(),
             "GPT in eval mode applies no dropout",
             level="model",
+            examples=_model_examples,
         ),
         Property(
             "model_parity",
@@ -460,28 +578,113 @@ PROPERTIES: dict[str, Property] = {
             lambda d: st.just(PARITY_CASE),
             "GPT logits/loss/grads/AdamW step vs float64",
             level="model",
+            needs_backward=True,
+            examples=lambda dtype: [PARITY_KERNEL_CASE],
         ),
     )
 }
 
 
-def check_backend(name: str, backend: Backend, device: str, record_property=None) -> None:
-    """Run property `name` on `backend` under the current hypothesis profile, skipping unsupported dtypes.
+def register(*props: Property) -> None:
+    """Add properties defined in other modules to PROPERTIES (their names must be new)."""
+    for prop in props:
+        if prop.name in PROPERTIES:
+            raise ValueError(f"property {prop.name!r} is already registered")
+        PROPERTIES[prop.name] = prop
 
-    With pytest's `record_property`, the junit XML gets backend, and for the pass-rule properties the
-    worst example's max_err and bound (the report reads them).
-    """
-    prop = PROPERTIES[name]
-    if record_property is not None:  # first, so a skip is counted under this backend and property too
+
+def property_dtypes(prop: Property, backend: Backend, device: str, record_property=None) -> list[torch.dtype]:
+    """The dtypes `prop` runs in on this backend and device; skips (with the backend's reason) where it cannot run.
+
+    With pytest's `record_property`, the junit XML gets backend and property first, so that a skip is counted
+    under them too."""
+    if record_property is not None:
         record_property("backend", backend.name)
-        record_property("property", name)
+        record_property("property", prop.name)
     if prop.uses_dropout and (reason := backend.why_no_dropout(device)):
         pytest.skip(f"{backend.name} on {device}: {reason}")
+    why_no_backward = getattr(backend, "why_no_backward", None)  # forward-only backends declare it
+    if prop.needs_backward and why_no_backward is not None and (reason := why_no_backward(device)):
+        pytest.skip(f"{backend.name} on {device} has no backward: {reason}")
     wanted = [torch.float32] if prop.level == "model" else candidate_dtypes(device)
     if prop.dtypes is not None:
         wanted = [d for d in wanted if d in prop.dtypes]
-    results = run_property(prop, backend, device, supported_dtypes(backend, device, wanted))
-    if record_property is not None and results:
-        worst = _worst(results)
-        record_property("max_err", worst.err)
-        record_property("bound", worst.bound)
+    return supported_dtypes(backend, device, wanted)
+
+
+_worst_seen: dict[tuple[str, str, str], RuleResult] = {}  # (property, backend, device) -> worst pass-rule result
+_largest: dict[tuple[str, str, str], dict[str, int]] = {}  # (property, backend, device) -> largest T, D, B*H run
+
+
+def case_sizes(case) -> dict[str, int]:
+    """The sizes a case reaches: longest sequence T, head dim D, programs B*H (a GPT: head size, B * heads)."""
+    if isinstance(case, ModelCase):
+        return {"T": case.T, "D": case.head_size, "BH": case.B * case.n_head}
+    return {"T": max(case.Tq, case.Tk), "D": case.D, "BH": case.B * case.H}
+
+
+def _record(prop: Property, backend: Backend, device: str, case, result, record_property) -> None:
+    """Record the largest sizes run and the worst pass-rule result per (property, backend, device); the last
+    value recorded under a name is the largest (or worst) so far, which is what the report and verdict read."""
+    if record_property is None:
+        return
+    key = (prop.name, backend.name, device)
+    largest = _largest.setdefault(key, {"T": 0, "D": 0, "BH": 0})
+    for name, n in case_sizes(case).items():
+        if n > largest[name]:
+            largest[name] = n
+            record_property(f"largest_{name}", n)
+    if result is not None and (key not in _worst_seen or result.ratio > _worst_seen[key].ratio):
+        _worst_seen[key] = result
+        record_property("max_err", result.err)
+        record_property("bound", result.bound)
+
+
+def check_backend(name: str, backend: Backend, device: str, data, record_property=None) -> None:
+    """One hypothesis example of property `name` on `backend`: draw a case from `data` (st.data()) and check it.
+
+    Call it from a test decorated with @given(data=st.data()), so that each (property, backend, device) has
+    its own example database key and derandomized seed (hypothesis keys parametrized tests by node id)."""
+    prop = PROPERTIES[name]
+    dtypes = property_dtypes(prop, backend, device, record_property)
+    case = data.draw(prop.strategy(dtypes), label="case")
+    _record(prop, backend, device, case, prop.check(backend, case, device), record_property)
+
+
+def check_examples(name: str, backend: Backend, device: str, record_property=None) -> int:
+    """Run property `name`'s fixed kernel-size examples (every profile); returns how many ran."""
+    prop = PROPERTIES[name]
+    fixed = prop.examples(example_dtype(property_dtypes(prop, backend, device, record_property)))
+    if not fixed:
+        pytest.skip(f"{name} has no fixed examples (its cost grows with the size: drawn toy sizes only)")
+    for case in fixed:
+        _record(prop, backend, device, case, prop.check(backend, case, device), record_property)
+    return len(fixed)
+
+
+from attnbench.conformance import contract, metamorphic  # noqa: E402,F401  (importing registers their properties)
+
+
+def property_tests(names: list[str]):
+    """The two tests of a group of properties, each parametrized by property, backend and device:
+
+    drawn: @given(data=st.data()), one example database key and derandomized seed per (property, backend,
+           device); a failure prints the shrunk Case and the @reproduce_failure line to replay it;
+    fixed: the property's fixed kernel-size examples (tile boundaries, real head dims, many programs).
+    """
+    grid = [
+        pytest.mark.parametrize("device", device_params()),
+        pytest.mark.parametrize("backend", backend_params()),
+        pytest.mark.parametrize("prop", names),
+    ]
+
+    @given(data=st.data())
+    def drawn(prop, backend, device, data, record_property):
+        check_backend(prop, backend, device, data, record_property)
+
+    def fixed(prop, backend, device, record_property):
+        check_examples(prop, backend, device, record_property)
+
+    for mark in grid:
+        drawn, fixed = mark(drawn), mark(fixed)
+    return drawn, fixed

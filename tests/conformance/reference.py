@@ -1,6 +1,6 @@
 """The float64 reference, the naive formula in the test dtype, and the pass rule every comparison uses.
 
-Shapes (the backend contract of kernels/registry.py):
+Shapes (the backend contract of attnbench.registry):
 
     q: (B, H, Tq, D); k, v: (B, H, Tk, D) with Tq <= Tk; out: (B, H, Tq, D)
 
@@ -32,13 +32,65 @@ def causal_mask(tq: int, tk: int, device: torch.device | str = "cpu") -> torch.T
     return torch.ones(tq, tk, dtype=torch.bool, device=device).tril(diagonal=tk - tq)
 
 
-def attention_formula(q, k, v, *, causal: bool = True, scale: float | None = None) -> torch.Tensor:
-    """softmax(q k^T * scale + mask) v in the inputs' own dtype: the naive formula (and, on float64, the reference)."""
+def visible_mask(tq: int, tk: int, causal: bool, device: torch.device | str = "cpu") -> torch.Tensor:
+    """(Tq, Tk) bool: which keys each query may attend to."""
+    return causal_mask(tq, tk, device) if causal else torch.ones(tq, tk, dtype=torch.bool, device=device)
+
+
+def attention_formula(q, k, v, *, causal: bool = True, scale: float | None = None, visible=None) -> torch.Tensor:
+    """softmax(q k^T * scale + mask) v in the inputs' own dtype: the naive formula (and, on float64, the reference).
+
+    `visible` (Tq, Tk) bool replaces the causal mask: the row-sampled reference passes the rows it keeps."""
     scale = 1.0 / math.sqrt(q.size(-1)) if scale is None else scale
     s = (q @ k.transpose(-2, -1)) * scale  # (B, H, Tq, Tk)
-    if causal:
-        s = s.masked_fill(~causal_mask(q.size(-2), k.size(-2), q.device), float("-inf"))
+    if visible is None and causal:
+        visible = causal_mask(q.size(-2), k.size(-2), q.device)
+    if visible is not None:
+        s = s.masked_fill(~visible, float("-inf"))
     return F.softmax(s, dim=-1) @ v  # (B, H, Tq, D)
+
+
+ROW_SAMPLES = 16  # query rows the row-sampled reference keeps (all of them for Tq <= this)
+TILE = 64  # the smallest tile real kernels use: rows either side of each multiple are sampled first
+
+
+def sample_rows(tq: int, seed: int, n: int = ROW_SAMPLES) -> torch.Tensor:
+    """(R,) sorted query rows: all when Tq <= n; else the first and last row, the rows either side of the first
+    tile boundaries (63, 64, 127, 128, ...) and random rows drawn from `seed`, R <= n."""
+    if tq <= n:
+        return torch.arange(tq)
+    edges = [r for b in range(TILE, tq, TILE) for r in (b - 1, b)][: n // 2 - 2]
+    fixed = sorted({0, tq - 1, *edges})
+    rest = torch.tensor([r for r in range(tq) if r not in set(fixed)])
+    pick = rest[torch.randperm(len(rest), generator=torch.Generator().manual_seed(seed))[: n - len(fixed)]]
+    return torch.cat([torch.tensor(fixed), pick]).sort().values
+
+
+def keep_rows_(dout: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Zero every query row of dout outside `rows`, in place (so dout keeps its layout); returns dout."""
+    off = torch.ones(dout.size(-2), dtype=torch.bool, device=dout.device)
+    off[rows.to(dout.device)] = False
+    dout[..., off, :] = 0
+    return dout
+
+
+def row_sampled_attention(q, k, v, dout, rows, *, causal: bool, scale: float | None, dtype: torch.dtype):
+    """The result on query `rows` and the exact gradients for an upstream gradient nonzero only on those rows.
+
+    Each kept row sits at its absolute position Tk - Tq + r, so causal masks and Tq < Tk stay right. With dO
+    zero off `rows`, dq is zero there and dk, dv depend on the kept rows alone: the (R, Tk) sub-problem gives
+    all of dq, dk and dv exactly. Returns (out[rows], dq, dk, dv), computed in `dtype` (float64: the reference;
+    the test dtype: the naive formula of the pass rule)."""
+    tq, tk = q.size(-2), k.size(-2)
+    vis = visible_mask(tq, tk, causal, q.device)[rows.to(q.device)]  # (R, Tk)
+    xs = [t.detach().to(dtype)[..., rows.to(t.device), :] if i == 0 else t.detach().to(dtype)
+          for i, t in enumerate((q, k, v))]  # fmt: skip
+    xs = [x.requires_grad_(True) for x in xs]  # q rows: (B, H, R, D); k, v: (B, H, Tk, D)
+    out = attention_formula(*xs, scale=scale, visible=vis)  # (B, H, R, D)
+    dq_rows, dk, dv = torch.autograd.grad(out, xs, dout.detach().to(dtype)[..., rows.to(dout.device), :])
+    dq = torch.zeros(q.shape, dtype=dtype, device=q.device)
+    dq[..., rows.to(q.device), :] = dq_rows
+    return out.detach(), dq, dk, dv
 
 
 def reference_weights(q, k, *, causal: bool = True, scale: float | None = None) -> torch.Tensor:
@@ -72,7 +124,9 @@ def rounding_noise(dtype: torch.dtype, magnitude: float, abs_logit: float = 0.0,
     return torch.finfo(dtype).eps * (n_terms + 2.0 + 2.0 * abs_logit) * magnitude
 
 
-def grad_magnitudes(q, k, v, dout, *, causal: bool = True, scale: float | None = None) -> dict[str, float]:
+def grad_magnitudes(
+    q, k, v, dout, *, causal: bool = True, scale: float | None = None, visible=None
+) -> dict[str, float]:
     """Sizes of the terms each result sums (|.| of every factor), the `magnitude` for rounding_noise.
 
     Using the terms, not the result, matters where the result cancels to ~0 (dq with Tk = 1 is exactly 0
@@ -83,8 +137,7 @@ def grad_magnitudes(q, k, v, dout, *, causal: bool = True, scale: float | None =
     """
     scale = 1.0 / math.sqrt(q.size(-1)) if scale is None else scale
     q, k, v, dout = (t.detach().double().abs() for t in (q, k, v, dout))
-    tq, tk = q.size(-2), k.size(-2)
-    vis = causal_mask(tq, tk, q.device) if causal else torch.ones(tq, tk, dtype=torch.bool, device=q.device)
+    vis = visible_mask(q.size(-2), k.size(-2), causal, q.device) if visible is None else visible
     P = vis.double()  # (Tq, Tk): 0 <= P_ij <= 1 where visible, 0 elsewhere
     ds = 2.0 * P * (dout @ v.transpose(-2, -1))  # (B, H, Tq, Tk)
     return {

@@ -1,0 +1,7 @@
+"""Contract checks on every backend: output dtype/shape/device, inputs untouched, no state across calls, determinism."""
+
+from attnbench.conformance.properties import property_tests
+
+test_contract, test_contract_at_kernel_sizes = property_tests(
+    ["output_contract", "inputs_unchanged", "call_independence", "deterministic"]
+)

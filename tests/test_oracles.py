@@ -1,0 +1,117 @@
+"""The cheap oracles are exact where they claim to be, catch a planted difference and pass correct backends.
+
+Row-sampled reference (reference.row_sampled_attention, used by `equivalence`) and the metamorphic relations
+(attnbench.conformance.metamorphic): for each, a backend with one planted difference fails it and the real
+`manual` and `chunked` backends pass it, on the same kernel-size case.
+"""
+
+from __future__ import annotations
+
+import attnbench
+import pytest
+import torch
+from attnbench import Backend
+from attnbench.conformance import metamorphic
+from attnbench.conformance.properties import equivalence
+from attnbench.conformance.reference import attention_formula, keep_rows_, row_sampled_attention, sample_rows
+from attnbench.conformance.strategies import Case
+from mutants import softmax_over_queries, top_left_causal
+from mutants_online_softmax import drops_tail_block
+
+CORRECT = ["manual", "chunked"]
+TILE_CASE = Case(B=1, H=2, Tq=129, Tk=129, D=64, dtype=torch.float32, causal=True, magnitude=1.0,
+                 layout="bthd", seed=3)  # fmt: skip
+
+
+def _planted(name, fn) -> Backend:
+    return Backend(f"planted:{name}", fn, "a correct backend with one planted difference")
+
+
+def _manual(q, k, v, *, causal=True, dropout_p=0.0, scale=None):
+    return attnbench.get_backend("manual").fn(q, k, v, causal=causal, dropout_p=dropout_p, scale=scale)
+
+
+class _WrongKeyGrad(torch.autograd.Function):
+    """manual's output; its dk is off for one key (key 100), nothing else."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, causal, scale):
+        ctx.save_for_backward(q, k, v)
+        ctx.causal, ctx.scale = causal, scale
+        return _manual(q, k, v, causal=causal, scale=scale)
+
+    @staticmethod
+    def backward(ctx, dout):
+        q, k, v = (t.detach().requires_grad_(True) for t in ctx.saved_tensors)
+        with torch.enable_grad():
+            dq, dk, dv = torch.autograd.grad(_manual(q, k, v, causal=ctx.causal, scale=ctx.scale), (q, k, v), dout)
+        dk = dk.clone()
+        dk[..., 100, :] += 1e-3 * dk.abs().max()
+        return dq, dk, dv, None, None
+
+
+def test_row_sampled_reference_is_exact_on_its_rows():
+    """Out on the kept rows, and dq, dk, dv for an upstream gradient kept on those rows, equal the full
+    float64 computation (causal, Tq < Tk, non-contiguous dO)."""
+    case = TILE_CASE.with_(Tq=100, Tk=257, dtype=torch.float64)
+    q, k, v = case.tensors()
+    rows = sample_rows(case.Tq, case.seed)
+    assert 63 in rows.tolist() and 64 in rows.tolist() and len(rows) < case.Tq  # tile rows first, a sample
+    dout = keep_rows_(case.upstream(), rows)
+    assert not dout.is_contiguous()  # the layout survives the zeroing
+    xs = [t.detach().requires_grad_(True) for t in (q, k, v)]
+    full = attention_formula(*xs, causal=True)
+    grads = torch.autograd.grad(full, xs, dout)
+    got = row_sampled_attention(q, k, v, dout, rows, causal=True, scale=None, dtype=torch.float64)
+    torch.testing.assert_close(got[0], full.detach()[..., rows, :], rtol=0, atol=1e-12)
+    for g, want in zip(got[1:], grads, strict=True):
+        torch.testing.assert_close(g, want, rtol=0, atol=1e-12)
+
+
+def test_row_sampled_reference_catches_one_wrong_tile_row():
+    def wrong_row_64(q, k, v, *, causal=True, dropout_p=0.0, scale=None):
+        out = _manual(q, k, v, causal=causal, scale=scale).clone()
+        out[..., 64, :] += 1e-3  # the first row of the second 64-row tile
+        return out
+
+    with pytest.raises(AssertionError, match="out:"):
+        equivalence(_planted("row 64", wrong_row_64), TILE_CASE, "cpu")
+
+
+def test_row_sampled_reference_catches_one_wrong_key_gradient():
+    def wrong_dk(q, k, v, *, causal=True, dropout_p=0.0, scale=None):
+        return _WrongKeyGrad.apply(q, k, v, causal, scale)
+
+    with pytest.raises(AssertionError, match="dk:"):
+        equivalence(_planted("dk key 100", wrong_dk), TILE_CASE, "cpu")
+
+
+@pytest.mark.parametrize("name", CORRECT)
+def test_row_sampled_reference_passes_correct_backends(name):
+    for case in (TILE_CASE, TILE_CASE.with_(Tq=1, Tk=1025), TILE_CASE.with_(Tq=65, Tk=1024, causal=False)):
+        equivalence(attnbench.get_backend(name), case, "cpu")
+
+
+def _only_decode_unscaled(q, k, v, *, causal=True, dropout_p=0.0, scale=None):
+    """Right except for Tq = 1, where it forgets the scale (a separate decode path)."""
+    return _manual(q, k, v, causal=causal, scale=1.0 if q.size(-2) == 1 and scale is None else scale)
+
+
+RELATIONS = [  # (relation, planted backend fn, case where the plant shows)
+    (metamorphic.chunked_prefill, top_left_causal, TILE_CASE.with_(Tq=129, Tk=300)),
+    (metamorphic.decode_chain, _only_decode_unscaled, TILE_CASE),
+    (metamorphic.key_shift, softmax_over_queries, TILE_CASE.with_(causal=False)),
+    (metamorphic.kv_permutation, drops_tail_block, TILE_CASE.with_(Tk=130, causal=False)),
+]
+
+
+@pytest.mark.parametrize(("relation", "plant", "case"), RELATIONS, ids=lambda x: getattr(x, "__name__", ""))
+def test_metamorphic_relation_catches_a_planted_difference(relation, plant, case):
+    with pytest.raises(AssertionError):
+        relation(_planted(plant.__name__, plant), case, "cpu")
+
+
+@pytest.mark.parametrize("name", CORRECT)
+@pytest.mark.parametrize(("relation", "plant", "case"), RELATIONS, ids=lambda x: getattr(x, "__name__", ""))
+def test_metamorphic_relation_passes_correct_backends(relation, plant, case, name):
+    relation(attnbench.get_backend(name), case, "cpu")
