@@ -27,6 +27,11 @@ def _log2_x(ax) -> None:
     ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
 
 
+def _grid_and_legend(ax, which: str = "major") -> None:
+    ax.grid(True, which=which, alpha=0.3)
+    ax.legend(fontsize=7)
+
+
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=DPI)
@@ -80,8 +85,7 @@ def memory_vs_T(df: pd.DataFrame, path: Path) -> Path | None:
         title=f"peak memory ({fwd['mode'].iloc[0]})",
     )
     _log2_x(ax)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
+    _grid_and_legend(ax, which="both")
     return _save(fig, path)
 
 
@@ -106,15 +110,20 @@ def speedup_vs_T(df: pd.DataFrame, path: Path) -> Path | None:
         ax.set(title=f"speed-up vs {base} ({where})", xlabel="sequence length T", ylabel="speed-up (x, log)")
         ax.set_yscale("log")
         _log2_x(ax)
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7)
+        _grid_and_legend(ax)
     return _save(fig, path)
+
+
+def _ttt_rows_with(df: pd.DataFrame, column: str) -> pd.DataFrame | None:
+    """The training-to-target rows when there are any and they have `column`, else None."""
+    ttt = select(df, "train_to_target")
+    return None if ttt.empty or column not in ttt else ttt
 
 
 def loss_curves(df: pd.DataFrame, path: Path) -> Path | None:
     """Validation loss against step for each backend's training-to-target run, target dashed."""
-    ttt = select(df, "train_to_target")
-    if ttt.empty or "curve" not in ttt:
+    ttt = _ttt_rows_with(df, "curve")
+    if ttt is None:
         return None
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for _, r in ttt.iterrows():
@@ -124,15 +133,14 @@ def loss_curves(df: pd.DataFrame, path: Path) -> Path | None:
             ax.plot(steps, losses, marker=".", label=f"{r['backend']} ({r.get('device')})")
     ax.axhline(float(ttt["target"].iloc[0]), color="k", ls="--", lw=1, label=f"target {ttt['target'].iloc[0]}")
     ax.set(xlabel="step", ylabel="validation loss", title="training to target: loss curves")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7)
+    _grid_and_legend(ax)
     return _save(fig, path)
 
 
 def time_to_target(df: pd.DataFrame, path: Path) -> Path | None:
     """Seconds of training to reach the target per backend; hatched bars did not reach it."""
-    ttt = select(df, "train_to_target")
-    if ttt.empty or "train_seconds" not in ttt:
+    ttt = _ttt_rows_with(df, "train_seconds")
+    if ttt is None:
         return None
     fig, ax = plt.subplots(figsize=(6.5, 0.5 * len(ttt) + 1.5))
     reached = ttt["reached"].astype(bool)
