@@ -190,7 +190,8 @@ class Job:
         for d in clean_stale_partials(out_dir):
             print(f"attnbench run: removed {d}, left by a run that was killed", file=sys.stderr)
         # absolute: the stages run in a scratch directory of their own
-        self.dir = Path(tempfile.mkdtemp(dir=out_dir, prefix=f"{schema.PARTIAL_PREFIX}{name}-")).resolve()
+        # absolute: the stages run in its scratch folder (mkdtemp keeps a relative dir relative before Python 3.12)
+        self.dir = Path(tempfile.mkdtemp(dir=out_dir, prefix=f"{schema.PARTIAL_PREFIX}{name}-")).resolve().resolve()
         os.chmod(self.dir, 0o755)
         (self.dir / schema.PARTIAL_LOCK).write_text(str(os.getpid()))
         (self.dir / schema.LOGS).mkdir()
