@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 from attnbench import Backend
-from attnbench.conformance.properties import Property, has_backward, register, two_run_bounds
+from attnbench.conformance.core import Property, has_backward, register, two_run_bounds
 from attnbench.conformance.strategies import Case, cases
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 from attnbench import Backend
-from attnbench.conformance.properties import Property, boundary_examples, has_backward, register, two_run_bounds
+from attnbench.conformance.core import Property, boundary_examples, has_backward, register, two_run_bounds
 from attnbench.conformance.reference import abs_logit_bound, rounding_noise
 from attnbench.conformance.strategies import Case, cases
 

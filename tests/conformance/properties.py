@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import copy
 import functools
-from collections.abc import Callable
-from dataclasses import dataclass
 
 import pytest
 import torch
@@ -21,6 +19,13 @@ from attnbench.conformance.backends import (
     device_params,
     set_model_backend,
     supported_dtypes,
+)
+from attnbench.conformance.core import (
+    PROPERTIES,
+    Property,
+    boundary_examples,
+    example_dtype,
+    register,
 )
 from attnbench.conformance.reference import (
     RuleResult,
@@ -40,10 +45,8 @@ from attnbench.conformance.strategies import (
     MODEL_BOUNDARY,
     Case,
     ModelCase,
-    boundary_cases,
     cases,
     causal_cut_cases,
-    long_rows_enabled,
     model_cases,
     with_cut,
 )
@@ -52,25 +55,6 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 FLOATS = (torch.float32, torch.float64)  # dtypes where a statistical or exact property is meaningful
-
-
-def boundary_examples(dtype: torch.dtype) -> list[Case]:
-    """The boundary cases (strategies.boundary_cases) of the current profile: the default fixed examples."""
-    return boundary_cases(dtype, long=long_rows_enabled())
-
-
-@dataclass(frozen=True)
-class Property:
-    name: str
-    check: Callable[[Backend, object, str], RuleResult | None]
-    strategy: Callable[[list[torch.dtype]], st.SearchStrategy]  # dtypes -> cases
-    doc: str
-    dtypes: tuple[torch.dtype, ...] | None = None  # restrict the dtypes drawn (None: all the backend supports)
-    level: str = "op"  # "op" or "model" (model-level properties run the GPT in float32)
-    uses_dropout: bool = False  # skipped, with the backend's reason, where it cannot apply dropout
-    needs_backward: bool = False  # skipped, with the backend's reason, where it has no backward
-    # The fixed kernel-size examples run in every profile (dtype -> cases): tile boundaries are always hit.
-    examples: Callable[[torch.dtype], list] = boundary_examples
 
 
 def run_property(prop: Property, backend: Backend, device: str, dtypes, **overrides) -> list[RuleResult]:
@@ -90,11 +74,6 @@ def run_property(prop: Property, backend: Backend, device: str, dtypes, **overri
     return results
 
 
-def example_dtype(dtypes) -> torch.dtype:
-    """The dtype the fixed examples run in: float32 where supported (the dtype kernels are judged in)."""
-    return torch.float32 if torch.float32 in dtypes else list(dtypes)[0]
-
-
 # ----------------------------------------------------------------------------------------------- helpers
 
 
@@ -112,20 +91,6 @@ def forward_bound(case: Case, q, k, v) -> tuple[torch.Tensor, torch.Tensor, floa
     a = abs_logit_bound(q, k, case.scale)
     atol = rounding_noise(case.dtype, float(v.abs().max()), a, n_terms=case.Tk)
     return ref, naive, atol
-
-
-def has_backward(backend: Backend, device: str) -> bool:
-    """False where the backend declares it has no backward on this device (forward-only backends)."""
-    why = getattr(backend, "why_no_backward", None)
-    return why is None or why(device) is None
-
-
-def two_run_bounds(case: Case, q, k, v, dout) -> dict[str, float]:
-    """2 * atol_d per result (out, dq, dk, dv): the most two correct runs of the same exact value can differ."""
-    mags = grad_magnitudes(q, k, v, dout, causal=case.causal, scale=case.scale)
-    a = abs_logit_bound(q, k, case.scale)
-    n = {"out": case.Tk, "dq": case.Tk, "dk": case.Tq, "dv": case.Tq}
-    return {name: 2.0 * rounding_noise(case.dtype, mags[name], a, n_terms=n[name]) for name in n}
 
 
 def _worst(results: list[RuleResult]) -> RuleResult:
@@ -489,108 +454,97 @@ def _model_examples(dtype):
     return [MODEL_BOUNDARY]
 
 
-PROPERTIES: dict[str, Property] = {
-    p.name: p
-    for p in (
-        Property(
-            "equivalence",
-            equivalence,
-            lambda d: cases(d),
-            "fwd + grads vs float64 by the pass rule",
-            needs_backward=True,
-        ),
-        Property(
-            "explicit_scale",
-            explicit_scale,
-            lambda d: cases(d, explicit_scale=True),
-            "explicit scale honoured",
-            examples=_mapped(lambda c: c.with_(scale=0.37)),
-        ),
-        Property(
-            "single_token",
-            single_token,
-            _single_token_cases,
-            "Tq = 1 against any Tk",
-            needs_backward=True,
-            examples=_mapped(lambda c: c.with_(Tq=1)),
-        ),
-        Property(
-            "causal_future",
-            causal_future_invariance,
-            causal_cut_cases,
-            "future q/k/v never change the past",
-            examples=_mapped(with_cut),
-        ),
-        Property(
-            "causal_grad_zero",
-            causal_grad_zero,
-            causal_cut_cases,
-            "d out[<=t] / d in[>t] == 0 exactly",
-            needs_backward=True,
-            examples=_mapped(with_cut),
-        ),
-        Property(
-            "causal_prefix",
-            causal_prefix,
-            causal_cut_cases,
-            "prefix run == prefix of the full run",
-            examples=_mapped(with_cut),
-        ),
-        Property("convex", convex_combination, lambda d: cases(d), "rows are convex combinations of values"),
-        Property("permutation", permutation_equivariance, lambda d: cases(d), "batch/head permutation equivariance"),
-        Property(
-            "dropout_mean",
-            dropout_expected_value,
-            _dropout_cases,
-            "E[dropout out] = out",
-            dtypes=FLOATS,
-            uses_dropout=True,
-            examples=lambda dtype: [],  # 512 dropout draws per example: toy sizes only
-        ),
-        Property("dropout_off", dropout_off_when_zero, lambda d: cases(d), "dropout_p = 0 is deterministic"),
-        Property(
-            "huge_logits",
-            no_nan_huge_logits,
-            _huge_cases,
-            "no NaN with logits up to 1e6",
-            needs_backward=True,
-            examples=_huge_examples,
-        ),
-        Property(
-            "model_causal",
-            model_causality,
-            lambda d: model_cases(),
-            "GPT logits ignore later tokens",
-            level="model",
-            examples=_model_examples,
-        ),
-        Property(
-            "model_eval",
-            model_eval_no_dropout,
-            lambda d: model_cases(),
-            "GPT in eval mode applies no dropout",
-            level="model",
-            examples=_model_examples,
-        ),
-        Property(
-            "model_parity",
-            model_parity,
-            lambda d: st.just(PARITY_CASE),
-            "GPT logits/loss/grads/AdamW step vs float64",
-            level="model",
-            needs_backward=True,
-            examples=lambda dtype: [PARITY_KERNEL_CASE],
-        ),
-    )
-}
-
-
-def register(*props: Property) -> None:
-    """Add properties defined in other modules to PROPERTIES (their names must be new)."""
-    for prop in props:
-        if prop.name in PROPERTIES:
-            raise ValueError(f"property {prop.name!r} is already registered")
-        PROPERTIES[prop.name] = prop
+register(
+    Property(
+        "equivalence",
+        equivalence,
+        lambda d: cases(d),
+        "fwd + grads vs float64 by the pass rule",
+        needs_backward=True,
+    ),
+    Property(
+        "explicit_scale",
+        explicit_scale,
+        lambda d: cases(d, explicit_scale=True),
+        "explicit scale honoured",
+        examples=_mapped(lambda c: c.with_(scale=0.37)),
+    ),
+    Property(
+        "single_token",
+        single_token,
+        _single_token_cases,
+        "Tq = 1 against any Tk",
+        needs_backward=True,
+        examples=_mapped(lambda c: c.with_(Tq=1)),
+    ),
+    Property(
+        "causal_future",
+        causal_future_invariance,
+        causal_cut_cases,
+        "future q/k/v never change the past",
+        examples=_mapped(with_cut),
+    ),
+    Property(
+        "causal_grad_zero",
+        causal_grad_zero,
+        causal_cut_cases,
+        "d out[<=t] / d in[>t] == 0 exactly",
+        needs_backward=True,
+        examples=_mapped(with_cut),
+    ),
+    Property(
+        "causal_prefix",
+        causal_prefix,
+        causal_cut_cases,
+        "prefix run == prefix of the full run",
+        examples=_mapped(with_cut),
+    ),
+    Property("convex", convex_combination, lambda d: cases(d), "rows are convex combinations of values"),
+    Property("permutation", permutation_equivariance, lambda d: cases(d), "batch/head permutation equivariance"),
+    Property(
+        "dropout_mean",
+        dropout_expected_value,
+        _dropout_cases,
+        "E[dropout out] = out",
+        dtypes=FLOATS,
+        uses_dropout=True,
+        examples=lambda dtype: [],  # 512 dropout draws per example: toy sizes only
+    ),
+    Property("dropout_off", dropout_off_when_zero, lambda d: cases(d), "dropout_p = 0 is deterministic"),
+    Property(
+        "huge_logits",
+        no_nan_huge_logits,
+        _huge_cases,
+        "no NaN with logits up to 1e6",
+        needs_backward=True,
+        examples=_huge_examples,
+    ),
+    Property(
+        "model_causal",
+        model_causality,
+        lambda d: model_cases(),
+        "GPT logits ignore later tokens",
+        level="model",
+        examples=_model_examples,
+    ),
+    Property(
+        "model_eval",
+        model_eval_no_dropout,
+        lambda d: model_cases(),
+        "GPT in eval mode applies no dropout",
+        level="model",
+        examples=_model_examples,
+    ),
+    Property(
+        "model_parity",
+        model_parity,
+        lambda d: st.just(PARITY_CASE),
+        "GPT logits/loss/grads/AdamW step vs float64",
+        level="model",
+        needs_backward=True,
+        examples=lambda dtype: [PARITY_KERNEL_CASE],
+    ),
+)
 
 
 def property_dtypes(prop: Property, backend: Backend, device: str, record_property=None) -> list[torch.dtype]:

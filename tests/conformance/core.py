@@ -1,0 +1,65 @@
+"""What a conformance property is, the registry of them (PROPERTIES) and the helpers property modules share.
+
+properties.py registers the core properties, then imports metamorphic.py and contract.py, which register
+theirs; a module of further properties does the same with `register` (its names must be new).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from attnbench import Backend
+from attnbench.conformance.reference import RuleResult, abs_logit_bound, grad_magnitudes, rounding_noise
+from attnbench.conformance.strategies import Case, boundary_cases, long_rows_enabled
+from hypothesis import strategies as st
+
+
+def boundary_examples(dtype: torch.dtype) -> list[Case]:
+    """The boundary cases (strategies.boundary_cases) of the current profile: the default fixed examples."""
+    return boundary_cases(dtype, long=long_rows_enabled())
+
+
+@dataclass(frozen=True)
+class Property:
+    name: str
+    check: Callable[[Backend, object, str], RuleResult | None]
+    strategy: Callable[[list[torch.dtype]], st.SearchStrategy]  # dtypes -> cases
+    doc: str
+    dtypes: tuple[torch.dtype, ...] | None = None  # restrict the dtypes drawn (None: all the backend supports)
+    level: str = "op"  # "op" or "model" (model-level properties run the GPT in float32)
+    uses_dropout: bool = False  # skipped, with the backend's reason, where it cannot apply dropout
+    needs_backward: bool = False  # skipped, with the backend's reason, where it has no backward
+    # The fixed kernel-size examples run in every profile (dtype -> cases): tile boundaries are always hit.
+    examples: Callable[[torch.dtype], list] = boundary_examples
+
+
+PROPERTIES: dict[str, Property] = {}  # name -> property, in registration order (the kill table's columns)
+
+
+def register(*props: Property) -> None:
+    """Add properties defined in other modules to PROPERTIES (their names must be new)."""
+    for prop in props:
+        if prop.name in PROPERTIES:
+            raise ValueError(f"property {prop.name!r} is already registered")
+        PROPERTIES[prop.name] = prop
+
+
+def example_dtype(dtypes) -> torch.dtype:
+    """The dtype the fixed examples run in: float32 where supported (the dtype kernels are judged in)."""
+    return torch.float32 if torch.float32 in dtypes else list(dtypes)[0]
+
+
+def has_backward(backend: Backend, device: str) -> bool:
+    """False where the backend declares it has no backward on this device (forward-only backends)."""
+    why = getattr(backend, "why_no_backward", None)
+    return why is None or why(device) is None
+
+
+def two_run_bounds(case: Case, q, k, v, dout) -> dict[str, float]:
+    """2 * atol_d per result (out, dq, dk, dv): the most two correct runs of the same exact value can differ."""
+    mags = grad_magnitudes(q, k, v, dout, causal=case.causal, scale=case.scale)
+    a = abs_logit_bound(q, k, case.scale)
+    n = {"out": case.Tk, "dq": case.Tk, "dk": case.Tq, "dv": case.Tq}
+    return {name: 2.0 * rounding_noise(case.dtype, mags[name], a, n_terms=n[name]) for name in n}
