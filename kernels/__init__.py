@@ -13,6 +13,7 @@ from . import (  # noqa: F401  (importing a backend module registers it)
     chunked,
     compiled_manual,
     flex,
+    jax_dpa,
     manual,
     per_head_loop,
     sdpa,

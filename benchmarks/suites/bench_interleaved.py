@@ -40,7 +40,7 @@ def time_backends(c, state) -> dict:
     calls, first_s, warm_s, skipped = {}, {}, {}, {}
     for name in dict.fromkeys([c.baseline, *s.backends]):  # the baseline is timed even when not selected
         backend = get_backend(name)
-        reason = unavailable_reason(backend, c.device, dtype)
+        reason = unavailable_reason(backend, c.device, dtype, backward=c.mode == "fwd+bwd")
         if reason:
             skipped[name] = reason
             continue

@@ -1,0 +1,27 @@
+"""What the adapters of other projects' kernels share: a package check that imports nothing, and the crossing.
+
+An adapter imports its foreign package lazily (inside its calls), so `import attnbench` never imports jax,
+onnxruntime, flash_attn or xformers; registration only asks whether the package is installed.
+
+Crossing cost: each adapter also exposes `crossing_fn(q, k, v)`, the same call with the attention replaced by
+an identity (the same tensors cross into the other framework and the result crosses back), so benchmarks can
+time what the framework boundary costs apart from the kernel.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+
+
+def missing_package_reason(module: str, extra: str) -> str | None:
+    """None when `module` is importable, else the sentence saying how to install it (nothing is imported)."""
+    if importlib.util.find_spec(module) is None:
+        return f"the {module} package is not installed (pip install 'attnbench[{extra}]')"
+    return None
+
+
+def contiguous(t: torch.Tensor) -> torch.Tensor:
+    """t itself when it is contiguous (the zero-copy crossing), else a contiguous copy made in torch."""
+    return t.detach() if t.is_contiguous() else t.detach().contiguous()
