@@ -15,6 +15,8 @@ from . import (  # noqa: F401  (importing a backend module registers it)
     flex,
     jax_dpa,
     manual,
+    onnx_attention,
+    onnx_mha,
     per_head_loop,
     sdpa,
     triton_flash,

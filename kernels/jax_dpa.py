@@ -8,7 +8,7 @@ The mapping from the contract to JAX, written once here (install with `pip insta
   contiguous in torch first (a copy; the GPT's (B, T, H, D)-strided q, k, v are one). `crossing_fn` times it.
 - Causal: JAX's `is_causal` aligns the mask to the top left (`jnp.tril` of a (T, S) block), so with Tq < Tk the
   query i sees keys 0 .. i, not the contract's 0 .. Tk - Tq + i. For Tq == Tk both agree and `is_causal` is
-  passed; for Tq < Tk the adapter passes the contract's bottom-right mask as `mask`. `native_causal=True` passes
+  passed; for Tq < Tk the adapter passes the contract's bottom-right mask as `mask`. `native=True` passes
   `is_causal` always (JAX's own convention), which the conformance suite rejects (tests/test_foreign.py).
 - Scale: passed explicitly (the contract's 1/sqrt(D) by default; JAX's default is the same).
 - GQA: JAX groups query heads as (kv head, group), so query head h reads kv head h // (Hq // Hkv): the contract's.
@@ -51,14 +51,14 @@ def _to_torch(a) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=256)
-def _jitted(causal: bool, scale: float, native_causal: bool):
+def _jitted(causal: bool, scale: float, native: bool):
     """(forward, backward) jitted on (B, H, T, D) arrays, for one static configuration."""
     jax, jnp = _jax()
 
     def attention(q, k, v):  # (B, Hq, Tq, D), (B, Hkv, Tk, D) x2 -> (B, Hq, Tq, D)
         tq, tk = q.shape[2], k.shape[2]
         q, k, v = (jnp.swapaxes(x, 1, 2) for x in (q, k, v))  # (B, T, N, D): JAX's layout
-        bottom_right = causal and tq < tk and not native_causal
+        bottom_right = causal and tq < tk and not native
         mask = jnp.tril(jnp.ones((tq, tk), dtype=bool), k=tk - tq)[None, None] if bottom_right else None
         out = jax.nn.dot_product_attention(
             q, k, v, mask=mask, scale=scale, is_causal=causal and not bottom_right, implementation="xla"
@@ -85,11 +85,11 @@ class _JaxAttention(torch.autograd.Function):
         return (*(_to_torch(g) for g in grads), None)
 
 
-def jax_attention(q, k, v, *, causal=True, dropout_p=0.0, scale=None, native_causal: bool = False):
+def jax_attention(q, k, v, *, causal=True, dropout_p=0.0, scale=None, native: bool = False):
     # q: (B, Hq, Tq, D); k, v: (B, Hkv, Tk, D) -> (B, Hq, Tq, D)
     if dropout_p > 0:
         raise NotImplementedError("jax.nn.dot_product_attention has no dropout")
-    return _JaxAttention.apply(q, k, v, _jitted(causal, default_scale(q, scale), native_causal))
+    return _JaxAttention.apply(q, k, v, _jitted(causal, default_scale(q, scale), native))
 
 
 def crossing_fn(q, k, v) -> torch.Tensor:
