@@ -15,13 +15,19 @@ import importlib.util
 import torch
 
 
-def missing_package_reason(module: str, extra: str) -> str | None:
+def missing_package_reason(module: str, install: str) -> str | None:
     """None when `module` is importable, else the sentence saying how to install it (nothing is imported)."""
     if importlib.util.find_spec(module) is None:
-        return f"the {module} package is not installed (pip install 'attnbench[{extra}]')"
+        return f"the {module} package is not installed ({install})"
     return None
 
 
 def contiguous(t: torch.Tensor) -> torch.Tensor:
     """t itself when it is contiguous (the zero-copy crossing), else a contiguous copy made in torch."""
     return t.detach() if t.is_contiguous() else t.detach().contiguous()
+
+
+def bthd(t: torch.Tensor) -> torch.Tensor:
+    """(B, H, T, D) -> a (B, T, H, D) view, made contiguous only where the last stride is not 1 (CUDA kernels)."""
+    t = t.transpose(1, 2)
+    return t if t.stride(-1) == 1 else t.contiguous()

@@ -109,7 +109,7 @@ def _x64_enabled() -> bool:
 
 
 def _reason(device: torch.device, dtype: torch.dtype) -> str | None:
-    if reason := missing_package_reason("jax", "jax"):
+    if reason := missing_package_reason("jax", "pip install 'attnbench[jax]'"):
         return reason
     if device.type != "cpu":
         return f"the JAX adapter runs XLA on CPU (torch and JAX share CPU memory by DLPack), not {device.type}"

@@ -20,7 +20,8 @@ ONNX_OPSET = 23  # the standard Attention operator (is_causal, GQA by head count
 
 
 def ort_missing_reason() -> str | None:
-    return missing_package_reason("onnxruntime", "onnxruntime") or missing_package_reason("onnx", "onnxruntime")
+    install = "pip install 'attnbench[onnxruntime]'"
+    return missing_package_reason("onnxruntime", install) or missing_package_reason("onnx", install)
 
 
 @functools.cache
