@@ -3,16 +3,20 @@
 An adapter imports its foreign package lazily (inside its calls), so `import attnbench` never imports jax,
 onnxruntime, flash_attn or xformers; registration only asks whether the package is installed.
 
-Crossing cost: each adapter also exposes `crossing_fn(q, k, v)`, the same call with the attention replaced by
-an identity (the same tensors cross into the other framework and the result crosses back), so benchmarks can
-time what the framework boundary costs apart from the kernel.
+Crossing cost: each CPU adapter also registers in CROSSINGS its `crossing_fn(q, k, v)`, the same call with the
+attention replaced by an identity (the tensors cross into the other framework and the result crosses back), so
+the interleaved benchmark times what the framework boundary costs apart from the kernel.
 """
 
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable
 
 import torch
+
+# backend name -> its crossing alone: fn(q, k, v) -> q, through the foreign framework and back
+CROSSINGS: dict[str, Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]] = {}
 
 
 def missing_package_reason(module: str, install: str) -> str | None:

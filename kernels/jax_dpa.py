@@ -27,7 +27,7 @@ import functools
 
 import torch
 
-from .foreign import contiguous, missing_package_reason
+from .foreign import CROSSINGS, contiguous, missing_package_reason
 from .registry import default_scale, register_backend
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # float64 too where jax_enable_x64 is on
@@ -125,3 +125,4 @@ register_backend(
     _reason,
     no_dropout_reason=lambda device: "jax.nn.dot_product_attention has no dropout",
 )
+CROSSINGS["jax_dpa"] = crossing_fn

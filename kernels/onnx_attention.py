@@ -23,6 +23,7 @@ import functools
 
 import torch
 
+from .foreign import CROSSINGS
 from .ort_session import ort_missing_reason, run
 from .registry import bottom_right_causal_mask, default_scale, register_backend
 
@@ -69,3 +70,4 @@ register_backend(
     no_dropout_reason=lambda device: "ONNX Runtime's Attention kernel has no dropout",
     no_backward_reason="ONNX Runtime is an inference runtime: its Attention kernel has no backward",
 )
+CROSSINGS["onnx_attention"] = crossing_fn

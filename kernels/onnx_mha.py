@@ -22,6 +22,7 @@ import functools
 
 import torch
 
+from .foreign import CROSSINGS
 from .ort_session import ort_missing_reason, run
 from .registry import bottom_right_causal_mask, default_scale, register_backend
 
@@ -79,3 +80,4 @@ register_backend(
     no_dropout_reason=lambda device: "ONNX Runtime's MultiHeadAttention kernel has no dropout",
     no_backward_reason="ONNX Runtime is an inference runtime: its MultiHeadAttention kernel has no backward",
 )
+CROSSINGS["onnx_mha"] = crossing_fn

@@ -60,7 +60,9 @@ def test_missing_package_is_the_reason(name, monkeypatch):
 def test_backward_declarations():
     assert all(get_backend(n).why_no_backward("cpu") for n in FORWARD_ONLY)
     assert all(get_backend(n).why_no_backward("cpu") is None for n in ("jax_dpa", "flash_attn", "xformers_mea", "sdpa"))
-    per_device = Backend("x", lambda q, k, v, **kw: q, "x", no_backward_reason=lambda d: "cpu only" if d.type == "cpu" else None)
+    per_device = Backend(
+        "x", lambda q, k, v, **kw: q, "x", no_backward_reason=lambda d: "cpu only" if d.type == "cpu" else None
+    )
     assert per_device.why_no_backward("cpu") == "cpu only" and per_device.why_no_backward("cuda") is None
 
 
@@ -123,7 +125,9 @@ def test_native_top_left_causal_is_caught_and_the_mapping_passes(name):
 def test_hypothesis_finds_the_native_causal_difference():
     """The property as the suite runs it (drawn cases, not a chosen one) finds JAX's top-left mask."""
     with pytest.raises(AssertionError, match="bound"):
-        run_property(PROPERTIES["explicit_scale"], _native("jax_dpa"), "cpu", [torch.float32], derandomize=True, max_examples=20)
+        run_property(
+            PROPERTIES["explicit_scale"], _native("jax_dpa"), "cpu", [torch.float32], derandomize=True, max_examples=20
+        )
 
 
 def test_onnx_float64_scale_is_float32_natively():
