@@ -123,6 +123,7 @@ register_backend(
     jax_attention,
     "JAX jax.nn.dot_product_attention (XLA, CPU) via DLPack; bottom-right causal mask for Tq < Tk; jax.vjp backward",
     _reason,
+    features={"gqa"},  # nothing else of the contract's features: no window, mask_mod, document_ids or softcap here
     no_dropout_reason=lambda device: "jax.nn.dot_product_attention has no dropout",
 )
 CROSSINGS["jax_dpa"] = crossing_fn

@@ -67,6 +67,7 @@ register_backend(
     onnx_attention,
     "ONNX Runtime CPU, ONNX Attention (opset 23), zero-copy I/O binding; bottom-right attn_mask for Tq < Tk",
     _reason,
+    features={"gqa"},  # nothing else of the contract's features: no window, mask_mod, document_ids or softcap here
     no_dropout_reason=lambda device: "ONNX Runtime's Attention kernel has no dropout",
     no_backward_reason="ONNX Runtime is an inference runtime: its Attention kernel has no backward",
 )

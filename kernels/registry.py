@@ -109,6 +109,7 @@ class Backend:
         if unknown := set(self.features) - set(FEATURES):
             raise ValueError(f"backend {self.name!r} declares unknown features {sorted(unknown)}; known: {FEATURES}")
         object.__setattr__(self, "features", frozenset(self.features))
+
     no_backward_reason: str | Callable[[torch.device], str | None] | None = None
 
     def supports(self, device: torch.device | str, dtype: torch.dtype) -> bool:
@@ -329,7 +330,13 @@ def register_backend(
     if name in _REGISTRY and not replace:
         raise ValueError(f"backend {name!r} is already registered ({_REGISTRY[name].description})")
     backend = Backend(
-        name, fn, description, unsupported_reason, no_dropout_reason, frozenset(features), no_feature_reason,
+        name,
+        fn,
+        description,
+        unsupported_reason,
+        no_dropout_reason,
+        frozenset(features),
+        no_feature_reason,
         no_backward_reason=no_backward_reason,
     )
     _REGISTRY[name] = backend

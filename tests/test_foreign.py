@@ -3,6 +3,8 @@ a foreign kernel's native convention from the contract, caught by the conformanc
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import subprocess
 import sys
 
@@ -10,8 +12,8 @@ import attnbench
 import pytest
 import torch
 from attnbench import AttentionInputError, Backend, foreign, get_backend
-from attnbench.bench.measure import unavailable_reason
-from attnbench.conformance.properties import PROPERTIES, check_backend, explicit_scale, run_property
+from attnbench.bench.measuring.measure import unavailable_reason
+from attnbench.conformance.properties import PROPERTIES, explicit_scale, property_dtypes, run_property
 from attnbench.conformance.strategies import Case
 from spine_helpers import one_thread  # noqa: F401  (autouse: one torch thread)
 
@@ -85,14 +87,11 @@ def test_forward_only_backend_refuses_grad_instead_of_a_detached_output():
         b(q, k, v)
 
 
-def test_gradient_properties_skip_and_forward_ones_run_on_a_forward_only_backend():
+def test_gradient_properties_skip_with_the_reason_on_a_forward_only_backend():
     b = _forward_only_toy()
-    recorded = []
-    with pytest.raises(pytest.skip.Exception, match="forward-only: it is a forward-only toy"):
-        check_backend("causal_grad_zero", b, "cpu")
-    check_backend("equivalence", b, "cpu", lambda key, value: recorded.append((key, value)))
-    assert ("gradients_not_checked", "it is a forward-only toy") in recorded
-    assert {p.name for p in PROPERTIES.values() if p.gradients == "all"} == {"causal_grad_zero", "model_parity"}
+    for prop in ("causal_grad_zero", "model_parity", "equivalence"):
+        with pytest.raises(pytest.skip.Exception, match="has no backward: it is a forward-only toy"):
+            property_dtypes(PROPERTIES[prop], b, "cpu")
 
 
 def test_benchmarks_time_a_forward_only_backend_forward_only():
@@ -107,8 +106,7 @@ def test_benchmarks_time_a_forward_only_backend_forward_only():
 def _native(name: str) -> Backend:
     pytest.importorskip(CPU_ADAPTERS[name])
     b = get_backend(name)
-    return Backend(f"{name}_native", lambda q, k, v, **kw: b.fn(q, k, v, native=True, **kw), b.description,
-                   b.unsupported_reason, b.no_dropout_reason, b.no_backward_reason)  # fmt: skip
+    return dataclasses.replace(b, name=f"{name}_native", fn=functools.partial(b.fn, native=True))
 
 
 @pytest.mark.parametrize("name", sorted(CPU_ADAPTERS))
