@@ -12,11 +12,16 @@ install so that this one is imported.
 from . import (  # noqa: F401  (importing a backend module registers it)
     chunked,
     compiled_manual,
+    flash_attn_cuda,
     flex,
+    jax_dpa,
     manual,
+    onnx_attention,
+    onnx_mha,
     per_head_loop,
     sdpa,
     triton_flash,
+    xformers_mea,
 )
 from .registry import (
     DEFAULT_BACKEND,

@@ -92,6 +92,9 @@ class Backend:
     says why the backend cannot apply dropout_p > 0 there; such a call raises AttentionInputError.
     `features` are the optional features (FEATURES) the backend implements; `no_feature_reason(feature,
     device)` may still refuse a declared one on a device. A backend that declares nothing is dense MHA.
+    `no_backward_reason` is None for a backend with a backward, else the sentence saying why it is forward-only
+    (an inference runtime, a decode kernel), or a callable (device) -> sentence | None where that depends on
+    the device: gradient properties skip with the sentence and benchmarks time its forward only.
     """
 
     name: str
@@ -107,6 +110,8 @@ class Backend:
             raise ValueError(f"backend {self.name!r} declares unknown features {sorted(unknown)}; known: {FEATURES}")
         object.__setattr__(self, "features", frozenset(self.features))
 
+    no_backward_reason: str | Callable[[torch.device], str | None] | None = None
+
     def supports(self, device: torch.device | str, dtype: torch.dtype) -> bool:
         return self.why_unsupported(device, dtype) is None
 
@@ -120,6 +125,11 @@ class Backend:
 
     def why_no_dropout(self, device: torch.device | str) -> str | None:
         return self.no_dropout_reason(torch.device(device))
+
+    def why_no_backward(self, device: torch.device | str) -> str | None:
+        """None if gradients flow through the backend on `device`, else why it is forward-only there."""
+        reason = self.no_backward_reason
+        return reason(torch.device(device)) if callable(reason) else reason
 
     def why_no_feature(self, feature: str, device: torch.device | str) -> str | None:
         """None if the backend implements `feature` (one of FEATURES) on `device`, else one sentence why not."""
@@ -147,6 +157,12 @@ class Backend:
         check_inputs(q, k, v, causal=causal, dropout_p=dropout_p, scale=scale, **extras)
         if dropout_p > 0 and (reason := self.why_no_dropout(q.device)):
             raise AttentionInputError(f"{self.name} cannot apply dropout here: {reason}")
+        if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+            if reason := self.why_no_backward(q.device):  # refused, not a silently detached output
+                raise AttentionInputError(
+                    f"{self.name} is forward-only on {q.device.type} ({reason}); call it on inputs without "
+                    "requires_grad or under torch.no_grad()"
+                )
         for feature in features_in_use(q, k, **extras):
             if reason := self.why_no_feature(feature, q.device):
                 raise AttentionInputError(f"{self.name} cannot run {feature} on {q.device.type}: {reason}")
@@ -307,13 +323,21 @@ def register_backend(
     no_dropout_reason: Callable[[torch.device], str | None] = dropout_supported,
     features: frozenset[str] | set[str] | tuple[str, ...] = frozenset(),
     no_feature_reason: Callable[[str, torch.device], str | None] = declared_features_supported,
+    no_backward_reason: str | Callable[[torch.device], str | None] | None = None,
     replace: bool = False,
 ) -> Backend:
     """Register `fn` under `name`; returns the Backend. Re-registering a name needs replace=True."""
     if name in _REGISTRY and not replace:
         raise ValueError(f"backend {name!r} is already registered ({_REGISTRY[name].description})")
     backend = Backend(
-        name, fn, description, unsupported_reason, no_dropout_reason, frozenset(features), no_feature_reason
+        name,
+        fn,
+        description,
+        unsupported_reason,
+        no_dropout_reason,
+        frozenset(features),
+        no_feature_reason,
+        no_backward_reason=no_backward_reason,
     )
     _REGISTRY[name] = backend
     return backend

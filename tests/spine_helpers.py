@@ -52,6 +52,13 @@ def require_cpu_fp32(backend) -> None:
         pytest.skip(f"{backend.name}: {reason}")
 
 
+def require_backward(backend) -> None:
+    """Skip (with the backend's own reason) when it is forward-only on CPU (it cannot train)."""
+    reason = backend.why_no_backward("cpu")
+    if reason:
+        pytest.skip(f"{backend.name} is forward-only: {reason}")
+
+
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
     """The spine tests use tiny tensors, where a second thread only adds synchronisation: on a busy 2-core

@@ -155,6 +155,7 @@ def synthetic_run(tmp: Path, seed: int = 0, noise: float = 0.01, slow: dict | No
         "config": {"quick": True},
         "backends": BACKENDS,
         "support": support,
+        "forward_only": {BACKENDS[0]: {"cpu": "an inference runtime", "cuda": "an inference runtime"}},
         "stages": stages,
         "wall_seconds": 100.0,
         "started": "2026-01-01 00:00:00",
@@ -188,6 +189,7 @@ def test_build_report_from_synthetic_run(tmp_path):
     assert "PASS: 2 passed, 0 failed" in verdict and "3.00e-07 / 1.00e-06 (0.30)" in verdict
     assert "quadratic (T^1.9" in verdict and "linear (T^0.9" in verdict  # sdpa's synthetic memory grows as T
     assert "2.00x" in verdict  # sdpa at half of manual's time
+    assert "| none on cpu, cuda: an inference runtime |" in verdict and verdict.count("| yes |") == len(BACKENDS) - 1
     for png in ("time_vs_T.png", "memory_vs_T.png", "loss_curves.png", "time_to_target.png", "speedup.png"):
         assert (run / png).stat().st_size > 1000
         assert f"]({png})" in md

@@ -87,6 +87,16 @@ def clean_stale_partials(out_dir: Path, now: float | None = None) -> list[Path]:
 class StageSpec:
     name: str
     run: Callable  # Job method (stage name, bar) -> (status, detail); writes schema.STAGE_FILES[name]
+def forward_only(names: list[str]) -> dict:
+    """{backend: {device: why it has no backward}} for the backends that are forward-only somewhere."""
+    from attnbench import get_backend
+
+    out = {}
+    for name in names:
+        reasons = {d: r for d in DEVICES if (r := get_backend(name).why_no_backward(d))}
+        if reasons:
+            out[name] = reasons
+    return out
 
 
 class Job:
@@ -252,6 +262,7 @@ class Job:
             "wall_seconds": round(time.time() - started, 1),
             "backends": names,
             "support": support,
+            "forward_only": forward_only(names),  # their benchmarks time fwd only, gradient properties skip
             "stages": self.stages,
         }
         (self.dir / schema.RUN_INFO).write_text(json.dumps(info, indent=1))

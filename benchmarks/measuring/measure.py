@@ -172,10 +172,13 @@ def quantile(xs: list[float], q: float) -> float:
     return s[lo] + (s[hi] - s[lo]) * (pos - lo)
 
 
-def unavailable_reason(backend: Backend, device: str, dtype: torch.dtype) -> str | None:
-    """Why `backend` cannot run on (device, dtype) here, or None: no CUDA on this machine, or the backend's reason."""
+def unavailable_reason(backend: Backend, device: str, dtype: torch.dtype, *, backward: bool = False) -> str | None:
+    """Why `backend` cannot run on (device, dtype) here, or None: no CUDA on this machine, or the backend's reason;
+    with `backward`, also a forward-only backend's reason (its fwd+bwd cases and training are skipped with it)."""
     if torch.device(device).type == "cuda" and not torch.cuda.is_available():
         return "CUDA is not available on this machine"
+    if backward and (reason := backend.why_no_backward(device)):
+        return f"forward-only: {reason}"
     return backend.why_unsupported(device, dtype)
 
 

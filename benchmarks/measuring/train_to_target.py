@@ -225,7 +225,9 @@ def curve_agreement(runs: list[TargetRun]) -> dict:
 
 def cpu_backends(device: str = "cpu") -> list[str]:
     """Registered backends that run on `device` in float32."""
-    return [b for b in backend_names() if unavailable_reason(get_backend(b), device, torch.float32) is None]
+    return [
+        b for b in backend_names() if unavailable_reason(get_backend(b), device, torch.float32, backward=True) is None
+    ]
 
 
 def run_all(

@@ -78,6 +78,10 @@ def verdict_table(run: Run, df: pd.DataFrame) -> pd.DataFrame:
         else:
             row.update({"correctness": "—", "worst error / bound": "—", "causality": "—"})
         row["supports"] = ", ".join(ok) if support else "—"
+        by_reason: dict[str, list[str]] = {}
+        for device, why in info.get("forward_only", {}).get(b, {}).items():
+            by_reason.setdefault(why, []).append(device)
+        row["backward"] = "; ".join(f"none on {', '.join(ds)}: {why}" for why, ds in by_reason.items()) or "yes"
         if b in set(il["backend"]):
             g = il[il["backend"] == b]
             largest = g[g["T"] == g.groupby(["device", "dtype"])["T"].transform("max")]

@@ -2,10 +2,15 @@
 shuffled order, and each backend's row carries the median (p25, p75) of its per-round ratio to the baseline.
 On CPU they are timed with --bench-interleaved-threads threads (default 1: see INTERLEAVED_CPU_THREADS).
 
-The first case of a configuration measures every backend of it; the other cases read that measurement.
+The first case of a configuration measures every backend of it; the other cases read that measurement. In fwd
+configurations an adapter of another framework's kernel has its crossing (attnbench.foreign.CROSSINGS: the same
+tensors into the framework and back, no attention) timed in the same rounds: its row carries crossing_s and
+crossing_ratio (crossing / the backend's whole call, median of the per-round ratios).
 """
 
+import functools
 import os
+import statistics
 
 import pytest
 import torch
@@ -20,9 +25,14 @@ from attnbench.bench.measuring.measure import (
     unavailable_reason,
 )
 from attnbench.bench.suites.pytest_benchmark_adapter import record_rounds
+from attnbench.foreign import CROSSINGS
 
 BUDGET_S = {"cpu": 30.0, "cuda": 5.0}  # timed seconds per configuration (all backends), sets the rounds
 MIN_ROUNDS, MAX_ROUNDS = 9, 30  # at least 9 paired ratios: the median of 5 moved by 10% between runs at T=4096
+
+
+def crossing_name(backend: str) -> str:
+    return f"{backend} crossing"
 
 
 def measure_config(c, state) -> dict:
@@ -40,7 +50,7 @@ def time_backends(c, state) -> dict:
     calls, first_s, warm_s, skipped = {}, {}, {}, {}
     for name in dict.fromkeys([c.baseline, *s.backends]):  # the baseline is timed even when not selected
         backend = get_backend(name)
-        reason = unavailable_reason(backend, c.device, dtype)
+        reason = unavailable_reason(backend, c.device, dtype, backward=c.mode == "fwd+bwd")
         if reason:
             skipped[name] = reason
             continue
@@ -56,6 +66,10 @@ def time_backends(c, state) -> dict:
             skipped[name] = f"{warm_s[name]:.1f} s per call > budget {s.max_call_s[c.device]:.0f} s"
             continue
         calls[name] = call
+        if c.mode == "fwd" and name in CROSSINGS:
+            cross = calls[crossing_name(name)] = functools.partial(CROSSINGS[name], q, k, v)
+            time_call(cross, c.device)  # its first call compiles or builds a session
+            warm_s[crossing_name(name)] = time_call(cross, c.device)
     if c.baseline not in calls:
         return {"skipped": skipped, "no_baseline": f"baseline {c.baseline} not timed: {skipped.get(c.baseline)}"}
     budget = BUDGET_S[c.device] / (10 if s.quick else 1)
@@ -76,6 +90,7 @@ def test_interleaved(benchmark, interleaved_case, bench_state):
         pytest.skip(m["no_baseline"])
     times = m["times"][c.backend]
     record_rounds(benchmark, times)
+    crossing = m["times"].get(crossing_name(c.backend))
     B, H, D = bench_state.settings.shape(c.device)
     median_s = benchmark.stats.stats.median
     benchmark.extra_info.update(
@@ -89,3 +104,6 @@ def test_interleaved(benchmark, interleaved_case, bench_state):
             "load_avg_1m": os.getloadavg()[0],
         }
     )
+    if crossing:
+        benchmark.extra_info["crossing_s"] = statistics.median(crossing)
+        benchmark.extra_info["crossing_ratio"] = statistics.median(x / t for x, t in zip(crossing, times, strict=True))

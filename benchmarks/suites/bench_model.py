@@ -22,10 +22,10 @@ NEW_TOKENS = SPINE.block_size - 1  # generated after a 1-token prompt: the whole
 BUDGET_S = {"cpu": 1.0, "cuda": 0.5}  # timed seconds per row
 
 
-def build(c, bench_state):
+def build(c, bench_state, backward: bool):
     """Seeded GPT on the case's device with its backend, and the autocast context for its dtype."""
     dtype = getattr(torch, c.dtype)
-    reason = unavailable_reason(get_backend(c.backend), c.device, dtype)
+    reason = unavailable_reason(get_backend(c.backend), c.device, dtype, backward=backward)
     if reason:
         pytest.skip(reason)
     torch.manual_seed(0)
@@ -57,7 +57,7 @@ def row(c, B, T, tokens, median_s, first_call_s, kind, **extra):
 
 def test_train_step(benchmark, train_step_case, bench_state):
     c = train_step_case
-    model, autocast, budget = build(c, bench_state)
+    model, autocast, budget = build(c, bench_state, backward=True)
     tcfg = TrainConfig()
     optimizer = make_optimizer(model, tcfg)
     g = torch.Generator().manual_seed(0)
@@ -83,7 +83,7 @@ def test_train_step(benchmark, train_step_case, bench_state):
 
 def test_generate(benchmark, generate_case, bench_state):
     c = generate_case
-    model, autocast, budget = build(c, bench_state)
+    model, autocast, budget = build(c, bench_state, backward=False)
     model.eval()
     prompt = torch.zeros((1, 1), dtype=torch.long, device=c.device)  # (1, 1)
 

@@ -52,7 +52,7 @@ def budget_skip_reason(c, series: dict[int, dict], max_call_s: float) -> str | N
 def test_op(benchmark, op_case, bench_state):
     c, s = op_case, bench_state.settings
     backend, dtype = get_backend(c.backend), getattr(torch, c.dtype)
-    reason = unavailable_reason(backend, c.device, dtype)
+    reason = unavailable_reason(backend, c.device, dtype, backward=c.mode == "fwd+bwd")
     if reason:
         pytest.skip(reason)
     series = bench_state.op_results.setdefault((c.backend, c.device, c.dtype, c.mode), {})

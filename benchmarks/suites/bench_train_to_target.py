@@ -28,7 +28,7 @@ def shakespeare():
 
 def test_train_to_target(benchmark, ttt_case, ttt_recipe, shakespeare, attnbench_summary):
     backend, device = ttt_case
-    reason = unavailable_reason(get_backend(backend), device, torch.float32)
+    reason = unavailable_reason(get_backend(backend), device, torch.float32, backward=True)
     if reason:
         pytest.skip(reason)
     run = benchmark.pedantic(

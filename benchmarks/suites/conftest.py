@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from attnbench import backend_names
+from attnbench import backend_names, get_backend
 from attnbench.bench.measuring.interleaved import DEFAULT_BASELINE
 from attnbench.bench.measuring.measure import MODES, matmul_peak_flop_per_s
 from attnbench.bench.measuring.scaling import scaling_table
@@ -310,6 +310,11 @@ def ttt_recipe(pytestconfig) -> Recipe:
     return recipe if target is None else dataclasses.replace(recipe, target=target)
 
 
+def interleaved_modes(backends: list[str], device: str) -> list[str]:
+    """fwd+bwd; fwd first when a selected backend is forward-only on the device (fwd is its only ratio)."""
+    return ["fwd", "fwd+bwd"] if any(get_backend(b).why_no_backward(device) for b in backends) else ["fwd+bwd"]
+
+
 def pytest_generate_tests(metafunc):
     cases = {"op_case", "interleaved_case", "train_step_case", "generate_case", "ttt_case"}
     if not cases & set(metafunc.fixturenames):
@@ -323,8 +328,9 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("op_case", cases, ids=[c.id for c in cases])
     if "interleaved_case" in metafunc.fixturenames:
         cases = [
-            InterleavedCase(b, dev, dt, T, "fwd+bwd", s.baseline)
+            InterleavedCase(b, dev, dt, T, mode, s.baseline)
             for dev, dt in combos
+            for mode in interleaved_modes(s.backends, dev)
             for T in s.interleaved_Ts[dev]
             for b in s.backends
         ]

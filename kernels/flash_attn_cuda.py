@@ -1,0 +1,71 @@
+"""`flash_attn` and `flash_attn_kvcache`: Tri Dao's flash-attention package (`flash_attn_func`, and
+`flash_attn_with_kvcache`, the decoding kernel, forward only), on CUDA.
+
+The mapping from the contract, written once here (install the `flash-attn` package on a CUDA machine):
+
+- Layout: flash-attn takes (B, T, H, D); q, k, v are transposed in torch (a view; the kernel needs a unit last
+  stride, which the contract's tensors may lack, so such a tensor is made contiguous first) and the
+  (B, Tq, H, D) output is returned as a (B, H, Tq, D) view.
+- Causal: flash-attn (2.1 and later) aligns the causal mask to the bottom right when Tq != Tk, the contract's
+  convention, so `causal` is passed as it is. For flash_attn_with_kvcache the whole key tensor is the cache
+  (no cache_seqlens): query i sits at absolute position Tk - Tq + i.
+- Scale: `softmax_scale` (the contract's 1/sqrt(D) by default, flash-attn's default too).
+- dtypes: fp16 and bf16 on sm80+ (flash-attn 2); dropout through flash_attn_func only.
+- flash_attn is imported on the first call; registration only checks that the package is installed.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .foreign import bthd, missing_package_reason
+from .registry import default_scale, register_backend
+
+DTYPES = (torch.float16, torch.bfloat16)
+
+
+def flash_attn_attention(q, k, v, *, causal=True, dropout_p=0.0, scale=None):
+    # q: (B, H, Tq, D); k, v: (B, H, Tk, D) -> (B, H, Tq, D)
+    from flash_attn import flash_attn_func
+
+    out = flash_attn_func(
+        bthd(q), bthd(k), bthd(v), dropout_p=dropout_p, softmax_scale=default_scale(q, scale), causal=causal
+    )  # (B, Tq, H, D)
+    return out.transpose(1, 2)
+
+
+def flash_attn_kvcache_attention(q, k, v, *, causal=True, dropout_p=0.0, scale=None):
+    # q: (B, H, Tq, D); k, v: (B, H, Tk, D), the whole cache -> (B, H, Tq, D)
+    from flash_attn import flash_attn_with_kvcache
+
+    if dropout_p > 0:
+        raise NotImplementedError("flash_attn_with_kvcache has no dropout")
+    kv = [t.transpose(1, 2).contiguous() for t in (k, v)]  # the cache must be contiguous (B, Tk, H, D)
+    out = flash_attn_with_kvcache(bthd(q), *kv, softmax_scale=default_scale(q, scale), causal=causal)
+    return out.transpose(1, 2)  # (B, Tq, H, D) -> (B, H, Tq, D)
+
+
+def _reason(device: torch.device, dtype: torch.dtype) -> str | None:
+    if reason := missing_package_reason("flash_attn", "pip install flash-attn, on a CUDA machine"):
+        return reason
+    if device.type != "cuda":
+        return f"flash-attn's kernels run on CUDA only, not {device.type}"
+    if torch.cuda.get_device_capability(device) < (8, 0):
+        return "flash-attn 2 needs an sm80+ GPU"
+    return None if dtype in DTYPES else f"flash-attn takes fp16/bf16, not {dtype}"
+
+
+register_backend(
+    "flash_attn",
+    flash_attn_attention,
+    "flash-attn's flash_attn_func (CUDA, bottom-right causal), layout (B, T, H, D)",
+    _reason,
+)
+register_backend(
+    "flash_attn_kvcache",
+    flash_attn_kvcache_attention,
+    "flash-attn's flash_attn_with_kvcache, the decoding kernel, k/v as the whole cache (CUDA, forward only)",
+    _reason,
+    no_dropout_reason=lambda device: "flash_attn_with_kvcache has no dropout",
+    no_backward_reason="flash_attn_with_kvcache is an inference kernel: it has no backward",
+)
