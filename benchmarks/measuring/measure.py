@@ -118,27 +118,34 @@ def attention_inputs(
     *,
     requires_grad: bool,
     seed: int = 0,
+    Tq: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Seeded q, k, v (B, H, T, D) and an output gradient `do` of the same shape."""
+    """Seeded q (B, H, Tq, D), k, v (B, H, T, D) and an output gradient `do` shaped like q (Tq: T unless given,
+    1 for a decode step)."""
     g = torch.Generator(device=device).manual_seed(seed)
-    q, k, v, do = (torch.randn(B, H, T, D, device=device, dtype=dtype, generator=g) for _ in range(4))
+    rows = (Tq or T, T, T, Tq or T)  # q, k, v, do
+    q, k, v, do = (torch.randn(B, H, n, D, device=device, dtype=dtype, generator=g) for n in rows)
     for t in (q, k, v):
         t.requires_grad_(requires_grad)
     return q, k, v, do
 
 
-def attention_call(backend: Backend, mode: str, q, k, v, do) -> Callable[[], None]:
-    """A no-argument call of `backend` in `mode`: 'fwd' (inference, inputs without grad) or 'fwd+bwd'."""
+def attention_call(backend: Backend, mode: str, q, k, v, do) -> Callable[[], tuple[torch.Tensor, ...]]:
+    """A no-argument call of `backend` in `mode`: 'fwd' (inference, inputs without grad) or 'fwd+bwd'.
+    It returns what it computed, (out,) or (out, dq, dk, dv), for the integrity check to inspect."""
     if mode == "fwd":
 
         def call():
-            backend(q, k, v, causal=True)
+            return (backend(q, k, v, causal=True),)
 
     elif mode == "fwd+bwd":
 
         def call():
-            backend(q, k, v, causal=True).backward(do)
-            q.grad = k.grad = v.grad = None  # freed inside the call: every call allocates and frees the same
+            out = backend(q, k, v, causal=True)
+            out.backward(do)
+            grads = q.grad, k.grad, v.grad
+            q.grad = k.grad = v.grad = None  # the next call starts from no gradient (none accumulates)
+            return out.detach(), *grads
 
     else:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
