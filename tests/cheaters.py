@@ -1,5 +1,5 @@
 """Cheating attention backends, each a trick benchmarked kernels have been caught at: the integrity layer of the
-op benchmark (attnbench.bench.integrity) must reject every one. Test assets only, never registered.
+op benchmark (attnbench.bench.measuring.integrity) must reject every one. Test assets only, never registered.
 
 All compute the right answer the first time (with `manual`), then cheat on later calls.
 """

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 from attnbench import get_backend
-from attnbench.bench.integrity import (
+from attnbench.bench.measuring.integrity import (
     IMPOSSIBLE_FRACTION,
     LiveInputs,
     check_results,
@@ -13,10 +13,10 @@ from attnbench.bench.integrity import (
     heads_to_check,
     poison_freed_memory,
 )
-from attnbench.bench.measure import attention_call, matmul_peak_flop_per_s
-from attnbench.bench.op_timing import OpShape, time_op
-from attnbench.bench.roofline import copy_bandwidth_bytes_per_s, roofline
-from attnbench.bench.timers import CacheFlush
+from attnbench.bench.measuring.measure import attention_call, matmul_peak_flop_per_s
+from attnbench.bench.measuring.op_timing import OpShape, time_op
+from attnbench.bench.measuring.roofline import copy_bandwidth_bytes_per_s, roofline
+from attnbench.bench.measuring.timers import CacheFlush
 from cheaters import early_return_on_repeat, memoize_by_content, memoize_by_pointer, side_stream
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (none on this machine)")

@@ -20,8 +20,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
-from attnbench.bench.measure import attention_inputs
-from attnbench.bench.roofline import Roofline
+from attnbench.bench.measuring.measure import attention_inputs
+from attnbench.bench.measuring.roofline import Roofline
 from attnbench.conformance.reference import (
     abs_logit_bound,
     attention_formula,

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import torch
-from attnbench.bench.measure import FLOP_FACTOR, synchronize, time_call
+from attnbench.bench.measuring.measure import FLOP_FACTOR, synchronize, time_call
 
 
 def visible_pairs(Tq: int, Tk: int) -> float:
