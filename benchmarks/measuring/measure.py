@@ -1,11 +1,6 @@
-"""What the benchmarks measure, and how: FLOP formula, synced timing, peak memory, the machine's matmul peak.
+"""What the benchmarks measure, and how: synced timing, peak memory, the machine's matmul peak, op inputs.
 
-FLOPs of causal attention (DESIGN.md): the forward does two (T x T x D) matmuls per head, 2 FLOP per multiply-add,
-and causality halves the useful work:
-
-    forward  = 4 * B * H * T^2 * D / 2
-    backward = 2.5 * forward   (five matmuls instead of two)
-    fwd+bwd  = 3.5 * forward
+FLOPs and bytes moved (the roofline) are in roofline.py.
 
 Peak memory is the most memory a call allocates on top of what existed before it:
 - CUDA: torch.cuda.max_memory_allocated after reset_peak_memory_stats, minus the allocation at the start.
@@ -26,14 +21,6 @@ from attnbench import Backend
 from torch.profiler import ProfilerActivity, profile
 
 MODES = ("fwd", "fwd+bwd")
-FLOP_FACTOR = {"fwd": 1.0, "bwd": 2.5, "fwd+bwd": 3.5}  # relative to the causal forward
-
-
-def causal_attention_flops(B: int, H: int, T: int, D: int, mode: str = "fwd") -> float:
-    """FLOPs of causal self-attention (Tq = Tk = T): forward 4*B*H*T^2*D/2; backward 2.5x; fwd+bwd 3.5x."""
-    if mode not in FLOP_FACTOR:
-        raise ValueError(f"mode must be one of {sorted(FLOP_FACTOR)}, got {mode!r}")
-    return FLOP_FACTOR[mode] * 4 * B * H * T * T * D / 2
 
 
 def score_matrix_bytes(B: int, H: int, T: int, dtype: torch.dtype) -> int:
