@@ -2,6 +2,7 @@
 
 attnbench check mypkg.attn:fn [--profile ci|dev|thorough] [--quick] [-- PYTEST_ARGS]
 attnbench run [--quick] [--backends a,b] [--T 128:2048] [--dtype float32] [--device cpu] [--name N]
+              [--profile gpu-short]
 attnbench regen reports/NAME
 attnbench compare reports/A reports/B [--threshold 0.1] [--fail-on-regression]
 attnbench train ... | attnbench sample ...      (attnbench.gpt.cli)
@@ -14,6 +15,30 @@ import shlex
 import sys
 
 from attnbench.bench.options import DEVICE_CHOICES, RunConfig, csv_list, parse_dtypes, parse_T
+
+# `attnbench run --profile NAME`: option values it presets (a GPU is lent for minutes: the whole CUDA report at once)
+RUN_PROFILES = {
+    "gpu-short": {
+        "device": "cuda",
+        "dtype": "bfloat16,float16",
+        "T": "128:16384",
+        "correctness_k": "cuda",  # the CUDA half of the correctness suite (CPU is covered by any CPU run)
+        "heat_steps": 150,
+    },
+}
+
+
+def apply_profile(args: argparse.Namespace) -> None:
+    """Fill the options left unset from args.profile's preset; a CUDA profile needs a CUDA device."""
+    preset = RUN_PROFILES.get(args.profile or "", {})
+    for key, value in preset.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if preset.get("device") == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError(f"--profile {args.profile} needs a CUDA device, and this machine has none")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,6 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--data", help="tiny Shakespeare path (default: $ATTNBENCH_DATA, then the user cache)")
     r.add_argument("--heat-steps", type=int, help="training steps of the heat-map model (default 500, quick 150)")
     r.add_argument("--correctness-k", help="pytest -k expression to narrow the correctness stage")
+    r.add_argument(
+        "--profile",
+        choices=sorted(RUN_PROFILES),
+        help="a preset for a lent machine (explicit options win): gpu-short = every CUDA backend through the "
+        "correctness suite and the benchmarks, bf16 and fp16, T=128..16384, decode rows, cold and warm",
+    )
     r.add_argument("--force", action="store_true", help="replace an existing report of the same name")
     r.add_argument("-v", "--verbose", action="store_true", help="stream every line of the pytest subprocesses")
 
@@ -93,6 +124,7 @@ def main(argv=None) -> int:
         if args.command == "run":
             from attnbench.bench.job.main_job import Job
 
+            apply_profile(args)
             cfg = RunConfig(
                 backends=args.backends,
                 T=parse_T(args.T),

@@ -18,7 +18,6 @@ from attnbench.bench.measuring.interleaved import interleaved_times, ratio_summa
 from attnbench.bench.measuring.measure import (
     attention_call,
     attention_inputs,
-    causal_attention_flops,
     cpu_threads,
     extrapolate,
     matmul_peak_flop_per_s,
@@ -27,6 +26,7 @@ from attnbench.bench.measuring.measure import (
     quantile,
     score_matrix_bytes,
 )
+from attnbench.bench.measuring.roofline import attention_flops
 from attnbench.bench.measuring.scaling import fit_exponent, scaling_table
 from attnbench.bench.suites.conftest import pytest_ignore_collect
 from attnbench.bench.suites.pytest_benchmark_adapter import check_version, record_rounds
@@ -38,12 +38,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_flop_formula():
     B, H, T, D = 2, 3, 64, 16
-    fwd = causal_attention_flops(B, H, T, D, "fwd")
+    fwd = attention_flops(B, H, T, T, D, "fwd")
     assert fwd == 4 * B * H * T * T * D / 2
-    assert causal_attention_flops(B, H, T, D, "bwd") == 2.5 * fwd
-    assert causal_attention_flops(B, H, T, D, "fwd+bwd") == 3.5 * fwd
+    assert attention_flops(B, H, T, T, D, "bwd") == 2.5 * fwd
+    assert attention_flops(B, H, T, T, D, "fwd+bwd") == 3.5 * fwd
     with pytest.raises(ValueError, match="mode"):
-        causal_attention_flops(B, H, T, D, "backward")
+        attention_flops(B, H, T, T, D, "backward")
 
 
 def test_flop_formula_is_half_the_counted_dense_forward():
@@ -52,7 +52,7 @@ def test_flop_formula_is_half_the_counted_dense_forward():
     q, k, v, _ = attention_inputs(B, H, T, D, "cpu", torch.float32, requires_grad=False)
     with FlopCounterMode(display=False) as counter:
         get_backend("manual")(q, k, v)
-    assert counter.get_total_flops() == 2 * causal_attention_flops(B, H, T, D, "fwd")
+    assert counter.get_total_flops() == 2 * attention_flops(B, H, T, T, D, "fwd")
 
 
 def test_score_matrix_bytes():

@@ -1,4 +1,4 @@
-"""env.json: what a reader needs to repeat a run (versions, device, CPU model, threads, git commit)."""
+"""env.json: what a reader needs to repeat a run (versions, devices and their clocks, CPU model, threads, commit)."""
 
 from __future__ import annotations
 
@@ -38,6 +38,45 @@ def git_info(repo: Path) -> dict:
         return {"commit": None, "branch": None, "dirty": None}
 
 
+GPU_CLOCKS = "clocks.sm,clocks.max.sm,clocks.mem,clocks.max.mem"  # nvidia-smi --query-gpu fields, MHz
+
+
+def gpu_clocks_mhz(index: int) -> dict | None:
+    """Current and maximum SM and memory clocks of GPU `index` from nvidia-smi (None where it is missing)."""
+    cmd = ["nvidia-smi", f"--query-gpu={GPU_CLOCKS}", "--format=csv,noheader,nounits", f"--id={index}"]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    values = out.stdout.strip().split(", ") if out.returncode == 0 else []
+    if len(values) != len(GPU_CLOCKS.split(",")):
+        return None
+    return {
+        k: float(v) if v.replace(".", "", 1).isdigit() else v
+        for k, v in zip(GPU_CLOCKS.split(","), values, strict=True)
+    }
+
+
+def gpu_details() -> list[dict]:
+    """Per CUDA device: name, compute capability, memory, L2 (the cold timings flush twice it), SMs, clocks."""
+    if not torch.cuda.is_available():
+        return []
+    details = []
+    for i in range(torch.cuda.device_count()):
+        p = torch.cuda.get_device_properties(i)
+        details.append(
+            {
+                "name": p.name,
+                "compute_capability": f"{p.major}.{p.minor}",
+                "total_memory_bytes": p.total_memory,
+                "l2_cache_bytes": p.L2_cache_size,
+                "multiprocessors": p.multi_processor_count,
+                "clocks_mhz": gpu_clocks_mhz(i),
+            }
+        )
+    return details
+
+
 def _version(dist: str) -> str | None:
     try:
         return metadata.version(dist)
@@ -57,6 +96,7 @@ def collect() -> dict:
         "cudnn": torch.backends.cudnn.version() if cuda else None,
         "cuda_available": cuda,
         "gpu": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else [],
+        "gpu_details": gpu_details(),
         "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),

@@ -1,11 +1,6 @@
-"""What the benchmarks measure, and how: FLOP formula, synced timing, peak memory, the machine's matmul peak.
+"""What the benchmarks measure, and how: synced timing, peak memory, the machine's matmul peak, op inputs.
 
-FLOPs of causal attention (DESIGN.md): the forward does two (T x T x D) matmuls per head, 2 FLOP per multiply-add,
-and causality halves the useful work:
-
-    forward  = 4 * B * H * T^2 * D / 2
-    backward = 2.5 * forward   (five matmuls instead of two)
-    fwd+bwd  = 3.5 * forward
+FLOPs and bytes moved (the roofline) are in roofline.py.
 
 Peak memory is the most memory a call allocates on top of what existed before it:
 - CUDA: torch.cuda.max_memory_allocated after reset_peak_memory_stats, minus the allocation at the start.
@@ -26,14 +21,6 @@ from attnbench import Backend
 from torch.profiler import ProfilerActivity, profile
 
 MODES = ("fwd", "fwd+bwd")
-FLOP_FACTOR = {"fwd": 1.0, "bwd": 2.5, "fwd+bwd": 3.5}  # relative to the causal forward
-
-
-def causal_attention_flops(B: int, H: int, T: int, D: int, mode: str = "fwd") -> float:
-    """FLOPs of causal self-attention (Tq = Tk = T): forward 4*B*H*T^2*D/2; backward 2.5x; fwd+bwd 3.5x."""
-    if mode not in FLOP_FACTOR:
-        raise ValueError(f"mode must be one of {sorted(FLOP_FACTOR)}, got {mode!r}")
-    return FLOP_FACTOR[mode] * 4 * B * H * T * T * D / 2
 
 
 def score_matrix_bytes(B: int, H: int, T: int, dtype: torch.dtype) -> int:
@@ -118,27 +105,34 @@ def attention_inputs(
     *,
     requires_grad: bool,
     seed: int = 0,
+    Tq: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Seeded q, k, v (B, H, T, D) and an output gradient `do` of the same shape."""
+    """Seeded q (B, H, Tq, D), k, v (B, H, T, D) and an output gradient `do` shaped like q (Tq: T unless given,
+    1 for a decode step)."""
     g = torch.Generator(device=device).manual_seed(seed)
-    q, k, v, do = (torch.randn(B, H, T, D, device=device, dtype=dtype, generator=g) for _ in range(4))
+    rows = (Tq or T, T, T, Tq or T)  # q, k, v, do
+    q, k, v, do = (torch.randn(B, H, n, D, device=device, dtype=dtype, generator=g) for n in rows)
     for t in (q, k, v):
         t.requires_grad_(requires_grad)
     return q, k, v, do
 
 
-def attention_call(backend: Backend, mode: str, q, k, v, do) -> Callable[[], None]:
-    """A no-argument call of `backend` in `mode`: 'fwd' (inference, inputs without grad) or 'fwd+bwd'."""
+def attention_call(backend: Backend, mode: str, q, k, v, do) -> Callable[[], tuple[torch.Tensor, ...]]:
+    """A no-argument call of `backend` in `mode`: 'fwd' (inference, inputs without grad) or 'fwd+bwd'.
+    It returns what it computed, (out,) or (out, dq, dk, dv), for the integrity check to inspect."""
     if mode == "fwd":
 
         def call():
-            backend(q, k, v, causal=True)
+            return (backend(q, k, v, causal=True),)
 
     elif mode == "fwd+bwd":
 
         def call():
-            backend(q, k, v, causal=True).backward(do)
-            q.grad = k.grad = v.grad = None  # freed inside the call: every call allocates and frees the same
+            out = backend(q, k, v, causal=True)
+            out.backward(do)
+            grads = q.grad, k.grad, v.grad
+            q.grad = k.grad = v.grad = None  # the next call starts from no gradient (none accumulates)
+            return out.detach(), *grads
 
     else:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")

@@ -19,6 +19,7 @@ from .tables import (
     model_table,
     op_largest_T,
     op_tables,
+    roofline_table,
     scaling_table,
     speedup_table,
     summarize,
@@ -86,6 +87,11 @@ def build_in_place(run_dir: Path) -> Path:
 
     doc.h(2, "Speed-up (interleaved)")
     doc.table(speedup_table(df), "(no interleaved rows)")
+    doc.p(
+        "The headline ratios (this table and the verdict's speed-up) use **warm** timings: each backend's call "
+        "repeated on inputs the previous call left in the caches, as in a training loop. The op tables below "
+        "give warm and cold (caches flushed before every call) side by side."
+    )
     cpu_il = select(df, "interleaved")
     cpu_il = cpu_il[cpu_il["device"] == "cpu"] if "threads" in cpu_il else cpu_il.iloc[0:0]
     if not cpu_il.empty:
@@ -106,6 +112,23 @@ def build_in_place(run_dir: Path) -> Path:
     peak = run.extra("peak_flop_per_s")
     if peak:
         doc.p(f"Measured matmul peak of this machine: {peak:.3g} FLOP/s (fraction_of_peak is relative to it).")
+    bandwidth = run.extra("bandwidth_bytes_per_s_by")
+    if bandwidth:
+        doc.p(
+            "Measured memory bandwidth (a large copy, read + write): "
+            + ", ".join(f"{dev} {bw:.3g} B/s" for dev, bw in bandwidth.items())
+            + " (fraction_of_bandwidth is relative to it)."
+        )
+    doc.h(3, "Roofline")
+    doc.p(
+        "Each row's FLOPs over its minimum bytes moved (q, k, v, out; for fwd+bwd also dO, dq, dk, dv) is its "
+        "arithmetic intensity; below the ridge point (matmul peak / bandwidth) the memory roof binds, above it "
+        "the compute roof. roofline min s is the faster of the two roofs allows. Warm times answer to the matmul "
+        "peak, cold times to the bandwidth (warm calls may read from cache). integrity: `ok`, or why the row was "
+        "rejected (a result that differs from the float64 reference on fresh inputs, or a time the roofline "
+        "rules out); a rejected row also fails its benchmark test."
+    )
+    doc.table(roofline_table(df), "(no roofline columns: run from before cold timing)")
 
     doc.h(2, "Memory")
     doc.img(plots.memory_vs_T(df, out / PLOTS["memory_vs_T"]), "peak memory against T", "(no memory rows to plot)")

@@ -7,8 +7,8 @@ median +- 2 of those: one noisy round cannot flag a backend, and many rounds res
 
 Which rows count as regressions (and fail --fail-on-regression): the metrics that cancel machine drift, i.e.
 the interleaved ratio to the baseline and the steps to the target loss, plus a backend that no longer reaches
-the target. Absolute times (op / train_step / generate median seconds, seconds to target) are timed
-sequentially: on a shared machine two clean runs of the same code differ in them by tens of percent for one
+the target. Absolute times (op / train_step / generate median seconds, op cold medians, seconds to target) are
+timed sequentially: on a shared machine two clean runs of the same code differ in them by tens of percent for one
 backend while the interleaved ratios agree, so they are listed as "slower in absolute time" and gate only with
 gate_absolute=True (a quiet, dedicated machine, or two machines compared on purpose).
 """
@@ -22,7 +22,8 @@ import numpy as np
 import pandas as pd
 from attnbench.bench.schema import ReportInputError, load_run
 
-KEY = ["kind", "backend", "device", "dtype", "mode", "T", "use_cache", "threads"]
+COLD = ("cold_median_s", "cold_q1_s", "cold_q3_s", "cold_rounds")  # an op row's cold rounds
+KEY = ["kind", "backend", "device", "dtype", "mode", "T", "use_cache", "threads", "timing"]
 
 
 def metric_frame(df: pd.DataFrame) -> pd.DataFrame:
@@ -31,6 +32,7 @@ def metric_frame(df: pd.DataFrame) -> pd.DataFrame:
     for c in KEY:
         if c not in df:
             df[c] = None
+    df.loc[(df["kind"] == "op") & df["timing"].isna(), "timing"] = "eager"  # rows from before CUDA-graph rows
     il = df["kind"] == "interleaved"
     ttt = df["kind"] == "train_to_target"
     out = df[KEY].copy()
@@ -41,12 +43,19 @@ def metric_frame(df: pd.DataFrame) -> pd.DataFrame:
         iqr[il] = df.loc[il, "ratio_p75"] - df.loc[il, "ratio_p25"]
     half = 2 * 0.93 * iqr / np.sqrt(df["stats_rounds"].clip(lower=1))  # ~95% interval of the median
     out["lo"], out["hi"] = out["median"] - half, out["median"] + half
+    for c in COLD:  # runs from before cold timing have none
+        df[c] = df[c] if c in df else np.nan
+    cold = df["cold_median_s"].notna()
+    cold_half = 2 * 0.93 * (df["cold_q3_s"] - df["cold_q1_s"]) / np.sqrt(df["cold_rounds"].clip(lower=1))
+    colds = out[cold].assign(metric="cold median seconds", median=df.loc[cold, "cold_median_s"])
+    colds = colds.assign(lo=colds["median"] - cold_half[cold], hi=colds["median"] + cold_half[cold])
     if ttt.any():
         secs = df.loc[ttt, "train_seconds"]
         out.loc[ttt, "median"] = out.loc[ttt, "lo"] = out.loc[ttt, "hi"] = secs
         out.loc[ttt, "reached"] = df.loc[ttt, "reached"]
         steps = out[ttt].assign(metric="steps to target", median=df.loc[ttt, "steps"])  # deterministic per seed
         out = pd.concat([out, steps.assign(lo=steps["median"], hi=steps["median"])], ignore_index=True)
+    out = pd.concat([out, colds], ignore_index=True)
     for c in ("T", "threads"):  # 1024 and 1024.0 alike (a column with gaps turns float)
         out[c] = pd.to_numeric(out[c], errors="coerce").astype("Int64")
     out[KEY] = out[KEY].astype(str)  # None/NaN alike, so rows match across runs

@@ -40,8 +40,11 @@ def _save(fig, path: Path) -> Path:
 
 
 def time_vs_T(df: pd.DataFrame, path: Path) -> Path | None:
-    """Median time and tokens/s against T, log-log, one line per backend; one column per mode."""
+    """Median (warm) time and tokens/s against T, log-log, one line per backend; one column per mode; eager
+    rows only (CUDA-graph rows are in the tables)."""
     ops = select(df, "op")
+    if "timing" in ops:
+        ops = ops[ops["timing"].fillna("eager") == "eager"]
     if ops.empty:
         return None
     modes = sorted(ops["mode"].dropna().unique()) or [None]

@@ -145,16 +145,76 @@ def speedup_table(df: pd.DataFrame) -> pd.DataFrame:
     return t.rename_axis(columns=None).reset_index()
 
 
+def warm_cold_cell(r) -> str:
+    """'1.23 / 4.56': warm and cold median in ms (cold alone missing in runs from before cold timing)."""
+    return f"{fmt(r['stats_median'] * 1e3)} / {fmt(r.get('cold_median_s', np.nan) * 1e3)}"
+
+
 def op_tables(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
-    """Per device/dtype/mode: median time (ms) per backend x T."""
+    """Per device/dtype/mode (and CUDA-graph timing apart): warm / cold median time (ms) per backend x T."""
     ops = select(df, "op")
+    ops = ops.assign(timing=ops["timing"].fillna("eager") if "timing" in ops else "eager")
     out = []
-    for (device, dtype, mode), g in ops.groupby(["device", "dtype", "mode"]):
-        t = g.pivot_table(index="backend", columns="T", values="stats_median", aggfunc="first") * 1e3
+    for (device, dtype, mode, timing), g in ops.groupby(["device", "dtype", "mode", "timing"]):
+        t = g.assign(cell=g.apply(warm_cold_cell, axis=1))
+        t = t.pivot_table(index="backend", columns="T", values="cell", aggfunc="first")
         t.columns = [f"T={int(c)}" for c in t.columns]
-        t = t.rename_axis(columns=None)
-        out.append((f"{device} {dtype} {mode}: median time (ms)", t.map(lambda x: fmt(x, ".3g")).reset_index()))
+        how = "" if timing == "eager" else f" ({timing})"
+        out.append(
+            (f"{device} {dtype} {mode}{how}: median time (ms), warm / cold", t.rename_axis(columns=None).reset_index())
+        )
     return out
+
+
+def roofline_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Every op row on the roofline: intensity against the ridge point, the binding roof, achieved fractions of
+    both roofs, and the integrity verdict."""
+    ops = select(df, "op")
+    if ops.empty or "bound" not in ops:
+        return ops.iloc[0:0]
+    cols = {
+        "backend": None,
+        "device": None,
+        "dtype": None,
+        "mode": None,
+        "timing": None,
+        "T": "d",
+        "arithmetic_intensity": ".3g",
+        "ridge_point": ".3g",
+        "bound": None,
+        "roofline_min_s": ".3g",
+        "stats_median": ".3g",
+        "cold_median_s": ".3g",
+        "cold_over_warm": ".2f",
+        "fraction_of_peak": ".1%",
+        "fraction_of_bandwidth": ".1%",
+        "integrity": None,
+    }
+    t = ops[ops["bound"].notna()][[c for c in cols if c in ops]].sort_values(
+        ["device", "dtype", "mode", "backend", "T"]
+    )
+    t = formatted(t, cols)
+    return t.rename(
+        columns={
+            "arithmetic_intensity": "FLOP/byte",
+            "ridge_point": "ridge FLOP/byte",
+            "roofline_min_s": "roofline min s",
+            "stats_median": "warm s",
+            "cold_median_s": "cold s",
+            "cold_over_warm": "cold/warm",
+            "fraction_of_peak": "of matmul peak (warm)",
+            "fraction_of_bandwidth": "of bandwidth (cold)",
+        }
+    )
+
+
+def formatted(t: pd.DataFrame, specs: dict[str, str | None]) -> pd.DataFrame:
+    """t with each column that has a format spec formatted ('d': integer), missing values as '—'."""
+    t = t.copy()
+    for c, spec in specs.items():
+        if spec and c in t:
+            t[c] = t[c].map(lambda x, s=spec: fmt(int(x) if s == "d" else x, s) if pd.notna(x) else "—")
+    return t
 
 
 def op_largest_T(df: pd.DataFrame) -> pd.DataFrame:
@@ -169,18 +229,22 @@ def op_largest_T(df: pd.DataFrame) -> pd.DataFrame:
         "mode": None,
         "T": "d",
         "stats_median": ".3g",
+        "cold_median_s": ".3g",
         "first_call_s": ".3g",
         "tokens_per_s": ".3g",
         "flop_per_s": ".3g",
         "fraction_of_peak": ".2%",
+        "bytes_per_s": ".3g",
+        "fraction_of_bandwidth": ".2%",
+        "bound": None,
         "peak_mem_bytes": ".3g",
         "score_matrix_bytes": ".3g",
     }
     t = top[[c for c in cols if c in top]].sort_values(["device", "dtype", "mode", "backend"])
-    for c, spec in cols.items():
-        if spec and c in t:
-            t[c] = t[c].map(lambda x, s=spec: fmt(int(x) if s == "d" else x, s) if pd.notna(x) else "—")
-    return t.rename(columns={"stats_median": "median s", "first_call_s": "first call s"})
+    t = formatted(t, cols)
+    return t.rename(
+        columns={"stats_median": "warm median s", "cold_median_s": "cold median s", "first_call_s": "first call s"}
+    )
 
 
 def model_table(df: pd.DataFrame) -> pd.DataFrame:

@@ -1,8 +1,11 @@
-"""Op level: every registered backend x T x {fwd, fwd+bwd} x dtype x device (cases from conftest.py).
+"""Op level: every registered backend x T x {fwd, fwd+bwd, decode} x dtype x device (cases from conftest.py),
+each timed warm and cold, placed on the roofline and checked for integrity (measuring/op_timing.py).
 
-Per case: one first call (timed apart: it includes any torch.compile), one call under the memory measurement,
-one timed warm call that sets the number of rounds, then pytest-benchmark's pedantic rounds. Cases that the
-smaller T of the same series predict to be too slow, or too big for memory, are skipped with the estimate.
+decode is one query row against T keys (a generation step), the memory-bound case. On CUDA, short calls are
+also timed replayed from a CUDA graph, as their own rows. A row that fails the integrity layer (a result that
+differs from the reference on fresh inputs, or a time the roofline rules out) is written with the reason in
+its `integrity` field and fails its test. Cases that the smaller T of the same series predict to be too slow,
+or too big for memory, are skipped with the estimate.
 """
 
 import os
@@ -12,19 +15,14 @@ import pytest
 import torch
 from attnbench import get_backend
 from attnbench.bench.measuring.measure import (
-    attention_call,
-    attention_inputs,
     available_memory_bytes,
     case_info,
-    causal_attention_flops,
     extrapolate,
-    peak_memory_bytes,
-    plan_rounds,
     score_matrix_bytes,
-    synced,
-    time_call,
     unavailable_reason,
 )
+from attnbench.bench.measuring.op_timing import OpShape, time_op
+from attnbench.bench.suites.pytest_benchmark_adapter import record_rounds
 
 MEMORY_FRACTION = 0.5  # skip a case whose estimated need exceeds this share of the memory available now
 # Process memory per byte of a case's allocator peak. On CPU, benchmark runs keep freed memory for reuse
@@ -39,7 +37,7 @@ def budget_skip_reason(c, series: dict[int, dict], max_call_s: float) -> str | N
     est = extrapolate(c.T, {t: r["median_s"] for t, r in series.items()})
     if est and est[1] > max_call_s:
         return f"estimated {est[1]:.1f} s per call (from T={est[0]}, x(T ratio)^2) > budget {max_call_s:.0f} s"
-    est = extrapolate(c.T, {t: r["peak_mem_bytes"] for t, r in series.items()})
+    est = extrapolate(c.T, {t: r["peak_mem_bytes"] for t, r in series.items() if r["peak_mem_bytes"] is not None})
     avail, per_byte = available_memory_bytes(c.device), MEMORY_PER_PEAK_BYTE[c.device]
     if est and est[1] * per_byte > MEMORY_FRACTION * avail:
         return (
@@ -55,7 +53,7 @@ def test_op(benchmark, op_case, bench_state):
     reason = unavailable_reason(backend, c.device, dtype, backward=c.mode == "fwd+bwd")
     if reason:
         pytest.skip(reason)
-    series = bench_state.op_results.setdefault((c.backend, c.device, c.dtype, c.mode), {})
+    series = bench_state.op_results.setdefault((c.backend, c.device, c.dtype, c.mode, c.graph), {})
     reason = budget_skip_reason(c, series, s.max_call_s[c.device])
     spent, budget = bench_state.spent_s.get((c.backend, c.device), 0.0), BACKEND_BUDGET_S[c.device]
     if spent > budget:
@@ -72,33 +70,36 @@ def test_op(benchmark, op_case, bench_state):
 def measure_op(benchmark, c, bench_state, backend, dtype, series):
     s = bench_state.settings
     B, H, D = s.shape(c.device)
-    q, k, v, do = attention_inputs(B, H, c.T, D, c.device, dtype, requires_grad=c.mode == "fwd+bwd")
-    call = synced(attention_call(backend, c.mode, q, k, v, do), c.device)
+    shape = OpShape.for_mode(c.mode, B, H, c.T, D)
     try:
-        first_call_s = time_call(call, c.device)
-        peak_mem = peak_memory_bytes(call, c.device)
-        warm_s = time_call(call, c.device)
-        rounds, iterations = plan_rounds(warm_s, s.row_budget_s(c.device))
-        benchmark.pedantic(call, rounds=rounds, iterations=iterations, warmup_rounds=0)
+        t = time_op(
+            backend,
+            c.mode,
+            shape,
+            c.device,
+            dtype,
+            peak_flop_per_s=bench_state.peak_flop_per_s(c.device, c.dtype),
+            bandwidth_bytes_per_s=bench_state.bandwidth_bytes_per_s(c.device),
+            flush=bench_state.flush(c.device),
+            budget_s=s.row_budget_s(c.device),
+            graph=c.graph,
+        )
     except torch.OutOfMemoryError as e:
         pytest.skip(f"out of memory at T={c.T}: {str(e).splitlines()[0]}")
-    median_s = benchmark.stats.stats.median
-    flops = causal_attention_flops(B, H, c.T, D, c.mode)
-    peak_flops = bench_state.peak_flop_per_s(c.device, c.dtype)
+    except RuntimeError as e:
+        if not c.graph:
+            raise
+        pytest.skip(f"{c.backend} cannot be captured in a CUDA graph: {str(e).splitlines()[0]}")
+    record_rounds(benchmark, t.warm_s)  # the warm rounds are the row's stats (CUDA events on CUDA)
     row = {
         **case_info("op", c, (B, H, D)),
-        "median_s": median_s,
-        "first_call_s": first_call_s,
-        "tokens_per_s": B * c.T / median_s,
-        "flops": flops,
-        "flop_per_s": flops / median_s,
-        "peak_flop_per_s": peak_flops,
-        "fraction_of_peak": flops / median_s / peak_flops,
-        "peak_mem_bytes": peak_mem,
-        "score_matrix_bytes": score_matrix_bytes(B, H, c.T, dtype),
-        "rounds": rounds,
-        "iterations": iterations,
+        **t.row(),
+        "score_matrix_bytes": score_matrix_bytes(B, H, c.T, dtype) * shape.Tq // c.T,
+        "rounds": len(t.warm_s),
+        "iterations": 1,
         "load_avg_1m": os.getloadavg()[0],  # a busy machine makes every time above noisy
     }
     benchmark.extra_info.update(row)
+    if t.problems:
+        pytest.fail(f"{c.id} rejected by the integrity layer: " + "; ".join(t.problems), pytrace=False)
     series[c.T] = row

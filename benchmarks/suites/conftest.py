@@ -18,8 +18,11 @@ import pytest
 import torch
 from attnbench import backend_names, get_backend
 from attnbench.bench.measuring.interleaved import DEFAULT_BASELINE
-from attnbench.bench.measuring.measure import MODES, matmul_peak_flop_per_s
+from attnbench.bench.measuring.measure import matmul_peak_flop_per_s
+from attnbench.bench.measuring.op_timing import OP_MODES
+from attnbench.bench.measuring.roofline import copy_bandwidth_bytes_per_s
 from attnbench.bench.measuring.scaling import scaling_table
+from attnbench.bench.measuring.timers import CacheFlush
 from attnbench.bench.measuring.train_to_target import FAST_RECIPE, QUICK_RECIPE, SPINE_RECIPE, Recipe, cpu_backends
 from attnbench.bench.options import (
     RunConfig,
@@ -61,6 +64,7 @@ INTERLEAVED_CPU_THREADS = 1
 QUICK_INTERLEAVED_T = [256]
 TTT_DEFAULT_BACKENDS = ["sdpa", "manual"]  # PyTorch's fused kernel and the explicit-mask formula: ~3 min on CPU
 TTT_RECIPES = {"fast": FAST_RECIPE, "spine": SPINE_RECIPE}
+GRAPH_MAX_T = 2048  # CUDA-graph rows up to this T (and every decode row): where launch overhead is a visible share
 
 
 @dataclass(frozen=True)
@@ -70,10 +74,11 @@ class OpCase:
     dtype: str
     T: int
     mode: str
+    graph: bool = False  # replayed from a CUDA graph (short calls on CUDA): its own row beside the eager one
 
     @property
     def id(self) -> str:
-        return f"{self.backend}-{self.device}-{self.dtype}-{self.mode}-T{self.T}"
+        return f"{self.backend}-{self.device}-{self.dtype}-{self.mode}-T{self.T}" + ("-graph" if self.graph else "")
 
 
 @dataclass(frozen=True)
@@ -125,6 +130,8 @@ class BenchState:
 
     settings: BenchSettings
     peak_flops: dict[tuple[str, str], float] = field(default_factory=dict)
+    bandwidths: dict[str, float] = field(default_factory=dict)  # device -> copy bytes/s
+    flushes: dict[str, CacheFlush] = field(default_factory=dict)  # device -> its cache flush (one buffer)
     op_results: dict[tuple, dict[int, dict]] = field(default_factory=dict)  # (backend, device, dtype, mode) -> T -> row
     interleaved: dict[tuple, dict] = field(default_factory=dict)  # InterleavedCase.config -> measurement
     spent_s: dict[tuple, float] = field(default_factory=dict)  # (backend, device) -> wall seconds of its op cases
@@ -136,6 +143,17 @@ class BenchState:
         if key not in self.peak_flops:
             self.peak_flops[key] = matmul_peak_flop_per_s(device, getattr(torch, dtype))
         return self.peak_flops[key]
+
+    def bandwidth_bytes_per_s(self, device: str) -> float:
+        """The machine's memory bandwidth on `device` (a large copy), measured once per session."""
+        if device not in self.bandwidths:
+            self.bandwidths[device] = copy_bandwidth_bytes_per_s(device)
+        return self.bandwidths[device]
+
+    def flush(self, device: str) -> CacheFlush:
+        if device not in self.flushes:
+            self.flushes[device] = CacheFlush(device)
+        return self.flushes[device]
 
 
 def pytest_addoption(parser):
@@ -323,7 +341,13 @@ def pytest_generate_tests(metafunc):
     combos = [(dev, dt) for dev in s.devices for dt in s.dtypes[dev]]
     if "op_case" in metafunc.fixturenames:  # T ascending within a series: larger T are estimated from smaller
         cases = [
-            OpCase(b, dev, dt, T, mode) for dev, dt in combos for b in s.backends for mode in MODES for T in s.Ts[dev]
+            OpCase(b, dev, dt, T, mode, graph)
+            for dev, dt in combos
+            for b in s.backends
+            for mode in OP_MODES
+            for graph in ((False, True) if dev == "cuda" else (False,))
+            for T in s.Ts[dev]
+            if not graph or T <= GRAPH_MAX_T or mode == "decode"
         ]
         metafunc.parametrize("op_case", cases, ids=[c.id for c in cases])
     if "interleaved_case" in metafunc.fixturenames:
@@ -369,6 +393,7 @@ def pytest_benchmark_update_json(config, benchmarks, output_json):
         {
             "peak_flop_per_s": next(iter(peaks.values()), None),  # the first measured (cpu/float32 by default)
             "peak_flop_per_s_by": peaks,  # "device/dtype" -> FLOP/s
+            "bandwidth_bytes_per_s_by": dict(state.bandwidths),  # device -> copy bytes/s
             "op_shape": {
                 dev: dict(zip("BHD", state.settings.shape(dev), strict=True)) for dev in state.settings.devices
             },
