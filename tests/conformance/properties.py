@@ -22,6 +22,7 @@ from attnbench.conformance.backends import (
     set_model_backend,
     supported_dtypes,
 )
+from attnbench.conformance.features import FEATURE_PROPERTIES
 from attnbench.conformance.reference import (
     RuleResult,
     abs_logit_bound,
@@ -71,6 +72,13 @@ class Property:
     needs_backward: bool = False  # skipped, with the backend's reason, where it has no backward
     # The fixed kernel-size examples run in every profile (dtype -> cases): tile boundaries are always hit.
     examples: Callable[[torch.dtype], list] = boundary_examples
+    features: tuple[str, ...] = ()  # contract features it needs; skipped, with the reason, where one is missing
+
+
+def missing_feature(prop: Property, backend: Backend, device: str) -> str | None:
+    """Why `backend` cannot run `prop` on `device` for want of a feature, or None."""
+    reasons = [r for f in prop.features if (r := backend.why_no_feature(f, device))]
+    return "; ".join(reasons) or None
 
 
 def run_property(prop: Property, backend: Backend, device: str, dtypes, **overrides) -> list[RuleResult]:
@@ -593,6 +601,18 @@ def register(*props: Property) -> None:
         PROPERTIES[prop.name] = prop
 
 
+def _no_examples(dtype: torch.dtype) -> list:
+    return []  # feature cases are drawn only: the boundary examples are plain Cases
+
+
+register(
+    *(
+        Property(n, check, strat, doc, features=f, needs_backward=True, examples=_no_examples)
+        for n, check, strat, doc, f in FEATURE_PROPERTIES
+    )
+)
+
+
 def property_dtypes(prop: Property, backend: Backend, device: str, record_property=None) -> list[torch.dtype]:
     """The dtypes `prop` runs in on this backend and device; skips (with the backend's reason) where it cannot run.
 
@@ -606,6 +626,8 @@ def property_dtypes(prop: Property, backend: Backend, device: str, record_proper
     why_no_backward = getattr(backend, "why_no_backward", None)  # forward-only backends declare it
     if prop.needs_backward and why_no_backward is not None and (reason := why_no_backward(device)):
         pytest.skip(f"{backend.name} on {device} has no backward: {reason}")
+    if reason := missing_feature(prop, backend, device):
+        pytest.skip(f"{backend.name} on {device}: {reason}")
     wanted = [torch.float32] if prop.level == "model" else candidate_dtypes(device)
     if prop.dtypes is not None:
         wanted = [d for d in wanted if d in prop.dtypes]
