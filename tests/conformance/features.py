@@ -178,6 +178,7 @@ def _two_runs_bound(case: FeatureCase, device, q, k, v) -> float:
     """How far two runs may differ when each is within the pass rule of the float64 formula: twice the rule's
     bound on the output (triangle inequality)."""
     b, f = case.base, case.features(device)
+    q, k, v = (t.detach() for t in (q, k, v))
     ref = masked_attention_formula(q.double(), k.double(), v.double(), causal=b.causal, scale=b.scale, f=f)
     naive = masked_attention_formula(q, k, v, causal=b.causal, scale=b.scale, f=f)
     a = abs_logit_bound(q, k.repeat_interleave(b.H // case.hkv, 1), b.scale)
