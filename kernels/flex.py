@@ -14,6 +14,9 @@ Features, all native: GQA through flex's `enable_gqa=True`; window, document_ids
 mask_mod (AND of them, on absolute positions: flex's own q_idx counts from 0, so it is shifted by Tk - Tq) and one
 BlockMask, whose block sparsity makes flex skip fully masked blocks; softcap is a score_mod. A BlockMask that
 depends only on (Tq, Tk, causal, window) is cached; one with documents or a mask_mod is built per call.
+On CPU the features are checked on eager flex's forward (tests/test_flex_triton_features.py); the compiled CPU
+forward gave a wrong output with a per-head mask_mod and GQA in torch 2.13, which the suite cannot cover (flex is
+unsupported on CPU) and a GPU must check.
 """
 
 from __future__ import annotations
@@ -76,11 +79,14 @@ def block_mask(q, k, *, causal, window=None, mask_mod=None, document_ids=None):
 
 
 @functools.lru_cache(maxsize=16)
-def softcap_score_mod(softcap: float):
-    """score_mod applying softcap * tanh(score / softcap) to the scaled logits (one function per cap value)."""
+def softcap_score_mod(softcap: float, device: torch.device):
+    """score_mod applying softcap * tanh(score / softcap) to the scaled logits (one function per cap value). The
+    cap is a captured 0-dim tensor: a captured Python float fails to compile under dynamic=True in torch 2.13
+    (InductorError "unbacked_bindings", seen on CPU)."""
+    cap = torch.tensor(softcap, device=device)
 
     def capped(score, b, h, q_idx, kv_idx):
-        return softcap * torch.tanh(score / softcap)
+        return cap * torch.tanh(score / cap)
 
     return capped
 
@@ -105,7 +111,7 @@ def flex_attention_fn(
     if q.device.type == "cpu" and torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
         raise NotImplementedError("flex: FlexAttention has no backward on CPU in this PyTorch; run it without grad")
     mask = block_mask(q, k, causal=causal, window=window, mask_mod=mask_mod, document_ids=document_ids)
-    score_mod = softcap_score_mod(float(softcap)) if softcap is not None else None
+    score_mod = softcap_score_mod(float(softcap), q.device) if softcap is not None else None
     fn = _compiled_flex() if compiled else flex_attention
     gqa = q.size(1) != k.size(1)
     return fn(q, k, v, score_mod=score_mod, block_mask=mask, scale=default_scale(q, scale), enable_gqa=gqa)
