@@ -16,23 +16,31 @@ Backward (recompute). With P = softmax(S), O = P V and upstream dO:
 Each key block recomputes its slab P = exp(scale * Q K_blk^T - lse) from the saved lse (exact, no second
 max pass), so the backward also holds one (Tq, block) slab at a time.
 
-Vectorization: the Python loop runs over key blocks only; each step handles every query row at once.
-With causal masking, key block [j0, j1) is seen only by queries at absolute positions >= j0, so each
-step slices away the query rows above the block (fully masked blocks are skipped) and masks only the
-rows that cross the diagonal. Each sliced row sees key j0, so its running max is always finite.
+Vectorization: the Python loop runs over key blocks only; each step handles every query row that can see the
+block at once. With causal masking, key block [j0, j1) is seen only by queries at absolute positions >= j0, so
+each step slices away the query rows above the block and masks only the rows that cross the diagonal. A sliding
+window also drops the rows more than `window` past the block, and document_ids the rows outside the documents
+present in it, so whole fully-masked key blocks are skipped and the work grows with the visible pairs (about
+T * (block + window) for a window), not with T^2. Rows that see no key of a block (documents, mask_mod) keep a
+running max of -inf; their exponentials are taken relative to 0 so nothing becomes NaN, and a row that sees no
+key at all outputs 0.
 
-Dropout (on the normalized probabilities, as in the other backends): each key block draws its keep-mask
-from a generator seeded with (seed, block index); the seed comes from the global RNG in the forward and is
-saved, so the backward regenerates exactly the same masks. The denominator l uses the undropped terms.
+GQA: the Hq // Hkv query heads that read one key/value head are laid out as consecutive rows of that head's
+problem, (B * Hkv, Tq * group, D) with row i * group + g, so k and v are never repeated; dk and dv sum over the
+group by the same matmul that sums over queries. softcap s -> c * tanh(s / c) is applied to each slab before the
+mask, and its derivative 1 - tanh^2 is applied to dS in the backward.
 
 Low-precision inputs (fp16/bf16) are computed in fp32 and the output is cast back.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
 import torch
 
-from .registry import AttentionInputError, default_scale, register_backend
+from .registry import FEATURES, AttentionInputError, default_scale, register_backend
 
 DEFAULT_BLOCK = 128  # keys per step: larger means fewer Python steps, more memory (Tq * block scores)
 
@@ -41,25 +49,76 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return dtype if dtype == torch.float64 else torch.float32
 
 
-def _key_blocks(tq: int, tk: int, block: int, causal: bool):
-    """Yield (j0, j1, r0, n_diag): key block [j0, j1), first query row r0 that sees it, and how many of the
-    rows from r0 on cross the diagonal (need a mask)."""
-    off = tk - tq  # query i sits at absolute position off + i
-    for j0 in range(0, tk, block):
-        j1 = min(j0 + block, tk)
-        if not causal:
-            yield j0, j1, 0, 0
-            continue
-        r0 = max(0, j0 - off)  # row off + r0 >= j0 sees key j0; earlier rows see nothing of this block
-        n_diag = min(tq - r0, max(0, j1 - 1 - (off + r0)))  # rows with position < j1 - 1 see part of it
-        yield j0, j1, r0, n_diag
+@dataclass
+class Plan:
+    """Which query rows see which key block, and the mask inside a block: the problem's structure, no tensors
+    of q, k, v. Query rows and positions are counted per query (not per row of the GQA layout)."""
+
+    tq: int
+    tk: int
+    batch: int
+    hkv: int
+    group: int  # query heads per key/value head
+    causal: bool
+    block: int
+    window: int | None = None
+    mask_mod: Callable | None = None
+    document_ids: torch.Tensor | None = None  # (B, Tk)
+    spans: list = field(default_factory=list)  # (j, j0, j1, i0, i1): query rows [i0, i1) see key block [j0, j1)
+
+    def __post_init__(self):
+        off = self.tk - self.tq  # query i sits at absolute position off + i
+        first = last = None
+        if self.document_ids is not None:
+            first, last = _document_extent(self.document_ids)  # (B, Tk) each
+        for j, j0 in enumerate(range(0, self.tk, self.block)):
+            j1 = min(j0 + self.block, self.tk)
+            i0 = max(0, j0 - off) if self.causal else 0  # earlier queries see nothing of this block
+            i1 = self.tq if self.window is None else min(self.tq, j1 - 1 + self.window - off)
+            if first is not None:  # only queries inside the documents present in the block
+                i0 = max(i0, int(first[:, j0:j1].min()) - off)
+                i1 = min(i1, int(last[:, j0:j1].max()) + 1 - off)
+            if i0 < i1:
+                self.spans.append((j, j0, j1, i0, i1))
+
+    def hidden(self, i0: int, i1: int, j0: int, j1: int, device) -> tuple[int, torch.Tensor | None]:
+        """(n, mask): the first n query rows from i0 need `mask`, (B * Hkv or 1, n * group, j1 - j0) bool, True
+        where the key is hidden; the other rows see the whole block."""
+        off, g = self.tk - self.tq, self.group
+        only_causal = self.window is None and self.mask_mod is None and self.document_ids is None
+        n = min(i1 - i0, max(0, j1 - 1 - (off + i0))) if only_causal else i1 - i0  # rows crossing the diagonal
+        if n == 0 or (only_causal and not self.causal):
+            return 0, None
+        pos = torch.arange(off + i0, off + i0 + n, device=device).view(1, 1, n, 1, 1)  # absolute positions
+        keys = torch.arange(j0, j1, device=device).view(1, 1, 1, 1, -1)  # (1, 1, 1, 1, bk)
+        vis = keys <= pos if self.causal else torch.ones(1, 1, 1, 1, 1, dtype=torch.bool, device=device)
+        if self.window is not None:
+            vis = vis & (keys > pos - self.window)
+        if self.document_ids is not None:
+            docs = self.document_ids
+            same = docs[:, off + i0 : off + i0 + n, None] == docs[:, None, j0:j1]  # (B, n, bk)
+            vis = vis & same[:, None, :, None, :]
+        if self.mask_mod is not None:
+            b = torch.arange(self.batch, device=device).view(-1, 1, 1, 1, 1)
+            h = torch.arange(self.hkv * g, device=device).view(1, self.hkv, 1, g, 1)  # query head kv_head * g + i
+            m = torch.as_tensor(self.mask_mod(b, h, pos, keys), device=device)
+            if m.dtype != torch.bool:
+                raise AttentionInputError(f"mask_mod must return a bool tensor, got {m.dtype}")
+            vis = vis & m.reshape((1,) * (5 - m.dim()) + tuple(m.shape))
+        per_item = vis.size(0) > 1 or vis.size(1) > 1
+        shape = (self.batch, self.hkv) if per_item else (1, 1)
+        return n, ~vis.expand(*shape, n, g, j1 - j0).reshape(-1, n * g, j1 - j0)
 
 
-def _diag_mask(r0: int, n_diag: int, j0: int, j1: int, off: int, device) -> torch.Tensor:
-    """(n_diag, j1 - j0) bool, True where the key is in the future of the query (to be masked)."""
-    pos = torch.arange(off + r0, off + r0 + n_diag, device=device)[:, None]  # (n_diag, 1) query positions
-    keys = torch.arange(j0, j1, device=device)[None, :]  # (1, bk)
-    return keys > pos
+def _document_extent(document_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(first, last): for every key position, the first and last positions of its document, (B, Tk) each."""
+    _, doc = torch.unique(document_ids, return_inverse=True)  # (B, Tk) ids renumbered 0 .. n_docs - 1
+    b, tk = doc.shape
+    pos = torch.arange(tk, device=doc.device).expand(b, tk)
+    n = int(doc.max()) + 1
+    first = torch.full((b, n), tk, device=doc.device).scatter_reduce(1, doc, pos, "amin")
+    last = torch.full((b, n), -1, device=doc.device).scatter_reduce(1, doc, pos, "amax")
+    return first.gather(1, doc), last.gather(1, doc)
 
 
 def _dropout_keep(shape, p: float, seed: int, j: int, device) -> torch.Tensor:
@@ -70,89 +129,139 @@ def _dropout_keep(shape, p: float, seed: int, j: int, device) -> torch.Tensor:
     return keep.to(torch.float32) / (1.0 - p)
 
 
-def online_softmax_forward(qs, k3, v3, causal: bool, block: int, dropout_p: float = 0.0, seed: int = 0):
-    """The forward loop on (BH, T, D) tensors, qs already scaled. Returns out (BH, Tq, D), the running max m and the
-    denominator den (BH, Tq); the log-sum-exp of each row's scores is m + log(den)."""
-    bh, tq, d = qs.shape
-    tk = k3.size(1)
-    m = torch.full((bh, tq), float("-inf"), dtype=qs.dtype, device=qs.device)  # (BH, Tq) running max
-    den = torch.zeros((bh, tq), dtype=qs.dtype, device=qs.device)  # (BH, Tq) running denominator
-    acc = torch.zeros((bh, tq, d), dtype=qs.dtype, device=qs.device)  # (BH, Tq, D) running numerator
-    for j, (j0, j1, r0, n_diag) in enumerate(_key_blocks(tq, tk, block, causal)):
-        s = qs[:, r0:] @ k3[:, j0:j1].transpose(1, 2)  # (BH, Tq - r0, bk) scores
-        if n_diag:
-            s[:, :n_diag].masked_fill_(_diag_mask(r0, n_diag, j0, j1, tk - tq, qs.device), float("-inf"))
-        m_old = m[:, r0:]  # (BH, Tq - r0) view
-        m_new = torch.maximum(m_old, s.amax(dim=-1))  # (BH, Tq - r0), finite: every row sees key j0
-        alpha = torch.exp(m_old - m_new)  # (BH, Tq - r0) rescales what was summed relative to m_old
-        p = s.sub_(m_new[..., None]).exp_()  # (BH, Tq - r0, bk) unnormalized probabilities, in place
-        den[:, r0:] = den[:, r0:] * alpha + p.sum(dim=-1)
+def _slab_scores(qs, kb, plan: Plan, i0, i1, j0, j1, softcap):
+    """Scores of query rows [i0, i1) against key block [j0, j1), capped and masked: (BHkv, R, bk), plus
+    tanh(raw / softcap) (for the backward) or None."""
+    g = plan.group
+    s = qs[:, i0 * g : i1 * g] @ kb.transpose(1, 2)  # (BHkv, R, bk), R = (i1 - i0) * group
+    t = None
+    if softcap is not None:
+        t = s.div_(softcap).tanh_()
+        s = t * softcap
+    n, hidden = plan.hidden(i0, i1, j0, j1, qs.device)
+    if hidden is not None:
+        s[:, : n * g].masked_fill_(hidden, float("-inf"))
+    return s, t
+
+
+def online_softmax_forward(qs, k3, v3, plan: Plan, dropout_p: float = 0.0, seed: int = 0, softcap=None):
+    """The forward loop on the (BHkv, Tq * group, D) layout, qs already scaled. Returns out (BHkv, Tq * group,
+    D), the running max m and the denominator den (BHkv, Tq * group); lse = m + log(den)."""
+    bh, rows, d = qs.shape
+    g = plan.group
+    m = torch.full((bh, rows), float("-inf"), dtype=qs.dtype, device=qs.device)  # running max
+    den = torch.zeros((bh, rows), dtype=qs.dtype, device=qs.device)  # running denominator
+    acc = torch.zeros((bh, rows, d), dtype=qs.dtype, device=qs.device)  # running numerator
+    for j, j0, j1, i0, i1 in plan.spans:
+        r0, r1 = i0 * g, i1 * g
+        s, _ = _slab_scores(qs, k3[:, j0:j1], plan, i0, i1, j0, j1, softcap)  # (BHkv, R, bk)
+        m_old = m[:, r0:r1]  # (BHkv, R) view
+        m_new = torch.maximum(m_old, s.amax(dim=-1))  # -inf only for rows that have seen no key yet
+        m_ref = m_new.nan_to_num(neginf=0.0)  # such rows take their exps relative to 0: exp(-inf) = 0, no NaN
+        alpha = torch.exp(m_old - m_ref)  # (BHkv, R) rescales what was summed relative to m_old
+        p = s.sub_(m_ref[..., None]).exp_()  # (BHkv, R, bk) unnormalized probabilities, in place
+        den[:, r0:r1] = den[:, r0:r1] * alpha + p.sum(dim=-1)
         if dropout_p > 0:
             p = p * _dropout_keep(p.shape, dropout_p, seed, j, qs.device).to(p.dtype)
-        acc[:, r0:] = torch.baddbmm(acc[:, r0:] * alpha[..., None], p, v3[:, j0:j1])  # (BH, Tq - r0, D)
-        m[:, r0:] = m_new
-    return acc / den[..., None], m, den
+        acc[:, r0:r1] = torch.baddbmm(acc[:, r0:r1] * alpha[..., None], p, v3[:, j0:j1])  # (BHkv, R, D)
+        m[:, r0:r1] = m_new
+    seen = den > 0  # (BHkv, rows); a row that sees no key outputs 0
+    return acc / torch.where(seen, den, 1.0)[..., None], m, den
+
+
+def log_sum_exp(m: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
+    """m + log(den) per row; +inf for a row that sees no key, so the backward's exp(s - lse) is 0 there."""
+    return torch.where(den > 0, m + torch.log(den), float("inf"))
+
+
+def to_rows(x: torch.Tensor, hkv: int) -> torch.Tensor:
+    """(B, Hq, T, D) -> (B * Hkv, T * group, D): the query heads of one key/value head as consecutive rows."""
+    b, hq, t, d = x.shape
+    return x.reshape(b, hkv, hq // hkv, t, d).transpose(2, 3).reshape(b * hkv, t * (hq // hkv), d)
+
+
+def from_rows(x3: torch.Tensor, b: int, hq: int, t: int) -> torch.Tensor:
+    """The inverse of to_rows: (B * Hkv, T * group, D) -> (B, Hq, T, D)."""
+    hkv, d = x3.size(0) // b, x3.size(-1)
+    return x3.reshape(b, hkv, t, hq // hkv, d).transpose(2, 3).reshape(b, hq, t, d)
 
 
 class _ChunkedAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, causal: bool, scale: float, dropout_p: float, block: int):
+    def forward(ctx, q, k, v, plan: Plan, scale: float, softcap, dropout_p: float):
         in_dtype, cdt = q.dtype, _compute_dtype(q.dtype)
-        b, h, tq, d = q.shape
-        tk = k.size(-2)
-        q3 = q.reshape(b * h, tq, d).to(cdt)  # (BH, Tq, D)
-        k3 = k.reshape(b * h, tk, d).to(cdt)  # (BH, Tk, D)
-        v3 = v.reshape(b * h, tk, d).to(cdt)  # (BH, Tk, D)
+        b, hq, tq, d = q.shape
+        hkv, tk = k.size(1), k.size(-2)
+        q3 = to_rows(q, hkv).to(cdt)  # (BHkv, Tq * group, D)
+        k3 = k.reshape(b * hkv, tk, d).to(cdt)  # (BHkv, Tk, D)
+        v3 = v.reshape(b * hkv, tk, d).to(cdt)  # (BHkv, Tk, D)
         seed = int(torch.randint(0, 2**31 - 1, ())) if dropout_p > 0 else 0
-        out, m, den = online_softmax_forward(q3 * scale, k3, v3, causal, block, dropout_p, seed)  # scale folded in q
-        ctx.save_for_backward(q3, k3, v3, out, m + torch.log(den))  # lse: (BH, Tq)
-        ctx.causal, ctx.scale, ctx.dropout_p, ctx.block, ctx.seed = causal, scale, dropout_p, block, seed
-        ctx.in_dtype = in_dtype
-        return out.reshape(b, h, tq, d).to(in_dtype)
+        out, m, den = online_softmax_forward(q3 * scale, k3, v3, plan, dropout_p, seed, softcap)  # scale in q
+        ctx.save_for_backward(q3, k3, v3, out, log_sum_exp(m, den))  # lse: (BHkv, Tq * group)
+        ctx.plan, ctx.scale, ctx.softcap, ctx.dropout_p, ctx.seed = plan, scale, softcap, dropout_p, seed
+        ctx.in_dtype, ctx.shapes = in_dtype, (q.shape, k.shape)
+        return from_rows(out, b, hq, tq).to(in_dtype)
 
     @staticmethod
     def backward(ctx, dout):
         q3, k3, v3, out, lse = ctx.saved_tensors
-        scale, p_drop = ctx.scale, ctx.dropout_p
-        bh, tq, d = q3.shape
-        tk = k3.size(1)
-        do = dout.reshape(bh, tq, d).to(q3.dtype)  # (BH, Tq, D)
-        delta = (do * out).sum(dim=-1)  # (BH, Tq) Dlt_i = sum_j P_ij dP_ij
-        qs = q3 * scale  # (BH, Tq, D)
-        dq = torch.zeros_like(q3)  # (BH, Tq, D)
-        dk = torch.empty_like(k3)  # (BH, Tk, D)
-        dv = torch.empty_like(v3)  # (BH, Tk, D)
-        for j, (j0, j1, r0, n_diag) in enumerate(_key_blocks(tq, tk, ctx.block, ctx.causal)):
-            kb, vb = k3[:, j0:j1], v3[:, j0:j1]  # (BH, bk, D)
-            s = qs[:, r0:] @ kb.transpose(1, 2)  # (BH, Tq - r0, bk)
-            if n_diag:
-                s[:, :n_diag].masked_fill_(_diag_mask(r0, n_diag, j0, j1, tk - tq, q3.device), float("-inf"))
-            p = s.sub_(lse[:, r0:, None]).exp_()  # (BH, Tq - r0, bk) normalized probabilities, in place
-            dp = do[:, r0:] @ vb.transpose(1, 2)  # (BH, Tq - r0, bk) gradient w.r.t. the dropped P
+        plan, scale, p_drop = ctx.plan, ctx.scale, ctx.dropout_p
+        (b, hq, tq, d), shape_k = ctx.shapes
+        g = plan.group
+        do = to_rows(dout, shape_k[1]).to(q3.dtype)  # (BHkv, Tq * group, D)
+        delta = (do * out).sum(dim=-1)  # (BHkv, Tq * group) Dlt_i = sum_j P_ij dP_ij
+        qs = q3 * scale
+        dq = torch.zeros_like(q3)
+        dk = torch.zeros_like(k3)  # a key block no query sees keeps a zero gradient
+        dv = torch.zeros_like(v3)
+        for j, j0, j1, i0, i1 in plan.spans:
+            r0, r1 = i0 * g, i1 * g
+            kb, vb = k3[:, j0:j1], v3[:, j0:j1]  # (BHkv, bk, D)
+            s, t = _slab_scores(qs, kb, plan, i0, i1, j0, j1, ctx.softcap)  # (BHkv, R, bk)
+            p = s.sub_(lse[:, r0:r1, None]).exp_()  # (BHkv, R, bk) normalized probabilities, in place
+            dp = do[:, r0:r1] @ vb.transpose(1, 2)  # (BHkv, R, bk) gradient w.r.t. the dropped P
             if p_drop > 0:
                 keep = _dropout_keep(p.shape, p_drop, ctx.seed, j, q3.device).to(p.dtype)
-                dv[:, j0:j1] = (p * keep).transpose(1, 2) @ do[:, r0:]  # (BH, bk, D)
+                dv[:, j0:j1] = (p * keep).transpose(1, 2) @ do[:, r0:r1]  # (BHkv, bk, D)
                 dp = dp * keep
             else:
-                dv[:, j0:j1] = p.transpose(1, 2) @ do[:, r0:]  # (BH, bk, D)
-            ds = dp.sub_(delta[:, r0:, None]).mul_(p)  # (BH, Tq - r0, bk) gradient w.r.t. scaled scores
-            dq[:, r0:] += ds @ kb  # (BH, Tq - r0, D); the scale is applied once below
-            dk[:, j0:j1] = ds.transpose(1, 2) @ qs[:, r0:]  # (BH, bk, D) = scale * dS^T Q
-        shape_q, shape_k = (*dout.shape[:2], tq, d), (*dout.shape[:2], tk, d)
-        dq = (dq * scale).reshape(shape_q).to(ctx.in_dtype)
+                dv[:, j0:j1] = p.transpose(1, 2) @ do[:, r0:r1]  # (BHkv, bk, D)
+            ds = dp.sub_(delta[:, r0:r1, None]).mul_(p)  # (BHkv, R, bk) gradient w.r.t. the capped scores
+            if t is not None:
+                ds.mul_(1.0 - t * t)  # through softcap: d(c tanh(s / c)) / ds = 1 - tanh^2
+            dq[:, r0:r1] += ds @ kb  # (BHkv, R, D); the scale is applied once below
+            dk[:, j0:j1] = ds.transpose(1, 2) @ qs[:, r0:r1]  # (BHkv, bk, D) = scale * dS^T Q, summed over the group
+        dq = from_rows(dq * scale, b, hq, tq).to(ctx.in_dtype)
         dk, dv = dk.reshape(shape_k).to(ctx.in_dtype), dv.reshape(shape_k).to(ctx.in_dtype)
         return dq, dk, dv, None, None, None, None
 
 
-def chunked_attention(q, k, v, *, causal=True, dropout_p=0.0, scale=None, block: int = DEFAULT_BLOCK):
-    # q: (B, H, Tq, D); k, v: (B, H, Tk, D) -> (B, H, Tq, D)
+def chunked_attention(
+    q,
+    k,
+    v,
+    *,
+    causal=True,
+    dropout_p=0.0,
+    scale=None,
+    window=None,
+    mask_mod=None,
+    document_ids=None,
+    softcap=None,
+    block: int = DEFAULT_BLOCK,
+):
+    # q: (B, Hq, Tq, D); k, v: (B, Hkv, Tk, D) -> (B, Hq, Tq, D)
     if not (isinstance(block, int) and block > 0):
         raise AttentionInputError(f"block must be a positive int, got {block!r}")
-    return _ChunkedAttention.apply(q, k, v, causal, default_scale(q, scale), dropout_p, block)
+    b, hq, tq, _ = q.shape
+    hkv, tk = k.size(1), k.size(-2)
+    plan = Plan(tq, tk, b, hkv, hq // hkv, causal, block, window, mask_mod, document_ids)
+    return _ChunkedAttention.apply(q, k, v, plan, default_scale(q, scale), softcap, dropout_p)
 
 
 register_backend(
     "chunked",
     chunked_attention,
     "flash-attention algorithm in plain PyTorch: online softmax over key blocks, recomputing backward, O(T) memory",
+    features=FEATURES,
 )

@@ -9,6 +9,14 @@ Where it runs (torch 2.13): CUDA with fp16/bf16/fp32. Not on CPU: the CPU build 
 backward ("FlexAttention does not support backward on CPU"), and its compiled forward takes fp32/fp16/bf16
 only, so on CPU the backend reports itself unsupported (a forward-only call still works, see `flex_attention_fn`).
 FlexAttention has no dropout: dropout_p > 0 raises.
+
+Features, all native: GQA through flex's `enable_gqa=True`; window, document_ids and a user mask_mod become one
+mask_mod (AND of them, on absolute positions: flex's own q_idx counts from 0, so it is shifted by Tk - Tq) and one
+BlockMask, whose block sparsity makes flex skip fully masked blocks; softcap is a score_mod. A BlockMask that
+depends only on (Tq, Tk, causal, window) is cached; one with documents or a mask_mod is built per call.
+On CPU the features are checked on eager flex's forward (tests/test_flex_triton_features.py); the compiled CPU
+forward gave a wrong output with a per-head mask_mod and GQA in torch 2.13, which the suite cannot cover (flex is
+unsupported on CPU) and a GPU must check.
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ import functools
 
 import torch
 
-from .registry import default_scale, register_backend
+from .registry import FEATURES, default_scale, register_backend
 
 CUDA_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 CPU_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # what the compiled CPU forward accepts
@@ -30,28 +38,83 @@ def _compiled_flex():
     return torch.compile(flex_attention, dynamic=True)
 
 
-@functools.lru_cache(maxsize=64)
-def causal_block_mask(tq: int, tk: int, device: torch.device):
-    """BlockMask for bottom-right causal attention: query i (absolute position Tk - Tq + i) sees keys <= it."""
-    from torch.nn.attention.flex_attention import create_block_mask
-
+def _mask_mod(tq: int, tk: int, causal: bool, window, mask_mod, document_ids):
+    """The flex mask_mod (q_idx from 0) of every mask given, or None when every key is visible."""
+    if not causal and mask_mod is None and document_ids is None:
+        return None
     off = tk - tq
 
-    def causal(b, h, q_idx, kv_idx):
-        return kv_idx <= q_idx + off
+    def visible(b, h, q_idx, kv_idx):
+        pos = q_idx + off  # absolute position of the query
+        ok = kv_idx <= pos if causal else kv_idx >= 0
+        if window is not None:
+            ok = ok & (kv_idx > pos - window)
+        if document_ids is not None:
+            ok = ok & (document_ids[b, pos] == document_ids[b, kv_idx])
+        if mask_mod is not None:
+            ok = ok & mask_mod(b, h, pos, kv_idx)
+        return ok
 
-    return create_block_mask(causal, B=None, H=None, Q_LEN=tq, KV_LEN=tk, device=device)
+    return visible
 
 
-def flex_attention_fn(q, k, v, *, causal=True, dropout_p=0.0, scale=None, compiled: bool = True):
-    # q: (B, H, Tq, D); k, v: (B, H, Tk, D) -> (B, H, Tq, D)
+@functools.lru_cache(maxsize=64)
+def positional_block_mask(tq: int, tk: int, causal: bool, window, device: torch.device):
+    """BlockMask for bottom-right causal attention, with a sliding window or not (cached)."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    mod = _mask_mod(tq, tk, causal, window, None, None)
+    return create_block_mask(mod, B=None, H=None, Q_LEN=tq, KV_LEN=tk, device=device)
+
+
+def block_mask(q, k, *, causal, window=None, mask_mod=None, document_ids=None):
+    """The BlockMask of this call, or None when every key is visible."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    (b, hq, tq, _), tk = q.shape, k.size(-2)
+    if mask_mod is None and document_ids is None:
+        return positional_block_mask(tq, tk, causal, window, q.device) if causal else None
+    mod = _mask_mod(tq, tk, causal, window, mask_mod, document_ids)
+    return create_block_mask(mod, B=b, H=hq if mask_mod is not None else None, Q_LEN=tq, KV_LEN=tk, device=q.device)
+
+
+@functools.lru_cache(maxsize=16)
+def softcap_score_mod(softcap: float, device: torch.device):
+    """score_mod applying softcap * tanh(score / softcap) to the scaled logits (one function per cap value). The
+    cap is a captured 0-dim tensor: a captured Python float fails to compile under dynamic=True in torch 2.13
+    (InductorError "unbacked_bindings", seen on CPU)."""
+    cap = torch.tensor(softcap, device=device)
+
+    def capped(score, b, h, q_idx, kv_idx):
+        return cap * torch.tanh(score / cap)
+
+    return capped
+
+
+def flex_attention_fn(
+    q,
+    k,
+    v,
+    *,
+    causal=True,
+    dropout_p=0.0,
+    scale=None,
+    window=None,
+    mask_mod=None,
+    document_ids=None,
+    softcap=None,
+    compiled: bool = True,
+):
+    # q: (B, Hq, Tq, D); k, v: (B, Hkv, Tk, D) -> (B, Hq, Tq, D)
     from torch.nn.attention.flex_attention import flex_attention
 
     if q.device.type == "cpu" and torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
         raise NotImplementedError("flex: FlexAttention has no backward on CPU in this PyTorch; run it without grad")
-    mask = causal_block_mask(q.size(-2), k.size(-2), q.device) if causal else None
+    mask = block_mask(q, k, causal=causal, window=window, mask_mod=mask_mod, document_ids=document_ids)
+    score_mod = softcap_score_mod(float(softcap), q.device) if softcap is not None else None
     fn = _compiled_flex() if compiled else flex_attention
-    return fn(q, k, v, block_mask=mask, scale=default_scale(q, scale))
+    gqa = q.size(1) != k.size(1)
+    return fn(q, k, v, score_mod=score_mod, block_mask=mask, scale=default_scale(q, scale), enable_gqa=gqa)
 
 
 def _reason(device: torch.device, dtype: torch.dtype) -> str | None:
@@ -71,4 +134,5 @@ register_backend(
     "torch.nn.attention.flex_attention with a bottom-right causal mask_mod, torch.compile'd, cached BlockMask",
     _reason,
     no_dropout_reason=lambda device: "FlexAttention has no dropout",
+    features=FEATURES,
 )

@@ -29,9 +29,18 @@ MASKS = ("window", "mask_mod", "document_ids")  # the features SDPA receives as 
 
 
 def sdpa_attention(
-    q, k, v, *, causal=True, dropout_p=0.0, scale=None, window=None, mask_mod=None, document_ids=None,
+    q,
+    k,
+    v,
+    *,
+    causal=True,
+    dropout_p=0.0,
+    scale=None,
+    window=None,
+    mask_mod=None,
+    document_ids=None,
     kernel: SDPBackend | None = None,
-):  # fmt: skip
+):
     # q: (B, Hq, Tq, D); k, v: (B, Hkv, Tk, D)
     tq, tk = q.size(-2), k.size(-2)
     # Fused kernels need a unit last stride; .contiguous() keeps odd strides on size-1 dims, a clone does not.

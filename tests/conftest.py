@@ -16,5 +16,7 @@ def pytest_runtest_logreport(report):
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     if _kill_rows:
-        terminalreporter.write_sep("=", "mutation kill table (x = killed by an assertion, E = crashed, . = survived)")
+        terminalreporter.write_sep(
+            "=", "mutation kill table (x = killed by an assertion, E = crashed, . = survived, - = n/a)"
+        )
         terminalreporter.write_line(kill_table(sorted(_kill_rows, key=lambda r: r["order"])))

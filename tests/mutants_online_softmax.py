@@ -72,25 +72,18 @@ class _LseWithoutMax(chunked._ChunkedAttention):
     """The chunked backend, but it saves log(den) instead of m + log(den) for the backward's recompute."""
 
     @staticmethod
-    def forward(ctx, q, k, v, causal, scale, dropout_p, block):
-        b, h, tq, d = q.shape
-        q3, k3, v3 = (t.reshape(b * h, -1, d).to(chunked._compute_dtype(q.dtype)) for t in (q, k, v))
-        seed = int(torch.randint(0, 2**31 - 1, ())) if dropout_p > 0 else 0
-        out, m, den = chunked.online_softmax_forward(q3 * scale, k3, v3, causal, block, dropout_p, seed)
-        ctx.save_for_backward(q3, k3, v3, out, torch.log(den))  # bug: the running max is left out
-        ctx.causal, ctx.scale, ctx.dropout_p, ctx.block, ctx.seed, ctx.in_dtype = (
-            causal,
-            scale,
-            dropout_p,
-            block,
-            seed,
-            q.dtype,
-        )
-        return out.reshape(b, h, tq, d).to(q.dtype)
+    def forward(ctx, q, k, v, plan, scale, softcap, dropout_p):
+        out = chunked._ChunkedAttention.forward(ctx, q, k, v, plan, scale, softcap, dropout_p)
+        q3, k3, v3, out3, _ = ctx.saved_tensors
+        _, m, den = chunked.online_softmax_forward(q3 * scale, k3, v3, plan, dropout_p, ctx.seed, softcap)
+        ctx.save_for_backward(q3, k3, v3, out3, torch.log(den))  # bug: the running max is left out
+        return out
 
 
 def lse_without_max(q, k, v, *, causal=True, dropout_p=0.0, scale=None):
-    return _LseWithoutMax.apply(q, k, v, causal, default_scale(q, scale), dropout_p, BLOCK)
+    b, hq, tq, _ = q.shape
+    plan = chunked.Plan(tq, k.size(-2), b, k.size(1), hq // k.size(1), causal, BLOCK)
+    return _LseWithoutMax.apply(q, k, v, plan, default_scale(q, scale), None, dropout_p)
 
 
 MUTANTS: list[Mutant] = [

@@ -4,7 +4,8 @@ Each mutant runs against every property of tests/properties.py (the same definit
 on CPU in the dtypes the property draws, with a small fixed number of derandomized examples and no shrinking.
 The kill table (mutant x property) is printed in pytest's terminal summary (tests/conftest.py assembles it from
 the test reports, so it is complete under pytest-xdist too):
-  x = killed by an AssertionError (the property caught it), E = killed by a crash, . = survived.
+  x = killed by an AssertionError (the property caught it), E = killed by a crash, . = survived,
+  - = not applicable (the property needs a feature the mutant does not declare).
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ import json
 import pytest
 import torch
 from attnbench import Backend
-from attnbench.conformance.properties import PROPERTIES, run_property
+from attnbench.conformance.properties import PROPERTIES, missing_feature, run_property
 from hypothesis import Phase
 from mutants import CATALOGUE, KILL_ROW, Mutant
+from mutants_features import MUTANTS as FEATURE_MUTANTS
 from mutants_kernel_scale import MUTANTS as KERNEL_SCALE
 from mutants_online_softmax import MUTANTS as ONLINE_SOFTMAX
 
@@ -24,11 +26,13 @@ KILL_EXAMPLES = 8  # drawn examples per (mutant, property), after the property's
 
 
 def all_mutants() -> list[Mutant]:
-    return CATALOGUE + ONLINE_SOFTMAX + KERNEL_SCALE
+    return CATALOGUE + ONLINE_SOFTMAX + KERNEL_SCALE + FEATURE_MUTANTS
 
 
 def _verdict(prop_name: str, backend: Backend) -> str:
     prop = PROPERTIES[prop_name]
+    if missing_feature(prop, backend, "cpu"):
+        return "-"
     dtypes = [torch.float32] if prop.level == "model" else list(prop.dtypes or (torch.float32, torch.float64))
     try:
         run_property(
@@ -54,12 +58,12 @@ def _only_assertions(e: BaseException) -> bool:
 
 @pytest.mark.parametrize("mutant", all_mutants(), ids=lambda m: m.name)
 def test_mutant_is_killed(mutant: Mutant, record_property):
-    backend = Backend(f"mutant:{mutant.name}", mutant.fn, mutant.bug)  # never registered
+    backend = Backend(f"mutant:{mutant.name}", mutant.fn, mutant.bug, features=mutant.features)  # never registered
     verdicts = {name: _verdict(name, backend) for name in PROPERTIES}
     # The row travels on the test report (pytest-xdist sends it from the worker), and tests/conftest.py
     # assembles the table in the process that prints the summary.
     record_property(KILL_ROW, json.dumps({"mutant": mutant.name, "order": all_mutants().index(mutant), **verdicts}))
-    killers = [n for n, v in verdicts.items() if v != "."]
+    killers = [n for n, v in verdicts.items() if v in "xE"]
     assert killers, f"mutant {mutant.name!r} ({mutant.bug}) survived every property: {list(PROPERTIES)}"
 
 

@@ -266,3 +266,14 @@ def test_visible_mask_combines_every_mask():
     assert vis[0, 0].int().tolist() == [[0, 0, 1, 0, 0], [0, 0, 1, 0, 0], [0, 0, 0, 0, 1]]
     assert vis[1, 0].int().tolist() == [[0, 1, 1, 0, 0], [0, 0, 1, 0, 0], [0, 0, 0, 0, 1]]
     assert attnbench.visible_mask(q, k, causal=False) is None
+
+
+def test_sdpa_kernels_say_which_feature_they_refuse_where():
+    flash, efficient = get_backend("sdpa_flash"), get_backend("sdpa_efficient")
+    for feature in ("window", "mask_mod", "document_ids"):
+        assert flash.why_no_feature(feature, "cpu") is None
+        assert "no attn_mask" in flash.why_no_feature(feature, "cuda")
+        assert efficient.why_no_feature(feature, "cuda") is None
+    assert flash.why_no_feature("gqa", "cuda") is None
+    assert "enable_gqa" in efficient.why_no_feature("gqa", "cuda")
+    assert get_backend("sdpa").why_no_feature("softcap", "cpu") == "sdpa does not implement softcap"

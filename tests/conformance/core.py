@@ -33,6 +33,7 @@ class Property:
     needs_backward: bool = False  # skipped, with the backend's reason, where it has no backward
     # The fixed kernel-size examples run in every profile (dtype -> cases): tile boundaries are always hit.
     examples: Callable[[torch.dtype], list] = boundary_examples
+    features: tuple[str, ...] = ()  # contract features it needs; skipped, with the reason, where one is missing
 
 
 PROPERTIES: dict[str, Property] = {}  # name -> property, in registration order (the kill table's columns)
@@ -49,6 +50,12 @@ def register(*props: Property) -> None:
 def example_dtype(dtypes) -> torch.dtype:
     """The dtype the fixed examples run in: float32 where supported (the dtype kernels are judged in)."""
     return torch.float32 if torch.float32 in dtypes else list(dtypes)[0]
+
+
+def missing_feature(prop: Property, backend: Backend, device: str) -> str | None:
+    """Why `backend` cannot run `prop` on `device` for want of a feature, or None."""
+    reasons = [r for f in prop.features if (r := backend.why_no_feature(f, device))]
+    return "; ".join(reasons) or None
 
 
 def has_backward(backend: Backend, device: str) -> bool:

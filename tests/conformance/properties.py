@@ -25,8 +25,10 @@ from attnbench.conformance.core import (
     Property,
     boundary_examples,
     example_dtype,
+    missing_feature,
     register,
 )
+from attnbench.conformance.features import FEATURE_PROPERTIES
 from attnbench.conformance.reference import (
     RuleResult,
     abs_logit_bound,
@@ -547,6 +549,18 @@ register(
 )
 
 
+def _no_examples(dtype: torch.dtype) -> list:
+    return []  # feature cases are drawn only: the boundary examples are plain Cases
+
+
+register(
+    *(
+        Property(n, check, strat, doc, features=f, needs_backward=True, examples=_no_examples)
+        for n, check, strat, doc, f in FEATURE_PROPERTIES
+    )
+)
+
+
 def property_dtypes(prop: Property, backend: Backend, device: str, record_property=None) -> list[torch.dtype]:
     """The dtypes `prop` runs in on this backend and device; skips (with the backend's reason) where it cannot run.
 
@@ -560,6 +574,8 @@ def property_dtypes(prop: Property, backend: Backend, device: str, record_proper
     why_no_backward = getattr(backend, "why_no_backward", None)  # forward-only backends declare it
     if prop.needs_backward and why_no_backward is not None and (reason := why_no_backward(device)):
         pytest.skip(f"{backend.name} on {device} has no backward: {reason}")
+    if reason := missing_feature(prop, backend, device):
+        pytest.skip(f"{backend.name} on {device}: {reason}")
     wanted = [torch.float32] if prop.level == "model" else candidate_dtypes(device)
     if prop.dtypes is not None:
         wanted = [d for d in wanted if d in prop.dtypes]

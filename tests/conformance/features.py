@@ -1,0 +1,365 @@
+"""Properties of the contract's optional features (GQA, window, mask_mod, document_ids, softcap).
+
+Each is `check(backend, case, device)` over a `FeatureCase` drawn by hypothesis, like properties.py (where they
+are registered in PROPERTIES). A case draws any combination of features; `restricted` turns off those the
+backend does not run on the device, so the combined properties hold every backend to what it declares, and the
+single-feature properties (Property.features) skip, with the backend's reason, where that feature is missing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+from attnbench import Backend
+from attnbench.conformance.masked_reference import Features, masked_attention_formula, reference_visible
+from attnbench.conformance.reference import RuleResult, abs_logit_bound, check_rule, rounding_noise
+from attnbench.conformance.strategies import Case, cases
+from hypothesis import strategies as st
+
+MASK_MODS = {  # named mask_mods on absolute positions, tensor ops only (FlexAttention traces them)
+    "causal": lambda b, h, q, kv: kv <= q,
+    "prefix_lm": lambda b, h, q, kv: (kv <= q) | (kv < 3),  # a bidirectional prefix, causal after it
+    "head_stripes": lambda b, h, q, kv: (kv + h) % 3 != 0,  # depends on the query head
+    "batch_shift": lambda b, h, q, kv: ((kv + b + h) % 2 == 0) | (kv == q),  # depends on the batch item and head
+    "empty_rows": lambda b, h, q, kv: (q % 3 != 1) & (kv <= q + 2),  # queries at 1, 4, 7, ... see no key
+    "local": lambda b, h, q, kv: (q - kv).abs() <= 2,  # a bidirectional band
+}
+SOFTCAPS = (0.5, 5.0, 30.0)  # 0.5 squashes every logit; 30 is Gemma 2's attention cap
+MASK_FEATURES = ("window", "mask_mod", "document_ids")
+
+
+@dataclass(frozen=True)
+class FeatureCase:
+    """An attention problem with optional features: `base` gives q's sizes (H = Hq) and the seed."""
+
+    base: Case
+    hkv: int  # key/value heads; base.H % hkv == 0
+    window: int | None = None
+    mask: str | None = None  # a key of MASK_MODS
+    docs: tuple[tuple[int, ...], ...] | None = None  # per batch item, the document id of every key position
+    softcap: float | None = None
+    row: int = 0  # a query row, for the hidden-key properties
+
+    def tensors(self, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q: (B, Hq, Tq, D); k, v: (B, Hkv, Tk, D)."""
+        q = self.base.tensors(device)[0]
+        _, k, v = self.base.with_(H=self.hkv, seed=self.base.seed + 1).tensors(device)
+        return q, k, v
+
+    def upstream(self, device) -> torch.Tensor:
+        return self.base.upstream(device)  # (B, Hq, Tq, D)
+
+    def features(self, device) -> Features:
+        docs = None if self.docs is None else torch.tensor(self.docs, dtype=torch.long, device=device)  # (B, Tk)
+        mask_mod = None if self.mask is None else MASK_MODS[self.mask]
+        return Features(window=self.window, mask_mod=mask_mod, document_ids=docs, softcap=self.softcap)
+
+    def used(self) -> list[str]:
+        on = {"gqa": self.hkv != self.base.H, "window": self.window is not None, "mask_mod": self.mask is not None}
+        return [
+            f for f, yes in {**on, "document_ids": self.docs is not None, "softcap": bool(self.softcap)}.items() if yes
+        ]
+
+    def restricted(self, backend: Backend, device: str) -> FeatureCase:
+        """This case without the features `backend` does not run on `device`."""
+        off = {f for f in self.used() if backend.why_no_feature(f, device)}
+        return replace(
+            self,
+            hkv=self.base.H if "gqa" in off else self.hkv,
+            window=None if "window" in off else self.window,
+            mask=None if "mask_mod" in off else self.mask,
+            docs=None if "document_ids" in off else self.docs,
+            softcap=None if "softcap" in off else self.softcap,
+        )
+
+    def visible(self, device) -> torch.Tensor:
+        """(B, Hq, Tq, Tk) bool from the reference."""
+        b = self.base
+        return reference_visible(b.B, b.H, b.Tq, b.Tk, b.causal, self.features(device), device)
+
+    def run(self, backend: Backend, q, k, v, **overrides) -> torch.Tensor:
+        kwargs = {"causal": self.base.causal, "scale": self.base.scale, **self.features(q.device).kwargs()}
+        return backend(q, k, v, **{**kwargs, **overrides})
+
+    def with_(self, **kw) -> FeatureCase:
+        return replace(self, **kw)
+
+
+def _document_ids(draw, batch: int, tk: int, interleaved: bool) -> tuple[tuple[int, ...], ...]:
+    """Per batch item: contiguous documents (sorted cut points), or with interleaved=True ids that repeat."""
+    out = []
+    for _ in range(batch):
+        cuts = sorted(draw(st.sets(st.integers(1, max(1, tk - 1)), max_size=3)) if tk > 1 else [])
+        ids = [sum(p >= c for c in cuts) for p in range(tk)]
+        out.append(tuple(i % 2 for i in ids) if interleaved else tuple(ids))
+    return tuple(out)
+
+
+@st.composite
+def feature_cases(draw, dtypes, *, need=(), contiguous_docs: bool = False, **kw) -> FeatureCase:
+    """A FeatureCase drawing each feature on or off (those in `need` always on; window needs causal)."""
+    group, hkv = draw(st.integers(1, 4)), draw(st.integers(1, 2))
+    if "window" in need:
+        kw["causal"] = True
+    base = draw(cases(dtypes, max_h=1, **kw)).with_(H=group * hkv)
+    if "gqa" in need and group == 1:
+        base = base.with_(H=2 * hkv)
+
+    def on(feature):  # each feature on 3 times in 4: combinations are common, and shrinking turns them off
+        return feature in need or draw(st.integers(0, 3)) > 0
+
+    window = draw(st.integers(1, base.Tk)) if base.causal and on("window") else None
+    mask = draw(st.sampled_from(sorted(MASK_MODS))) if on("mask_mod") else None
+    docs = None
+    if on("document_ids"):
+        docs = _document_ids(draw, base.B, base.Tk, interleaved=not contiguous_docs and draw(st.booleans()))
+    softcap = draw(st.sampled_from(SOFTCAPS)) if on("softcap") else None
+    row = draw(st.integers(0, base.Tq - 1))
+    return FeatureCase(base, hkv, window, mask, docs, softcap, row)
+
+
+def _leaves(*ts):
+    return [t.detach().requires_grad_(True) for t in ts]
+
+
+def _context(backend: Backend, device: str, case: FeatureCase) -> str:
+    return f"[{backend.name} on {device}: {case}]"
+
+
+def _magnitudes(case: FeatureCase, q, k, v, dout, vis) -> dict[str, float]:
+    """Sizes of the terms each result sums (see reference.grad_magnitudes), with k/v read per query head and dk,
+    dv summed over the query heads of a group."""
+    b = case.base
+    scale = 1.0 / q.size(-1) ** 0.5 if b.scale is None else b.scale
+    group = b.H // case.hkv
+    q, k, v, dout = (t.detach().double().abs() for t in (q, k, v, dout))
+    k, v = k.repeat_interleave(group, 1), v.repeat_interleave(group, 1)  # (B, Hq, Tk, D)
+    P = vis.double()  # (B, Hq, Tq, Tk): 0 <= P <= 1 where visible
+    ds = 2.0 * P * (dout @ v.transpose(-2, -1))  # (B, Hq, Tq, Tk)
+    per_head_dk = scale * (ds.transpose(-2, -1) @ q)  # (B, Hq, Tk, D)
+    per_head_dv = P.transpose(-2, -1) @ dout
+    return {
+        "out": float(v.max()),
+        "dq": scale * float((ds @ k).max()),
+        "dk": float(per_head_dk.unflatten(1, (case.hkv, group)).sum(2).max()),
+        "dv": float(per_head_dv.unflatten(1, (case.hkv, group)).sum(2).max()),
+    }
+
+
+def _against_reference(backend, case: FeatureCase, device, out, grads, q, k, v, dout) -> dict[str, RuleResult]:
+    """The pass rule for out (and grads wrt q, k, v) against the float64 masked formula, per tensor."""
+    b, f = case.base, case.features(device)
+
+    def formula(dtype):
+        xs = _leaves(*(t.to(dtype) for t in (q, k, v)))
+        o = masked_attention_formula(*xs, causal=b.causal, scale=b.scale, f=f)
+        return (o.detach(), *torch.autograd.grad(o, xs, dout.to(dtype))) if grads else (o.detach(),)
+
+    refs, naives = formula(torch.float64), formula(b.dtype)
+    a = abs_logit_bound(q, k.repeat_interleave(b.H // case.hkv, 1), b.scale)
+    mags = _magnitudes(case, q, k, v, dout, case.visible(device))
+    group = b.H // case.hkv
+    terms = {"out": b.Tk, "dq": b.Tk, "dk": b.Tq * group, "dv": b.Tq * group}
+    got = (("out", out.detach()),) + ((("dq", grads[0]), ("dk", grads[1]), ("dv", grads[2])) if grads else ())
+    results = {}
+    for i, (name, x) in enumerate(got):
+        atol = rounding_noise(b.dtype, mags[name], a, n_terms=terms[name])
+        # Pass rule, per tensor: max|x - ref64| <= 2 * max|naive_d - ref64| + atol_d (reference.py).
+        results[name] = check_rule(name, x, refs[i], naives[i], atol, _context(backend, device, case))
+    return results
+
+
+def _worst(results: dict[str, RuleResult]) -> RuleResult:
+    return max(results.values(), key=lambda r: r.ratio)
+
+
+def _two_runs_bound(case: FeatureCase, device, q, k, v) -> float:
+    """How far two runs may differ when each is within the pass rule of the float64 formula: twice the rule's
+    bound on the output (triangle inequality)."""
+    b, f = case.base, case.features(device)
+    q, k, v = (t.detach() for t in (q, k, v))
+    ref = masked_attention_formula(q.double(), k.double(), v.double(), causal=b.causal, scale=b.scale, f=f)
+    naive = masked_attention_formula(q, k, v, causal=b.causal, scale=b.scale, f=f)
+    a = abs_logit_bound(q, k.repeat_interleave(b.H // case.hkv, 1), b.scale)
+    atol = rounding_noise(b.dtype, float(v.abs().max()), a, n_terms=b.Tk)
+    return 2.0 * (2.0 * float((naive.double() - ref).abs().max()) + atol)
+
+
+def _same_within(name: str, x, y, bound: float, ctx: str) -> None:
+    err = (
+        float((x.double() - y.double()).abs().max())
+        if torch.isfinite(x).all() and torch.isfinite(y).all()
+        else float("inf")
+    )
+    if not err <= bound:
+        raise AssertionError(f"{name}: the two runs differ by {err:.3e} > {bound:.3e} {ctx}")
+
+
+# ------------------------------------------------------------------------------------------- properties
+
+
+def feature_equivalence(backend: Backend, case: FeatureCase, device: str) -> RuleResult:
+    """Output and grads with every combination of the features the backend runs, against float64 by the rule."""
+    case = case.restricted(backend, device)
+    q, k, v = _leaves(*case.tensors(device))
+    dout = case.upstream(device)
+    out = case.run(backend, q, k, v)
+    grads = torch.autograd.grad(out, (q, k, v), dout)
+    return _worst(_against_reference(backend, case, device, out, grads, q, k, v, dout))
+
+
+def gqa_is_repeated_mha(backend: Backend, case: FeatureCase, device: str) -> None:
+    """GQA equals MHA with each key/value head repeated for its query heads: the output, and dk summed per group."""
+    case = case.restricted(backend, device)
+    q, k, v = _leaves(*case.tensors(device))
+    group = case.base.H // case.hkv
+    kr, vr = _leaves(k.repeat_interleave(group, 1), v.repeat_interleave(group, 1))  # (B, Hq, Tk, D)
+    dout = case.upstream(device)
+    gqa, mha = case.run(backend, q, k, v), case.run(backend, q, kr, vr)
+    ctx = _context(backend, device, case)
+    _same_within("out (GQA vs repeated MHA)", gqa, mha, _two_runs_bound(case, device, q, k, v), ctx)
+    grads = torch.autograd.grad(gqa, (q, k, v), dout)
+    dk_mha = torch.autograd.grad(mha, kr, dout)[0].unflatten(1, (case.hkv, group)).sum(2)  # (B, Hkv, Tk, D)
+    dk_rule = _against_reference(backend, case, device, gqa, grads, q, k, v, dout)["dk"]
+    _same_within("dk (GQA vs repeated MHA, summed per group)", grads[1], dk_mha, 2.0 * dk_rule.bound, ctx)
+
+
+def window_covering_is_causal(backend: Backend, case: FeatureCase, device: str) -> None:
+    """A window at least as long as the sequence (window >= Tk) is plain causal attention."""
+    case = case.restricted(backend, device)
+    q, k, v = case.tensors(device)
+    wide = case.run(backend, q, k, v, window=case.base.Tk + case.row)
+    plain = case.with_(window=None)
+    _same_within(
+        "out (window >= Tk vs causal)",
+        wide,
+        plain.run(backend, q, k, v),
+        _two_runs_bound(plain, device, q, k, v),
+        _context(backend, device, case),
+    )
+
+
+def documents_alone(backend: Backend, case: FeatureCase, device: str) -> None:
+    """Packed documents: each document's queries get what running that document on its own gives (mask_mod off:
+    it reads absolute positions and the batch index, which running alone shifts)."""
+    case = case.restricted(backend, device).with_(mask=None)
+    q, k, v = case.tensors(device)
+    b = case.base
+    full = case.run(backend, q, k, v)  # (B, Hq, Tq, D)
+    bound = _two_runs_bound(case, device, q, k, v)
+    off = b.Tk - b.Tq
+    for bi, ids in enumerate(case.docs):
+        starts = [0] + [j for j in range(1, b.Tk) if ids[j] != ids[j - 1]]
+        for s, e in zip(starts, starts[1:] + [b.Tk], strict=True):
+            r0 = max(s, off) - off  # the first query row inside [s, e)
+            if r0 >= e - off:
+                continue  # no query of this batch item lies in the document
+            alone = case.with_(docs=None).run(
+                backend, q[bi : bi + 1, :, r0 : e - off], k[bi : bi + 1, :, s:e], v[bi : bi + 1, :, s:e]
+            )
+            ctx = f"document [{s}, {e}) of batch item {bi} " + _context(backend, device, case)
+            _same_within("out (document alone vs packed)", alone, full[bi : bi + 1, :, r0 : e - off], bound, ctx)
+
+
+def mask_mod_causal_is_causal(backend: Backend, case: FeatureCase, device: str) -> None:
+    """mask_mod = (kv_idx <= q_idx) on absolute positions, without causal=True, is causal=True."""
+    case = case.restricted(backend, device).with_(mask=None, window=None)
+    q, k, v = case.tensors(device)
+    causal = case.with_(base=case.base.with_(causal=True))
+    as_mod = case.with_(base=case.base.with_(causal=False), mask="causal").run(backend, q, k, v)
+    bound = _two_runs_bound(causal, device, q, k, v)
+    _same_within(
+        "out (causal mask_mod vs causal=True)",
+        as_mod,
+        causal.run(backend, q, k, v),
+        bound,
+        _context(backend, device, case),
+    )
+
+
+def huge_softcap_is_none(backend: Backend, case: FeatureCase, device: str) -> RuleResult:
+    """softcap far above every logit (1e8 * max|logit|) changes nothing: against float64 without a cap."""
+    case = case.restricted(backend, device).with_(softcap=None)
+    q, k, v = case.tensors(device)
+    cap = 1e8 * max(1.0, abs_logit_bound(q, k.repeat_interleave(case.base.H // case.hkv, 1), case.base.scale))
+    out = case.run(backend, q, k, v, softcap=cap)  # cap*tanh(s/cap) - s = O(s^3 / cap^2): below float64 eps
+    return _worst(_against_reference(backend, case, device, out, None, q, k, v, case.upstream(device)))
+
+
+def hidden_keys_never_matter(backend: Backend, case: FeatureCase, device: str) -> None:
+    """Causality generalised: keys and values the mask hides from query row r (in every head of its group), and
+    other query rows, never change row r's output (exactly), and row r's gradient there is exactly zero."""
+    case = case.restricted(backend, device)
+    b, r = case.base, case.row
+    group = b.H // case.hkv
+    q, k, v = case.tensors(device)
+    hidden = ~case.visible(device)[:, :, r].unflatten(1, (case.hkv, group)).any(2)  # (B, Hkv, Tk)
+    other = case.with_(base=b.with_(seed=b.seed + 12345)).tensors(device)
+    q2, k2, v2 = case.tensors(device)
+    rows = torch.arange(b.Tq, device=device) != r  # (Tq,)
+    q2[:, :, rows] = other[0][:, :, rows]
+    k2[hidden], v2[hidden] = other[1][hidden], other[2][hidden]  # (n_hidden, D) rows replaced
+    a = case.run(backend, q, k, v)[:, :, r]  # (B, Hq, D)
+    c = case.run(backend, q2, k2, v2)[:, :, r]
+    ctx = f"row {r}, {int(hidden.sum())} hidden key positions " + _context(backend, device, case)
+    if not torch.equal(a, c):
+        raise AssertionError(
+            f"query row {r} changed when keys/values hidden from it changed: max diff "
+            f"{float((a.double() - c.double()).abs().max()):.3e} {ctx}"
+        )
+    ql, kl, vl = _leaves(q, k, v)
+    out = case.run(backend, ql, kl, vl)[:, :, r]  # (B, Hq, D)
+    dq, dk, dv = torch.autograd.grad(out, (ql, kl, vl), case.upstream(device)[:, :, r], allow_unused=True)
+    for name, g, where in (("dq", dq, (slice(None), slice(None), rows)), ("dk", dk, hidden), ("dv", dv, hidden)):
+        leak = torch.zeros(0) if g is None else g[where]
+        if leak.numel() and (leak != 0).any():
+            raise AssertionError(
+                f"{name} of row {r} is not zero where hidden (max |.| {float(leak.abs().max()):.3e}) {ctx}"
+            )
+
+
+def _cases(**kw):
+    return lambda dtypes: feature_cases(dtypes, **kw)
+
+
+def _with_mask(names, need=(), **kw):
+    """Cases whose mask_mod is drawn from `names` (a rule the general draw reaches too rarely to rely on)."""
+    need = ("mask_mod", *need)
+    return lambda dtypes: st.tuples(feature_cases(dtypes, need=need, **kw), st.sampled_from(names)).map(
+        lambda cm: cm[0].with_(mask=cm[1])
+    )
+
+
+# (name, check, strategy, doc, features needed): properties.py registers each as a Property
+FEATURE_PROPERTIES = list(
+    (
+        ("feature_equiv", feature_equivalence, _cases(), "every feature combination vs float64 by the rule", ()),
+        ("gqa_repeat", gqa_is_repeated_mha, _cases(need=("gqa",)), "GQA == MHA with k/v repeated", ("gqa",)),
+        ("window_wide", window_covering_is_causal, _cases(need=("window",)), "window >= Tk == causal", ("window",)),
+        (
+            "docs_alone",
+            documents_alone,
+            _cases(need=("document_ids",), contiguous_docs=True),
+            "packed documents == each document alone",
+            ("document_ids",),
+        ),
+        ("mask_mod_causal", mask_mod_causal_is_causal, _cases(), "causal mask_mod == causal=True", ("mask_mod",)),
+        ("softcap_huge", huge_softcap_is_none, _cases(), "huge softcap == no softcap", ("softcap",)),
+        ("hidden_keys", hidden_keys_never_matter, _cases(), "hidden k/v never change a row; grad exactly 0", ()),
+        (
+            "empty_rows",
+            feature_equivalence,
+            _with_mask(["empty_rows"], min_tq=2),
+            "a row that sees no key is 0, gradient 0 (vs float64)",
+            ("mask_mod",),
+        ),
+        (
+            "mask_mod_heads",
+            feature_equivalence,
+            _with_mask(["head_stripes", "batch_shift"], need=("gqa",)),
+            "mask_mod gets the query head under GQA (vs float64)",
+            ("mask_mod", "gqa"),
+        ),
+    )
+)

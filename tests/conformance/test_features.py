@@ -1,0 +1,6 @@
+"""The contract's optional features: GQA, window, mask_mod, document_ids, softcap (properties in features.py)."""
+
+from attnbench.conformance.features import FEATURE_PROPERTIES
+from attnbench.conformance.properties import property_tests
+
+test_feature_property, _no_fixed_examples = property_tests([spec[0] for spec in FEATURE_PROPERTIES])
