@@ -2,7 +2,8 @@
 
 Test assets only, never registered. Each mutant is a small key-block loop (autograd through plain ops) with one
 bug, except `lse_without_max`, which is the real `chunked` backend saving a wrong log-sum-exp for its backward.
-BLOCK is small so that the suite's short sequences (T <= 24) span several blocks and a ragged tail.
+Blocks are small on the suite's short sequences (T <= 24: several blocks and a ragged tail) and a real tile
+(64 keys) on kernel-sized ones, where 4-key steps would cost a Python loop of hundreds of steps per call.
 """
 
 from __future__ import annotations
@@ -13,24 +14,29 @@ from attnbench import chunked
 from attnbench.registry import default_scale
 from mutants import Mutant
 
-BLOCK = 4  # keys per step: T <= 24 in the suite, so several blocks and (for T % 4 != 0) a tail
+SMALL_BLOCK, TILE = 4, 64  # keys per step: SMALL_BLOCK up to 32 keys, then a kernel's tile
+
+
+def block_size(tk: int) -> int:
+    return SMALL_BLOCK if tk <= 32 else TILE
 
 
 def _online(q, k, v, *, causal, dropout_p, scale, rescale=True, block_max=False, drop_tail=False, block_mask=False):
     """Online softmax over key blocks with one optional bug. q: (B, H, Tq, D); k, v: (B, H, Tk, D)."""
     tq, tk = q.size(-2), k.size(-2)
+    block = block_size(tk)
     s_all = (q @ k.transpose(-2, -1)) * default_scale(q, scale)  # (B, H, Tq, Tk), sliced per block below
     if causal:
         keep = torch.ones(tq, tk, dtype=torch.bool, device=q.device).tril(tk - tq)  # (Tq, Tk)
         if block_mask:  # a key block is either hidden or wholly visible: no element mask on the diagonal
-            keep = _coarsen(keep)
+            keep = _coarsen(keep, block)
         s_all = s_all.masked_fill(~keep, float("-inf"))
     m = torch.full(q.shape[:-1], float("-inf"), dtype=q.dtype, device=q.device)  # (B, H, Tq)
     den = torch.zeros_like(m)  # (B, H, Tq)
     acc = torch.zeros_like(q)  # (B, H, Tq, D)
-    end = tk - tk % BLOCK if drop_tail else tk
-    for j0 in range(0, end, BLOCK):
-        s = s_all[..., j0 : j0 + BLOCK]  # (B, H, Tq, bk)
+    end = tk - tk % block if drop_tail else tk
+    for j0 in range(0, end, block):
+        s = s_all[..., j0 : j0 + block]  # (B, H, Tq, bk)
         m_blk = s.amax(-1)  # (B, H, Tq)
         m_new = torch.maximum(m, m_blk)
         alpha = torch.exp(m - m_new).nan_to_num(0.0)  # rows with no visible key yet: -inf - -inf
@@ -40,15 +46,15 @@ def _online(q, k, v, *, causal, dropout_p, scale, rescale=True, block_max=False,
             alpha = torch.ones_like(alpha)
         den = den * alpha + p.sum(-1)
         pd = F.dropout(p, p=dropout_p) if dropout_p > 0 else p
-        acc = acc * alpha[..., None] + pd @ v[..., j0 : j0 + BLOCK, :]
+        acc = acc * alpha[..., None] + pd @ v[..., j0 : j0 + block, :]
         m = m_new
     return acc / den[..., None]  # (B, H, Tq, D)
 
 
-def _coarsen(keep: torch.Tensor) -> torch.Tensor:
+def _coarsen(keep: torch.Tensor, block: int) -> torch.Tensor:
     """(Tq, Tk) mask made block-granular: a query sees a whole key block if it sees any key in it."""
-    blocks = [keep[:, j0 : j0 + BLOCK].any(-1, keepdim=True).expand(-1, keep[:, j0 : j0 + BLOCK].size(1))
-              for j0 in range(0, keep.size(1), BLOCK)]  # fmt: skip
+    blocks = [keep[:, j0 : j0 + block].any(-1, keepdim=True).expand(-1, keep[:, j0 : j0 + block].size(1))
+              for j0 in range(0, keep.size(1), block)]  # fmt: skip
     return torch.cat(blocks, dim=1)
 
 
@@ -82,7 +88,7 @@ class _LseWithoutMax(chunked._ChunkedAttention):
 
 def lse_without_max(q, k, v, *, causal=True, dropout_p=0.0, scale=None):
     b, hq, tq, _ = q.shape
-    plan = chunked.Plan(tq, k.size(-2), b, k.size(1), hq // k.size(1), causal, BLOCK)
+    plan = chunked.Plan(tq, k.size(-2), b, k.size(1), hq // k.size(1), causal, block_size(k.size(-2)))
     return _LseWithoutMax.apply(q, k, v, plan, default_scale(q, scale), None, dropout_p)
 
 
