@@ -444,3 +444,20 @@ def test_run_removes_the_partial_directories_of_killed_runs(tmp_path, monkeypatc
     assert left == [".partial-fresh-jkl012", ".partial-running-ghi789", "new"]
     err = capsys.readouterr().err
     assert str(killed) in err and str(old_unlocked) in err and "killed" in err
+
+
+def test_run_directory_is_absolute_when_out_dir_is_relative(tmp_path, monkeypatch):
+    from attnbench.bench.job import main_job
+
+    seen = []
+
+    def record(self, stage, bar):  # the stages run pytest with cwd=<run dir>/scratch: relative paths would break
+        seen.append(self.dir)
+        return "failed", "not run in this test"
+
+    for stage in ("bench_stage", "correctness_stage", "heatmap_stage"):
+        monkeypatch.setattr(main_job.Job, stage, record)
+    monkeypatch.chdir(tmp_path)
+    main_job.Job(RunConfig(backends=["manual"], name="rel", out_dir="reports"), "attnbench run").run()
+    assert seen and all(d.is_absolute() for d in seen)
+    assert (tmp_path / "reports" / "rel" / "report.md").is_file()

@@ -199,9 +199,9 @@ class Job:
         out_dir.mkdir(parents=True, exist_ok=True)
         for d in clean_stale_partials(out_dir):
             print(f"attnbench run: removed {d}, left by a run that was killed", file=sys.stderr)
-        # absolute: the stages run in a scratch directory of their own
-        # absolute: the stages run in its scratch folder (mkdtemp keeps a relative dir relative before Python 3.12)
-        self.dir = Path(tempfile.mkdtemp(dir=out_dir, prefix=f"{schema.PARTIAL_PREFIX}{name}-")).resolve().resolve()
+        # absolute: the stages run in a scratch directory of their own (mkdtemp keeps a relative dir relative
+        # before Python 3.12)
+        self.dir = Path(tempfile.mkdtemp(dir=out_dir, prefix=f"{schema.PARTIAL_PREFIX}{name}-")).resolve()
         os.chmod(self.dir, 0o755)
         (self.dir / schema.PARTIAL_LOCK).write_text(str(os.getpid()))
         (self.dir / schema.LOGS).mkdir()
