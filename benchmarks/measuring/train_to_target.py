@@ -46,6 +46,8 @@ class Recipe:
     block_size: int = 64
     dropout: float = 0.0  # no dropout: a ~1-epoch run does not overfit, and it keeps backends comparable
     # optimization
+    optimizer: str = "adamw"  # adamw, or muon (Muon on the blocks' matrices, AdamW on the rest: attnbench.gpt.optim)
+    adamw_impl: str = "foreach"  # AdamW kernel: foreach, fused or loop (the same arithmetic, other kernels)
     batch_size: int = 12
     learning_rate: float = 1e-3
     min_lr: float = 1e-4
@@ -85,6 +87,8 @@ class Recipe:
     def train_config(self, device: str = "cpu") -> TrainConfig:
         return TrainConfig(
             max_iters=self.max_iters,
+            optimizer=self.optimizer,
+            adamw_impl=self.adamw_impl,
             batch_size=self.batch_size,
             learning_rate=self.learning_rate,
             min_lr=self.min_lr,
