@@ -22,7 +22,11 @@ class Optimizers:
 
     def __init__(self, *optimizers: torch.optim.Optimizer):
         self.optimizers = optimizers
-        self.param_groups = [g for o in optimizers for g in o.param_groups]
+
+    @property
+    def param_groups(self) -> list[dict]:
+        """Read anew each time: load_state_dict replaces a part's group dicts."""
+        return [g for o in self.optimizers for g in o.param_groups]
 
     def step(self):
         for o in self.optimizers:

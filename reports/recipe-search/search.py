@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 import torch
-from attnbench.bench.train_to_target import Recipe, train_to_target
+from attnbench.bench.measuring.train_to_target import Recipe, train_to_target
 from attnbench.gpt.data import Dataset, get_batch
 from attnbench.gpt.model import GPT
 from attnbench.gpt.optim import make_optimizer
@@ -36,7 +36,14 @@ RESULTS = HERE / "results.jsonl"
 
 # The recipe the search started from: the earlier FAST_RECIPE (3 layers x 128, batch 32, AdamW lr 3e-3).
 START = Recipe(
-    n_layer=3, batch_size=32, learning_rate=3e-3, min_lr=3e-4, warmup_iters=50, max_iters=1000, leak_check_iters=0
+    adamw_impl="foreach",
+    n_layer=3,
+    batch_size=32,
+    learning_rate=3e-3,
+    min_lr=3e-4,
+    warmup_iters=50,
+    max_iters=1000,
+    leak_check_iters=0,
 )
 CANDIDATES: dict[str, dict] = {
     "start": {},
