@@ -21,6 +21,8 @@ from tqdm.auto import tqdm
 from .atomic import AtomicFile
 from .data import CharTokenizer, Dataset, all_windows, get_batch
 from .model import GPT, GPTConfig
+from .optim import make_optimizer
+from .step import TrainStep
 
 
 @dataclass
@@ -33,8 +35,10 @@ class TrainConfig:
     weight_decay: float = 0.1  # AdamW decay on matrices only (not biases, norms, embeddings)
     beta1: float = 0.9  # AdamW momentum (first-moment decay)
     beta2: float = 0.99  # nanoGPT's choice for small char models
-    adamw_impl: str = "foreach"  # AdamW kernel: foreach (multi-tensor), fused (one kernel per step) or loop
+    optimizer: str = "adamw"  # adamw, or muon: Muon on the blocks' matrices, AdamW on the rest (optim.py)
+    adamw_impl: str = "fused"  # AdamW kernel: fused (one kernel per tensor; the fastest step measured), foreach or loop
     grad_clip: float = 1.0  # clip the global grad norm to this; 0 disables
+    compile: bool = False  # torch.compile the training step (step.py); the first steps pay the compile time
     eval_interval: int = 250  # evaluate every this many steps (and at the end); 0: only at the end
     eval_iters: int = 50  # random batches per estimate; 0 evaluates the *whole* split (precise, slower)
     seed: int = 1337  # model init, batch sampling, dropout and watch sampling all derive from it
@@ -63,19 +67,6 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
         return cfg.learning_rate * (step + 1) / cfg.warmup_iters
     progress = min(1.0, (step - cfg.warmup_iters) / max(1, cfg.max_iters - cfg.warmup_iters))
     return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.learning_rate - cfg.min_lr)
-
-
-def make_optimizer(model: GPT, cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW with weight decay on 2-D weight matrices only: no decay on biases, norms and embeddings."""
-    embeddings = {id(model.wte.weight), id(model.wpe.weight)}
-    decay, no_decay = [], []
-    for p in model.parameters():
-        (decay if p.dim() >= 2 and id(p) not in embeddings else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    impl = {"foreach": dict(foreach=True), "fused": dict(fused=True), "loop": dict(foreach=False)}
-    if cfg.adamw_impl not in impl:
-        raise ValueError(f"adamw_impl must be one of {', '.join(impl)}, got {cfg.adamw_impl!r}")
-    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), **impl[cfg.adamw_impl])
 
 
 @torch.no_grad()
@@ -252,6 +243,7 @@ def train(
         )
         return bool(on_eval and on_eval(row, model))
 
+    train_step = TrainStep(model, optimizer, grad_clip=cfg.grad_clip, compile=cfg.compile, autocast=autocast)
     model.train()
     bar = tqdm(range(start, cfg.max_iters), initial=start, total=cfg.max_iters, disable=not cfg.progress, desc="train")
     result.steps_done = start
@@ -269,13 +261,7 @@ def train(
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, cfg)
             x, y = (t.to(cfg.device) for t in get_batch(dataset.train, cfg.batch_size, model_cfg.block_size, batch_gen))
-            with autocast:
-                _, loss, _ = model(x, y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
+            loss = train_step(x, y)
             if on_cuda:
                 torch.cuda.synchronize()
             result.step_times.append(time.perf_counter() - t0)

@@ -21,6 +21,7 @@ from .tables import (
     op_tables,
     roofline_table,
     scaling_table,
+    side_by_side_table,
     speedup_table,
     summarize,
     ttt_table,
@@ -136,6 +137,7 @@ def build_in_place(run_dir: Path) -> Path:
 
     doc.h(2, "Model level: training step and generation")
     doc.table(model_table(df), "(no model-level rows)")
+    doc.table(side_by_side_table(df), "(no nanoGPT side-by-side: run bench_model.py with --nanogpt PATH)")
 
     doc.h(2, "Training to target")
     doc.table(ttt_table(df), "(no training-to-target rows)")

@@ -266,6 +266,15 @@ def model_table(df: pd.DataFrame) -> pd.DataFrame:
     return t.rename(columns={"stats_median": "median ms"})
 
 
+def side_by_side_table(df: pd.DataFrame) -> pd.DataFrame:
+    """nanoGPT's training step against this GPT's, alternated in one process (bench_model.py --nanogpt)."""
+    if "kind" not in df:
+        return df.iloc[0:0]
+    rows = df[df["kind"] == "nanogpt_side_by_side"]
+    cols = ["steps", "threads", "nanogpt_ms", "attnbench_ms", "ratio", "first_step_s", "compile", "load_avg_1m"]
+    return rows[[c for c in cols if c in rows]].round(3).rename(columns={"ratio": "ratio attnbench/nanoGPT"})
+
+
 def ttt_table(df: pd.DataFrame) -> pd.DataFrame:
     ttt = select(df, "train_to_target")
     cols = [

@@ -1,5 +1,6 @@
 """Model level: tokens/s of one GPT training step (forward, backward, AdamW) and of generation (with and without
-the KV cache), per backend, on the spine's CPU config: 4 layers, 4 heads, width 128, block 64, batch 12.
+the KV cache), per backend, on the spine's CPU config: 4 layers, 4 heads, width 128, block 64, batch 12; and,
+given nanoGPT's model.py (--nanogpt PATH), its training step against this GPT's, alternated in one process.
 
 Data are random token ids (throughput does not depend on the text). On a dtype other than float32 the model
 keeps float32 parameters and runs under autocast to that dtype, as attnbench.gpt.train does for bf16.
@@ -13,7 +14,9 @@ import pytest
 import torch
 from attnbench import get_backend
 from attnbench.bench.measuring.measure import plan_rounds, synced, time_call, unavailable_reason
+from attnbench.bench.measuring.side_by_side import load_nanogpt, side_by_side
 from attnbench.gpt.model import GPT, GPTConfig
+from attnbench.gpt.step import TrainStep
 from attnbench.gpt.train import TrainConfig, make_optimizer
 
 SPINE = GPTConfig(block_size=64, vocab_size=65, n_layer=4, n_head=4, n_embd=128)
@@ -64,15 +67,8 @@ def test_train_step(benchmark, train_step_case, bench_state):
     x, y = torch.randint(SPINE.vocab_size, (2, BATCH, SPINE.block_size), generator=g).to(c.device)  # (B, T) each
     model.train()
 
-    def step():
-        with autocast:
-            _, loss, _ = model(x, y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
-        optimizer.step()
-
-    step = synced(step, c.device)
+    train_step = TrainStep(model, optimizer, grad_clip=tcfg.grad_clip, autocast=autocast)  # what train() runs
+    step = synced(lambda: train_step(x, y), c.device)
     first_call_s = time_call(step, c.device)
     rounds, iterations = plan_rounds(time_call(step, c.device), budget, min_rounds=5)
     benchmark.pedantic(step, rounds=rounds, iterations=iterations, warmup_rounds=0)
@@ -98,4 +94,34 @@ def test_generate(benchmark, generate_case, bench_state):
     median_s = benchmark.stats.stats.median
     benchmark.extra_info.update(
         row(c, 1, NEW_TOKENS, NEW_TOKENS, median_s, first_call_s, "generate", use_cache=c.use_cache)
+    )
+
+
+SIDE_BY_SIDE_STEPS = {"full": 300, "quick": 60}  # timed steps of each model, alternated
+
+
+def test_nanogpt_side_by_side(benchmark, pytestconfig, bench_state):
+    path = pytestconfig.getoption("nanogpt")
+    if not path:
+        pytest.skip("no --nanogpt PATH: give nanoGPT's model.py (or its folder) to time its step against this GPT's")
+    nanogpt = load_nanogpt(path)
+    steps = SIDE_BY_SIDE_STEPS["quick" if bench_state.settings.quick else "full"]
+    r = benchmark.pedantic(side_by_side, args=(nanogpt, steps), rounds=1)
+    benchmark.extra_info.update(
+        {
+            "kind": "nanogpt_side_by_side",
+            "backend": "sdpa",
+            "device": "cpu",
+            "dtype": "float32",
+            "B": BATCH,
+            "T": SPINE.block_size,
+            "threads": r.threads,
+            "steps": r.steps,
+            "nanogpt_ms": r.nanogpt_ms,
+            "attnbench_ms": r.attnbench_ms,
+            "ratio": r.ratio,
+            "first_step_s": r.first_step_s,
+            "compile": r.compile,
+            "load_avg_1m": os.getloadavg()[0],
+        }
     )

@@ -176,6 +176,12 @@ def pytest_addoption(parser):
         help="CPU threads while timing the interleaved ratios (default 1: reproducible between runs; all: torch's)",
     )
     g.addoption("--bench-max-call-s", type=float, default=None, help="skip cases estimated slower per call (s)")
+    g.addoption(
+        "--nanogpt",
+        default=None,
+        metavar="PATH",
+        help="nanoGPT's model.py (or its folder): bench_model.py times its training step against this GPT's",
+    )
     g.addoption("--bench-json", default=None, metavar="PATH", help="write the pytest-benchmark JSON atomically here")
     g.addoption(
         "--bench-config",
