@@ -590,6 +590,7 @@ def case_sizes(case) -> dict[str, int]:
     """The sizes a case reaches: longest sequence T, head dim D, programs B*H (a GPT: head size, B * heads)."""
     if isinstance(case, ModelCase):
         return {"T": case.T, "D": case.head_size, "BH": case.B * case.n_head}
+    case = getattr(case, "base", case)  # a features.FeatureCase carries its sizes in a Case
     return {"T": max(case.Tq, case.Tk), "D": case.D, "BH": case.B * case.H}
 
 
