@@ -2,8 +2,9 @@
 
 Token + learned position embeddings, pre-LN blocks (attention, GELU MLP), final LayerNorm, weight-tied LM
 head, GPT-2 init (residual projections scaled by 1/sqrt(2 * n_layer)). The attention module owns the fused
-`c_attn` (C -> 3C) and `c_proj`; the backend only computes attention, so one state_dict serves every
-backend and the backend can be switched on a live model.
+`c_attn` (C -> C for q plus 2 * n_kv_head * head_size for k and v) and `c_proj`; the backend only computes
+attention, so one state_dict serves every backend that supports the model's features (grouped-query
+attention when n_kv_head < n_head, a sliding window) and the backend can be switched on a live model.
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from attnbench import get_backend
+from attnbench import Backend, get_backend
 
-KVCache = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: k, v of shape (B, H, T_past, D)
+KVCache = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: k, v of shape (B, n_kv_head, T_past, D)
 
 
 @dataclass
@@ -24,10 +25,12 @@ class GPTConfig:
     block_size: int = 64  # longest context the model sees; position embeddings exist only up to here
     vocab_size: int = 65  # distinct characters of tiny Shakespeare
     n_layer: int = 4  # transformer blocks
-    n_head: int = 4  # attention heads; head size is n_embd // n_head
+    n_head: int = 4  # attention (query) heads; head size is n_embd // n_head
+    n_kv_head: int | None = None  # key/value heads, dividing n_head (GQA; 1 is MQA); None: n_head (plain MHA)
     n_embd: int = 128  # model width C
     dropout: float = 0.0  # on attention weights, residual branches and embeddings while training
     bias: bool = True  # biases in Linear and LayerNorm, as in GPT-2
+    window: int | None = None  # sliding window: each token attends to itself and the window - 1 before it
     backend: str = "sdpa"  # attention backend by registry name (see attnbench.backend_names())
 
     def __post_init__(self):
@@ -38,26 +41,57 @@ class GPTConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.n_kv_head is not None and not (
+            1 <= self.n_kv_head <= self.n_head and self.n_head % self.n_kv_head == 0
+        ):
+            raise ValueError(f"n_kv_head ({self.n_kv_head}) must divide n_head ({self.n_head})")
+        if self.window is not None and self.window < 1:
+            raise ValueError(f"window must be >= 1 or None, got {self.window}")
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_head if self.n_kv_head is None else self.n_kv_head
+
+    def attention_features(self) -> list[str]:
+        """The contract features (attnbench.FEATURES) this model's attention needs from its backend."""
+        return (["gqa"] if self.kv_heads != self.n_head else []) + (["window"] if self.window is not None else [])
+
+
+def backend_for(config: GPTConfig, name: str) -> Backend:
+    """The backend `name`, refused (ValueError, with its reason) if it lacks a feature the model needs; a refusal
+    that depends on the device comes from the backend call itself."""
+    backend = get_backend(name)
+    missing = [f for f in config.attention_features() if f not in backend.features]
+    if missing:
+        reasons = "; ".join(backend.why_no_feature(f, "cpu") for f in missing)
+        raise ValueError(f"backend {name!r} cannot run this GPT ({', '.join(missing)}): {reasons}")
+    return backend
 
 
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
-        self.n_head = config.n_head
+        self.n_head, self.n_kv_head = config.n_head, config.kv_heads
+        self.head_size = config.n_embd // config.n_head
+        self.window = config.window
         self.dropout = config.dropout
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        kv_width = self.n_kv_head * self.head_size
+        self.c_attn = nn.Linear(config.n_embd, config.n_embd + 2 * kv_width, bias=config.bias)  # q, k, v fused
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
-        self.backend = get_backend(config.backend)
+        self.backend = backend_for(config, config.backend)
 
     def forward(self, x: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None = None):
         B, T, C = x.shape  # batch, new tokens, width
-        q, k, v = self.c_attn(x).split(C, dim=2)  # each (B, T, C)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
+        D, kv_width = self.head_size, self.n_kv_head * self.head_size
+        q, k, v = self.c_attn(x).split([C, kv_width, kv_width], dim=2)  # (B, T, C), (B, T, Hkv * D) twice
+        q = q.view(B, T, self.n_head, D).transpose(1, 2)  # (B, H, T, D)
+        k, v = (t.view(B, T, self.n_kv_head, D).transpose(1, 2) for t in (k, v))  # (B, Hkv, T, D)
         if past is not None:
-            k = torch.cat([past[0], k], dim=2)  # (B, H, T_past + T, D)
+            k = torch.cat([past[0], k], dim=2)  # (B, Hkv, T_past + T, D)
             v = torch.cat([past[1], v], dim=2)
-        y = self.backend(q, k, v, causal=True, dropout_p=self.dropout if self.training else 0.0)  # (B, H, T, D)
+        dropout_p = self.dropout if self.training else 0.0
+        y = self.backend(q, k, v, causal=True, dropout_p=dropout_p, window=self.window)  # (B, H, T, D)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again
         return self.resid_dropout(self.c_proj(y)), (k, v)
 
@@ -118,7 +152,7 @@ class GPT(nn.Module):
 
     def set_backend(self, name: str) -> GPT:
         """Switch the attention backend of every layer in place (parameters untouched)."""
-        backend = get_backend(name)
+        backend = backend_for(self.config, name)
         for block in self.blocks:
             block.attn.backend = backend
         self.config.backend = name

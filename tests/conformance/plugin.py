@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 from collections import defaultdict
 
-from attnbench.conformance import backends
+from attnbench.conformance import backends, model_features  # noqa: F401  (model_features registers its properties)
 from hypothesis import HealthCheck, settings
 
 # Deadlines are off: the machines are shared and noisy, and a slow example is not a wrong one.

@@ -29,6 +29,7 @@ from attnbench.conformance.core import (
     register,
 )
 from attnbench.conformance.features import FEATURE_PROPERTIES
+from attnbench.conformance.masked_reference import Features, masked_attention_formula
 from attnbench.conformance.reference import (
     RuleResult,
     abs_logit_bound,
@@ -323,6 +324,8 @@ def tiny_gpt(mc: ModelCase, dropout: float = 0.0) -> GPT:
         n_layer=mc.n_layer,
         n_head=mc.n_head,
         n_embd=mc.n_head * mc.head_size,
+        n_kv_head=mc.n_kv_head,
+        window=mc.window,
         dropout=dropout,
         backend="manual",
     )
@@ -382,10 +385,12 @@ def _train_step(model: GPT, mc: ModelCase, device: str, dtype: torch.dtype) -> d
 
 
 def _formula_backend(name: str) -> Backend:
-    def fn(q, k, v, *, causal=True, dropout_p=0.0, scale=None):
-        return attention_formula(q, k, v, causal=causal, scale=scale)
+    def fn(q, k, v, *, causal=True, dropout_p=0.0, scale=None, window=None):
+        if window is None and q.size(1) == k.size(1):
+            return attention_formula(q, k, v, causal=causal, scale=scale)
+        return masked_attention_formula(q, k, v, causal=causal, scale=scale, f=Features(window=window))
 
-    return Backend(name, fn, "the plain formula from tests/reference.py")
+    return Backend(name, fn, "the plain formula (masked_reference.py for GQA and window)", features={"gqa", "window"})
 
 
 @functools.lru_cache(maxsize=4)

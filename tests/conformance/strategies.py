@@ -212,6 +212,8 @@ class ModelCase:
     T: int
     t: int
     seed: int
+    n_kv_head: int | None = None  # key/value heads (GQA when < n_head); None: n_head
+    window: int | None = None  # the GPT's sliding window; None: plain causal
 
 
 MODEL_HEAD_SIZES = (1, 4, 7, 8, 64, 80)  # odd toy head sizes, and real ones (64, and 80 off the power of two)
