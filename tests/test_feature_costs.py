@@ -7,7 +7,8 @@ import itertools
 import pytest
 import torch
 from attnbench import get_backend
-from attnbench.bench.measure import attention_flops, attention_inputs, visible_pairs
+from attnbench.bench.measuring.measure import attention_inputs
+from attnbench.bench.measuring.roofline import mask_visible_pairs, pairs_flops
 from attnbench.conformance.features import MASK_MODS
 from attnbench.conformance.masked_reference import Features, reference_visible
 from torch.utils.flop_counter import FlopCounterMode
@@ -20,8 +21,8 @@ def reference_pairs(B, H, Tq, Tk, causal, **features) -> int:
 
 @pytest.mark.parametrize(("Tq", "Tk", "window"), itertools.product([1, 5, 9], [9, 16], [None, 1, 3, 8, 40]))
 def test_closed_form_pairs_match_the_mask(Tq, Tk, window):
-    assert visible_pairs(2, 3, Tq, Tk, window=window) == reference_pairs(2, 3, Tq, Tk, True, window=window)
-    assert visible_pairs(2, 3, Tq, Tk, causal=False) == 2 * 3 * Tq * Tk
+    assert mask_visible_pairs(2, 3, Tq, Tk, window=window) == reference_pairs(2, 3, Tq, Tk, True, window=window)
+    assert mask_visible_pairs(2, 3, Tq, Tk, causal=False) == 2 * 3 * Tq * Tk
 
 
 @pytest.mark.parametrize("mask", sorted(MASK_MODS))
@@ -29,14 +30,14 @@ def test_document_and_mask_mod_pairs_match_the_mask(mask):
     docs = torch.tensor([[0, 0, 0, 1, 1, 2, 2, 2, 2, 2], [5, 5, 6, 6, 6, 6, 7, 7, 8, 8]])  # (B, Tk)
     for causal in (True, False):
         kw = {"document_ids": docs, "mask_mod": MASK_MODS[mask]}
-        assert visible_pairs(2, 3, 7, 10, causal=causal, **kw) == reference_pairs(2, 3, 7, 10, causal, **kw)
+        assert mask_visible_pairs(2, 3, 7, 10, causal=causal, **kw) == reference_pairs(2, 3, 7, 10, causal, **kw)
 
 
 def test_a_window_makes_the_work_linear_in_T():
     w = 256
     for T in (1024, 8192):  # the first w rows see 1 .. w keys, every later row exactly w
-        assert visible_pairs(1, 4, T, T, window=w) == 4 * (w * (w + 1) // 2 + (T - w) * w)
-    assert visible_pairs(1, 1, 8192, 8192, window=w) - visible_pairs(1, 1, 4096, 4096, window=w) == 4096 * w
+        assert mask_visible_pairs(1, 4, T, T, window=w) == 4 * (w * (w + 1) // 2 + (T - w) * w)
+    assert mask_visible_pairs(1, 1, 8192, 8192, window=w) - mask_visible_pairs(1, 1, 4096, 4096, window=w) == 4096 * w
 
 
 def test_flops_of_all_pairs_equal_the_counted_dense_forward():
@@ -45,7 +46,7 @@ def test_flops_of_all_pairs_equal_the_counted_dense_forward():
     q, k, v, _ = attention_inputs(B, H, T, D, "cpu", torch.float32, requires_grad=False)
     with FlopCounterMode(display=False) as counter:
         get_backend("manual")(q, k, v, causal=False)
-    assert counter.get_total_flops() == attention_flops(visible_pairs(B, H, T, T, causal=False), D, "fwd")
-    assert attention_flops(10, D, "fwd+bwd") == 3.5 * attention_flops(10, D, "fwd")
+    assert counter.get_total_flops() == pairs_flops(mask_visible_pairs(B, H, T, T, causal=False), D, "fwd")
+    assert pairs_flops(10, D, "fwd+bwd") == 3.5 * pairs_flops(10, D, "fwd")
     with pytest.raises(ValueError, match="mode"):
-        attention_flops(10, D, "backward")
+        pairs_flops(10, D, "backward")

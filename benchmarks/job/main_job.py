@@ -87,6 +87,8 @@ def clean_stale_partials(out_dir: Path, now: float | None = None) -> list[Path]:
 class StageSpec:
     name: str
     run: Callable  # Job method (stage name, bar) -> (status, detail); writes schema.STAGE_FILES[name]
+
+
 def forward_only(names: list[str]) -> dict:
     """{backend: {device: why it has no backward}} for the backends that are forward-only somewhere."""
     from attnbench import get_backend

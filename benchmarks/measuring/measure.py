@@ -20,37 +20,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
-from attnbench import Backend, visible_mask
+from attnbench import Backend
 from torch.profiler import ProfilerActivity, profile
 
 MODES = ("fwd", "fwd+bwd")
-
-
-def visible_pairs(
-    B: int, H: int, Tq: int, Tk: int, *, causal: bool = True, window=None, document_ids=None, mask_mod=None
-) -> int:
-    """(query, key) pairs the mask lets attend, summed over batch and (query) heads: the work attention must do.
-
-    Causal and window masks are counted in closed form; documents and mask_mod from the mask itself
-    (attnbench.visible_mask, the definition every backend is checked against)."""
-    if document_ids is None and mask_mod is None:
-        off = Tk - Tq  # query i sits at absolute position off + i and sees keys max(0, p - window + 1) .. p
-        if not causal:
-            return B * H * Tq * Tk
-        return B * H * sum(p + 1 if window is None else min(p + 1, window) for p in range(off, Tk))
-    q, k = torch.empty(B, H, Tq, 0), torch.empty(B, 1, Tk, 0)  # only shapes matter to the mask
-    ids = None if document_ids is None else document_ids.cpu()
-    vis = visible_mask(q, k, causal=causal, window=window, mask_mod=mask_mod, document_ids=ids)
-    return int(vis.expand(B, H, Tq, Tk).sum())
-
-
-def attention_flops(pairs: int, D: int, mode: str = "fwd") -> float:
-    """FLOPs of attention over `pairs` visible (query, key) pairs (visible_pairs): two D-long multiply-adds per
-    pair forward (q.k and p.v), 2 FLOP each; backward 2.5x; fwd+bwd 3.5x. Masked-out pairs count for nothing, so
-    FLOP/s and the fraction of peak stay true for sparse masks (windows, documents)."""
-    if mode not in FLOP_FACTOR:
-        raise ValueError(f"mode must be one of {sorted(FLOP_FACTOR)}, got {mode!r}")
-    return FLOP_FACTOR[mode] * 4 * D * pairs
 
 
 def score_matrix_bytes(B: int, H: int, T: int, dtype: torch.dtype) -> int:

@@ -91,6 +91,9 @@ def model_window_reach(backend: Backend, mc: ModelCase, device: str) -> None:
         )
 
 
+# Head size 64, T past 128, MQA with a window: the model-level sizes kernels specialise, in every profile.
+KERNEL_SIZED_CASE = ModelCase(n_layer=1, n_head=2, head_size=64, B=1, T=130, t=127, seed=7, n_kv_head=1, window=16)
+
 MODEL_FEATURE_PROPERTIES = (
     Property(
         "model_gqa_window_causal",
@@ -98,6 +101,7 @@ MODEL_FEATURE_PROPERTIES = (
         lambda d: feature_model_cases(),
         "GQA / windowed GPT logits ignore later tokens",
         level="model",
+        examples=lambda dtype: [KERNEL_SIZED_CASE],
     ),
     Property(
         "model_gqa_window_parity",
@@ -106,6 +110,7 @@ MODEL_FEATURE_PROPERTIES = (
         "GQA + windowed GPT logits/loss/grads/AdamW step vs float64",
         level="model",
         features=("gqa", "window"),
+        examples=lambda dtype: list(PARITY_CASES),
     ),
     Property(
         "model_window_reach",
@@ -114,6 +119,7 @@ MODEL_FEATURE_PROPERTIES = (
         "windowed GPT logits ignore tokens out of the window's reach",
         level="model",
         features=("window",),
+        examples=lambda dtype: [],  # its cases are built around the reach: drawn only
     ),
 )
 PROPERTIES.update((p.name, p) for p in MODEL_FEATURE_PROPERTIES)
