@@ -15,6 +15,7 @@ import inspect
 import math
 import os
 import re
+import signal
 import statistics
 import sys
 import time
@@ -23,9 +24,10 @@ import typing
 import torch
 from attnbench import UnknownBackendError, backend_names, get_backend
 
+from .checkpoint import Interrupted, load_checkpoint
 from .data import DATA_ENV, FILE_NAME, SHA256, DataError, Dataset, cache_dir
 from .model import GPTConfig
-from .train import TrainConfig, evaluate, last_checkpoint_path, load_checkpoint, train
+from .train import TrainConfig, evaluate, train
 
 # Fields that are not flags: vocab_size comes from the data's tokenizer.
 _NOT_FLAGS = {"vocab_size"}
@@ -145,13 +147,17 @@ def run_train(args: argparse.Namespace) -> int:
     except DataError as e:
         raise CLIError(str(e)) from None
 
-    t0, start_time = time.perf_counter(), time.time()
+    t0 = time.perf_counter()
     try:
         result = train(cfg, model_cfg, dataset, resume=args.resume)
-    except KeyboardInterrupt:
-        last = last_checkpoint_path(cfg.out) if cfg.out else None
-        saved = last is not None and last.is_file() and os.path.getmtime(last) >= start_time
-        print(f"stopped by Ctrl-C; continue with --resume {last}" if saved else "stopped by Ctrl-C (nothing saved)")
+    except Interrupted as e:  # SIGINT or SIGTERM: 128 + the signal's number, as a shell reports it
+        what = "Ctrl-C" if e.signum == signal.SIGINT else signal.Signals(e.signum).name
+        print(
+            f"stopped by {what}; continue with --resume {e.saved}" if e.saved else f"stopped by {what} (nothing saved)"
+        )
+        return 128 + e.signum
+    except KeyboardInterrupt:  # Ctrl-C without --out: there is nothing to save
+        print("stopped by Ctrl-C (nothing saved)")
         return 130
     wall = time.perf_counter() - t0
 

@@ -11,15 +11,9 @@ import signal
 import pytest
 import torch
 from attnbench.conformance.backends import backend_params
+from attnbench.gpt.checkpoint import Interrupted, last_checkpoint_path, load_checkpoint
 from attnbench.gpt.data import all_windows
-from attnbench.gpt.train import (
-    evaluate,
-    last_checkpoint_path,
-    load_checkpoint,
-    lr_at,
-    make_optimizer,
-    train,
-)
+from attnbench.gpt.train import evaluate, lr_at, make_optimizer, train
 from spine_helpers import (
     one_thread,  # noqa: F401  (autouse: one torch thread)
     require_cpu_fp32,
@@ -122,20 +116,24 @@ def test_resume_from_best_checkpoint_equals_uninterrupted(tmp_path, capsys):
     assert capsys.readouterr().out.splitlines() == full_watch[1:]  # the watch text and losses continue too
 
 
-def test_ctrl_c_saves_last_checkpoint_and_resume_equals_uninterrupted(tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_stop_signal_saves_last_checkpoint_and_resume_equals_uninterrupted(tmp_path, signum):
     full, _ = run(tmp_path, "full")
+    previous = signal.getsignal(signum)
 
-    def press_ctrl_c(row, model):  # a real SIGINT, delivered in the middle of the run (after the eval at step 5)
+    def send_signal(row, model):  # a real signal, delivered in the middle of the run (after the eval at step 5)
         if row["step"] == 5:
-            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signum)
 
-    with pytest.raises(KeyboardInterrupt):
-        run(tmp_path, "int", on_eval=press_ctrl_c)
+    with pytest.raises(Interrupted) as stopped:
+        run(tmp_path, "int", on_eval=send_signal)
     last = last_checkpoint_path(tmp_path / "int.pt")
     assert last == tmp_path / "int.last.pt" and last.is_file()
+    assert stopped.value.signum == signum and stopped.value.saved == last
+    assert isinstance(stopped.value, KeyboardInterrupt)  # callers that catch Ctrl-C still do
     ckpt = torch.load(last, weights_only=False)
     assert ckpt["step"] == 6 and not ckpt["evaluated"]  # step 5 finished, then it stopped cleanly
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is restored
+    assert signal.getsignal(signum) is previous  # the handler is restored
     cfg = tiny_train_config(max_iters=14, eval_interval=5, watch=3, out=str(tmp_path / "int2.pt"))
     assert_same_run(full, resume(cfg, last))
 
