@@ -42,8 +42,9 @@ def load_checkpoint(path: str | os.PathLike, *, backend: str | None = None, devi
     try:
         ckpt = torch.load(path, map_location=device, weights_only=False)
     except Exception as e:  # empty, truncated or not a torch file: torch raises one of many types
-        detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path} is not a readable checkpoint (empty, truncated or another format: {detail})") from None
+        detail = str(e).strip().splitlines()[0].split(". ")[0] if str(e).strip() else type(e).__name__
+        why = f"empty, truncated or another format: {detail}"
+        raise CheckpointError(f"{path} is not a readable checkpoint ({why})") from None
     missing = {"model", "model_config", "tokenizer"} - (set(ckpt) if isinstance(ckpt, dict) else set())
     if missing:
         raise CheckpointError(
@@ -65,12 +66,12 @@ def check_same_vocabulary(ckpt: dict, tokenizer: CharTokenizer, path: str | os.P
     theirs, ours = set(ckpt["tokenizer"]["chars"]), set(tokenizer.chars)
 
     def only(chars: set[str]) -> str:
-        return "".join(sorted(chars))[:20] or "none"
+        return repr("".join(sorted(chars))[:20]) if chars else "none"
 
     if theirs != ours:
         raise CheckpointError(
             f"{path} was trained on another vocabulary ({len(theirs)} characters) than this data "
-            f"({len(ours)}): only in the checkpoint {only(theirs - ours)!r}, only in the data {only(ours - theirs)!r}; "
+            f"({len(ours)}): only in the checkpoint {only(theirs - ours)}, only in the data {only(ours - theirs)}; "
             "resume it on the data it was trained on"
         )
 
