@@ -120,9 +120,9 @@ def _check_backend(name: str, device: str, dtype: torch.dtype) -> None:
 
 def _check_device(device: str) -> None:
     """A device that parses and exists on this machine (cuda without CUDA, cuda:7 on one GPU: refused)."""
-    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
-        raise CLIError(f"--device {device}: CUDA is not available on this machine")
     try:
+        if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+            raise CLIError(f"--device {device}: CUDA is not available on this machine")
         torch.empty(0, device=device)
     except (RuntimeError, AssertionError) as e:
         raise CLIError(f"--device {device} cannot be used here: {str(e).splitlines()[0]}") from None
