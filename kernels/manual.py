@@ -2,7 +2,7 @@
 
 import torch.nn.functional as F
 
-from .registry import bottom_right_causal_mask, default_scale, register_backend
+from .registry import bottom_right_causal_mask, default_scale, register_backend, score_matrix_bytes
 
 
 def manual_attention(q, k, v, *, causal=True, dropout_p=0.0, scale=None):
@@ -17,4 +17,9 @@ def manual_attention(q, k, v, *, causal=True, dropout_p=0.0, scale=None):
     return att @ v  # (B, H, Tq, D)
 
 
-register_backend("manual", manual_attention, "all heads batched, explicit -inf causal mask, softmax, matmul")
+register_backend(
+    "manual",
+    manual_attention,
+    "all heads batched, explicit -inf causal mask, softmax, matmul",
+    working_set=score_matrix_bytes,  # scores and weights, (B, H, Tq, Tk) each
+)

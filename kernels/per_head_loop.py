@@ -3,7 +3,7 @@
 import torch
 import torch.nn.functional as F
 
-from .registry import bottom_right_causal_mask, default_scale, register_backend
+from .registry import bottom_right_causal_mask, default_scale, register_backend, score_matrix_bytes
 
 
 def per_head_loop_attention(q, k, v, *, causal=True, dropout_p=0.0, scale=None):
@@ -22,4 +22,9 @@ def per_head_loop_attention(q, k, v, *, causal=True, dropout_p=0.0, scale=None):
     return torch.stack(heads, dim=1)  # (B, H, Tq, D)
 
 
-register_backend("per_head_loop", per_head_loop_attention, "one head at a time in a Python loop, then stacked")
+register_backend(
+    "per_head_loop",
+    per_head_loop_attention,
+    "one head at a time in a Python loop, then stacked",
+    working_set=lambda q, k: score_matrix_bytes(q[:, :1], k),  # one head's scores and weights at a time
+)

@@ -8,6 +8,11 @@ A backend computes multi-head attention on already-projected tensors:
 `scale` defaults to 1/sqrt(D), the per-head size. Causal attention with Tq < Tk is aligned to the bottom
 right: query i sits at absolute position Tk - Tq + i and sees keys 0 .. Tk - Tq + i (KV-cache decoding,
 chunked prefill).
+
+Every call through the registry is checked: the inputs (`causal` a real bool, no empty dimension), the
+backend's own refusal for this device and dtype, its working set against the available memory (backends that
+materialize the score matrix declare it), and the output (shape, dtype, device), with an error naming the
+backend.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ import dataclasses
 import importlib
 import importlib.metadata
 import math
+import os
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
@@ -43,6 +50,10 @@ class AttendFn(Protocol):
 
 class AttentionInputError(ValueError):
     """Raised when inputs break the backend contract (rank, shapes, dtypes, devices, dropout)."""
+
+
+class BackendOutputError(RuntimeError):
+    """Raised when a backend returns something other than the contract's output (shape, dtype, device)."""
 
 
 class UnknownBackendError(KeyError):
@@ -74,6 +85,11 @@ class Backend:
     description: str
     unsupported_reason: Callable[[torch.device, torch.dtype], str | None] = always_supported
     no_dropout_reason: Callable[[torch.device], str | None] = dropout_supported
+    # bytes the backend allocates for a call (it materializes the score matrix), None: it never does; a call
+    # that cannot fit in the device's available memory is refused up front with this estimate
+    working_set: Callable[[torch.Tensor, torch.Tensor], int] | None = None
+    # how the backend departs from the non-finite-input contract (see attnbench.conformance.nan_contract), if it does
+    nan_deviation: str | None = None
 
     def supports(self, device: torch.device | str, dtype: torch.dtype) -> bool:
         return self.why_unsupported(device, dtype) is None
@@ -90,14 +106,69 @@ class Backend:
         return self.no_dropout_reason(torch.device(device))
 
     def __call__(self, q, k, v, *, causal=True, dropout_p=0.0, scale=None) -> torch.Tensor:
-        check_inputs(q, k, v, dropout_p=dropout_p, scale=scale)
+        check_inputs(q, k, v, causal=causal, dropout_p=dropout_p, scale=scale)
         if dropout_p > 0 and (reason := self.why_no_dropout(q.device)):
             raise AttentionInputError(f"{self.name} cannot apply dropout here: {reason}")
-        return self.fn(q, k, v, causal=causal, dropout_p=dropout_p, scale=scale)
+        if reason := self.why_unsupported(q.device, q.dtype):
+            raise AttentionInputError(f"{self.name} cannot run on {q.device}/{q.dtype}: {reason}")
+        if self.working_set is not None:
+            check_fits_in_memory(self.name, self.working_set(q, k), q.device)
+        out = self.fn(q, k, v, causal=causal, dropout_p=dropout_p, scale=scale)
+        check_output(self.name, out, q, v)
+        return out
 
 
-def check_inputs(q, k, v, *, dropout_p: float = 0.0, scale: float | None = None) -> None:
+def check_output(name: str, out, q: torch.Tensor, v: torch.Tensor) -> None:
+    """Raise BackendOutputError unless `out` is what the contract promises: (B, Hq, Tq, D) like q, on q's device."""
+    expected = (*q.shape[:-1], v.size(-1))
+    if not isinstance(out, torch.Tensor):
+        raise BackendOutputError(f"backend {name!r} returned {type(out).__name__}, not a torch.Tensor")
+    if tuple(out.shape) != expected or out.dtype != q.dtype or out.device != q.device:
+        raise BackendOutputError(
+            f"backend {name!r} returned shape {tuple(out.shape)} {out.dtype} on {out.device}; the contract needs "
+            f"shape {expected} {q.dtype} on {q.device}"
+        )
+
+
+CHECK_MEMORY_ABOVE = 1 << 30  # working sets below 1 GiB are never refused (and never cost a memory query)
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes free for new allocations on `device` (None: unknown there)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    if device.type == "cpu":
+        try:
+            with open("/proc/meminfo") as f:
+                return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+        except (OSError, StopIteration):
+            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else None
+    return None
+
+
+def check_fits_in_memory(name: str, nbytes: int, device: torch.device) -> None:
+    """Refuse, before allocating, a call whose working set exceeds the device's available memory."""
+    if nbytes < CHECK_MEMORY_ABOVE:
+        return
+    free = available_memory(device)
+    if free is not None and nbytes > free:
+        raise AttentionInputError(
+            f"{name} would need about {nbytes / 1e9:.1f} GB for this call (it materializes the score matrix), "
+            f"more than the {free / 1e9:.1f} GB available on {device}: use a smaller batch or sequence, or a "
+            "flash-style backend (sdpa, chunked)"
+        )
+
+
+def score_matrix_bytes(q: torch.Tensor, k: torch.Tensor, copies: int = 2) -> int:
+    """Working set of a backend that materializes (B, H, Tq, Tk) scores: `copies` of them (scores, weights)."""
+    B, H, Tq, _ = q.shape
+    return copies * B * H * Tq * k.size(-2) * q.element_size()
+
+
+def check_inputs(q, k, v, *, causal: bool = True, dropout_p: float = 0.0, scale: float | None = None) -> None:
     """Raise AttentionInputError naming the first broken rule of the backend contract."""
+    if not isinstance(causal, bool):  # a string such as 'no' is truthy: it would silently mean causal
+        raise AttentionInputError(f"causal must be True or False, got {causal!r}")
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
             raise AttentionInputError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
@@ -114,8 +185,8 @@ def check_inputs(q, k, v, *, dropout_p: float = 0.0, scale: float | None = None)
         )
     if tq > tk:
         raise AttentionInputError(f"Tq must be <= Tk, got Tq={tq} > Tk={tk}")
-    if tq == 0 or dq == 0:
-        raise AttentionInputError(f"empty sequence or head size: q {tuple(q.shape)}")
+    if hq == 0 or tq == 0 or dq == 0:
+        raise AttentionInputError(f"no heads, empty sequence or empty head size (H, Tq, D): q {tuple(q.shape)}")
     if not (q.dtype == k.dtype == v.dtype):
         raise AttentionInputError(f"q, k, v dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}")
     if not q.dtype.is_floating_point:
@@ -152,12 +223,22 @@ def register_backend(
     unsupported_reason: Callable[[torch.device, torch.dtype], str | None] = always_supported,
     *,
     no_dropout_reason: Callable[[torch.device], str | None] = dropout_supported,
+    working_set: Callable[[torch.Tensor, torch.Tensor], int] | None = None,
+    nan_deviation: str | None = None,
     replace: bool = False,
 ) -> Backend:
     """Register `fn` under `name`; returns the Backend. Re-registering a name needs replace=True."""
     if name in _REGISTRY and not replace:
         raise ValueError(f"backend {name!r} is already registered ({_REGISTRY[name].description})")
-    backend = Backend(name, fn, description, unsupported_reason, no_dropout_reason)
+    backend = Backend(
+        name,
+        fn,
+        description,
+        unsupported_reason,
+        no_dropout_reason,
+        working_set=working_set,
+        nan_deviation=nan_deviation,
+    )
     _REGISTRY[name] = backend
     return backend
 
@@ -192,18 +273,20 @@ def load_entry_point_backends() -> None:
             _REGISTRY[ep.name] = dataclasses.replace(_as_backend(ep.name, obj), name=ep.name)
 
 
+_SPEC_FORM = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")
 _SPECS: dict[str, Backend] = {}  # spec -> its Backend: the same spec gives the same object every time
 
 
 def load_backend_spec(spec: str) -> Backend:
     """Import 'package.module:attr' and return it as a Backend named by the spec (loaded once per spec)."""
     if spec not in _SPECS:
+        if not _SPEC_FORM.fullmatch(spec):
+            raise UnknownBackendError(f"malformed backend spec {spec!r}: expected 'package.module:function'")
         module_name, _, attr = spec.partition(":")
         try:
-            obj = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as e:
-            raise UnknownBackendError(f"cannot load backend {spec!r}: {e}") from e
-        _SPECS[spec] = _as_backend(spec, obj)
+            _SPECS[spec] = _as_backend(spec, getattr(importlib.import_module(module_name), attr))
+        except Exception as e:  # missing module or name, a module that fails on import, a non-callable
+            raise UnknownBackendError(f"cannot load backend {spec!r}: {type(e).__name__}: {e}") from e
     return _SPECS[spec]
 
 
