@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import torch
 
-from .registry import AttentionInputError, default_scale, register_backend
+from .registry import NAN_IN_FUTURE_VALUE, AttentionInputError, default_scale, register_backend
 
 DEFAULT_BLOCK = 128  # keys per step: larger means fewer Python steps, more memory (Tq * block scores)
 
@@ -155,4 +155,5 @@ register_backend(
     "chunked",
     chunked_attention,
     "flash-attention algorithm in plain PyTorch: online softmax over key blocks, recomputing backward, O(T) memory",
+    nan_deviation=NAN_IN_FUTURE_VALUE + " (within its key block)",
 )

@@ -2,7 +2,7 @@
 
 import torch.nn.functional as F
 
-from .registry import bottom_right_causal_mask, default_scale, register_backend, score_matrix_bytes
+from .registry import NAN_IN_FUTURE_VALUE, bottom_right_causal_mask, default_scale, register_backend, score_matrix_bytes
 
 
 def manual_attention(q, k, v, *, causal=True, dropout_p=0.0, scale=None):
@@ -22,4 +22,5 @@ register_backend(
     manual_attention,
     "all heads batched, explicit -inf causal mask, softmax, matmul",
     working_set=score_matrix_bytes,  # scores and weights, (B, H, Tq, Tk) each
+    nan_deviation=NAN_IN_FUTURE_VALUE,
 )

@@ -3,7 +3,7 @@
 import torch
 import torch.nn.functional as F
 
-from .registry import bottom_right_causal_mask, default_scale, register_backend, score_matrix_bytes
+from .registry import NAN_IN_FUTURE_VALUE, bottom_right_causal_mask, default_scale, register_backend, score_matrix_bytes
 
 
 def per_head_loop_attention(q, k, v, *, causal=True, dropout_p=0.0, scale=None):
@@ -27,4 +27,5 @@ register_backend(
     per_head_loop_attention,
     "one head at a time in a Python loop, then stacked",
     working_set=lambda q, k: score_matrix_bytes(q[:, :1], k),  # one head's scores and weights at a time
+    nan_deviation=NAN_IN_FUTURE_VALUE,
 )

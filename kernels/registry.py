@@ -63,6 +63,11 @@ class UnknownBackendError(KeyError):
         return str(self.args[0])
 
 
+NAN_IN_FUTURE_VALUE = (  # how weights @ values kernels depart from the NaN contract (attnbench.conformance)
+    "a NaN in a future value reaches every earlier row: its masked weight is 0 and 0 * NaN = NaN in weights @ values"
+)
+
+
 def always_supported(device: torch.device, dtype: torch.dtype) -> str | None:
     return None
 
@@ -248,7 +253,8 @@ def _as_backend(name: str, obj: object) -> Backend:
         return obj
     if callable(obj):
         doc = (getattr(obj, "__doc__", None) or "").strip().splitlines()
-        return Backend(name, obj, doc[0] if doc else f"plug-in backend {name}")
+        deviation = getattr(obj, "nan_deviation", None)  # a plain callable may declare it as an attribute
+        return Backend(name, obj, doc[0] if doc else f"plug-in backend {name}", nan_deviation=deviation)
     raise TypeError(f"{name!r} must be a attnbench.Backend or an attention callable, got {type(obj).__name__}")
 
 

@@ -15,7 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from .registry import register_backend
+from .registry import NAN_IN_FUTURE_VALUE, register_backend
+
+# PyTorch's own CPU flash kernel (what sdpa picks on CPU), found by the nan_contract property
+SDPA_CPU_NAN = f"on CPU, a NaN in q can give a finite (all-zero) row when Tk < 16, and {NAN_IN_FUTURE_VALUE}"
 
 
 def sdpa_attention(q, k, v, *, causal=True, dropout_p=0.0, scale=None, kernel: SDPBackend | None = None):
@@ -71,11 +74,18 @@ def _cudnn_reason(device, dtype):
     return None
 
 
-register_backend("sdpa", sdpa_attention, "F.scaled_dot_product_attention, PyTorch picks the kernel")
+register_backend(
+    "sdpa",
+    sdpa_attention,
+    "F.scaled_dot_product_attention, PyTorch picks the kernel",
+    nan_deviation=SDPA_CPU_NAN,
+)
 register_backend(
     "sdpa_math",
     functools.partial(sdpa_attention, kernel=SDPBackend.MATH),
     "SDPA pinned to the math (reference, materialized) kernel",
+    nan_deviation="PyTorch's math kernel: a NaN in a future key or value reaches every earlier row (the causal "
+    "mask is added to NaN scores; 0 * NaN in weights @ values)",
 )
 register_backend(
     "sdpa_flash",
@@ -83,6 +93,7 @@ register_backend(
     "SDPA pinned to the flash-attention kernel (blockwise, O(T) memory)",
     _flash_reason,
     no_dropout_reason=_flash_no_dropout_reason,
+    nan_deviation=SDPA_CPU_NAN,
 )
 register_backend(
     "sdpa_efficient",

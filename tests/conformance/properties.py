@@ -16,6 +16,7 @@ import pytest
 import torch
 from attnbench import Backend
 from attnbench.conformance.backends import candidate_dtypes, set_model_backend, supported_dtypes
+from attnbench.conformance.nan_contract import nan_contract
 from attnbench.conformance.reference import (
     RuleResult,
     abs_logit_bound,
@@ -444,6 +445,7 @@ PROPERTIES: dict[str, Property] = {
         ),
         Property("dropout_off", dropout_off_when_zero, lambda d: cases(d), "dropout_p = 0 is deterministic"),
         Property("huge_logits", no_nan_huge_logits, _huge_cases, "no NaN with logits up to 1e6"),
+        Property("nan_contract", nan_contract, lambda d: cases(d), "a NaN reaches exactly the rows that see it"),
         Property(
             "model_causal", model_causality, lambda d: model_cases(), "GPT logits ignore later tokens", level="model"
         ),
