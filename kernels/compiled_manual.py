@@ -16,7 +16,7 @@ import functools
 import torch
 
 from .manual import manual_attention
-from .registry import register_backend
+from .registry import NAN_IN_FUTURE_VALUE, register_backend, score_matrix_bytes
 
 COMPILE_MIN_TK = 64  # shorter key sequences run eager: a compile (seconds) would never pay back
 
@@ -36,4 +36,6 @@ register_backend(
     "compiled_manual",
     compiled_manual_attention,
     f"the manual formula under torch.compile(dynamic=True); eager below Tk={COMPILE_MIN_TK}",
+    working_set=score_matrix_bytes,  # as manual: inductor fuses the elementwise work, the (B, H, Tq, Tk) scores stay
+    nan_deviation=NAN_IN_FUTURE_VALUE,
 )

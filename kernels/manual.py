@@ -4,10 +4,12 @@ import torch.nn.functional as F
 
 from .registry import (
     FEATURES,
+    NAN_IN_FUTURE_VALUE,
     default_scale,
     mask_scores,
     register_backend,
     repeat_kv,
+    score_matrix_bytes,
     visible_mask,
     zero_empty_rows,
 )
@@ -34,4 +36,6 @@ register_backend(
     manual_attention,
     "all heads batched, explicit boolean mask, softmax, matmul",
     features=FEATURES,
+    working_set=score_matrix_bytes,  # scores and weights, (B, H, Tq, Tk) each
+    nan_deviation=NAN_IN_FUTURE_VALUE,
 )

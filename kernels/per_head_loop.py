@@ -3,7 +3,16 @@
 import torch
 import torch.nn.functional as F
 
-from .registry import FEATURES, default_scale, mask_scores, register_backend, visible_mask, zero_empty_rows
+from .registry import (
+    FEATURES,
+    NAN_IN_FUTURE_VALUE,
+    default_scale,
+    mask_scores,
+    register_backend,
+    score_matrix_bytes,
+    visible_mask,
+    zero_empty_rows,
+)
 
 
 def per_head_loop_attention(
@@ -32,4 +41,6 @@ register_backend(
     per_head_loop_attention,
     "one head at a time in a Python loop, then stacked",
     features=FEATURES,
+    working_set=lambda q, k: score_matrix_bytes(q[:, :1], k),  # one head's scores and weights at a time
+    nan_deviation=NAN_IN_FUTURE_VALUE,
 )

@@ -21,6 +21,11 @@ Optional features (FEATURES), each off by default; a backend declares those it i
 - softcap (float > 0): logits -> softcap * tanh(logits / softcap), applied before masking.
 Every mask given is combined by AND. A query row that sees no key at all (possible with mask_mod) outputs
 zeros, and its gradient with respect to q, k and v is zero.
+
+Every call through the registry is checked: the inputs (`causal` a real bool, no empty dimension), the
+backend's own refusal for this device and dtype, its working set against the available memory (backends that
+materialize the score matrix declare it), and the output (shape, dtype, device), with an error naming the
+backend.
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ import dataclasses
 import importlib
 import importlib.metadata
 import math
+import os
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
@@ -64,11 +71,20 @@ class AttentionInputError(ValueError):
     """Raised when inputs break the backend contract (rank, shapes, dtypes, devices, dropout)."""
 
 
+class BackendOutputError(RuntimeError):
+    """Raised when a backend returns something other than the contract's output (shape, dtype, device)."""
+
+
 class UnknownBackendError(KeyError):
     """Raised for a backend name that is neither registered nor an importable `module:function`."""
 
     def __str__(self) -> str:  # KeyError would repr() the message and wrap it in quotes
         return str(self.args[0])
+
+
+NAN_IN_FUTURE_VALUE = (  # how weights @ values kernels depart from the NaN contract (attnbench.conformance)
+    "a NaN in a future value reaches every earlier row: its masked weight is 0 and 0 * NaN = NaN in weights @ values"
+)
 
 
 def always_supported(device: torch.device, dtype: torch.dtype) -> str | None:
@@ -105,12 +121,17 @@ class Backend:
     features: frozenset[str] = frozenset()
     no_feature_reason: Callable[[str, torch.device], str | None] = declared_features_supported
 
+    no_backward_reason: str | Callable[[torch.device], str | None] | None = None
+    # bytes the backend allocates for a call (it materializes the score matrix), None: it never does; a call
+    # that cannot fit in the device's available memory is refused up front with this estimate
+    working_set: Callable[[torch.Tensor, torch.Tensor], int] | None = None
+    # how the backend departs from the non-finite-input contract (see attnbench.conformance.nan_contract), if it does
+    nan_deviation: str | None = None
+
     def __post_init__(self):
         if unknown := set(self.features) - set(FEATURES):
             raise ValueError(f"backend {self.name!r} declares unknown features {sorted(unknown)}; known: {FEATURES}")
         object.__setattr__(self, "features", frozenset(self.features))
-
-    no_backward_reason: str | Callable[[torch.device], str | None] | None = None
 
     def supports(self, device: torch.device | str, dtype: torch.dtype) -> bool:
         return self.why_unsupported(device, dtype) is None
@@ -166,8 +187,61 @@ class Backend:
         for feature in features_in_use(q, k, **extras):
             if reason := self.why_no_feature(feature, q.device):
                 raise AttentionInputError(f"{self.name} cannot run {feature} on {q.device.type}: {reason}")
+        if reason := self.why_unsupported(q.device, q.dtype):
+            raise AttentionInputError(f"{self.name} cannot run on {q.device}/{q.dtype}: {reason}")
+        if self.working_set is not None:
+            check_fits_in_memory(self.name, self.working_set(q, k), q.device)
         used = {name: value for name, value in extras.items() if value is not None}  # an old-style fn never sees them
-        return self.fn(q, k, v, causal=causal, dropout_p=dropout_p, scale=scale, **used)
+        out = self.fn(q, k, v, causal=causal, dropout_p=dropout_p, scale=scale, **used)
+        check_output(self.name, out, q, v)
+        return out
+
+
+def check_output(name: str, out, q: torch.Tensor, v: torch.Tensor) -> None:
+    """Raise BackendOutputError unless `out` is what the contract promises: (B, Hq, Tq, D) like q, on q's device."""
+    expected = (*q.shape[:-1], v.size(-1))
+    if not isinstance(out, torch.Tensor):
+        raise BackendOutputError(f"backend {name!r} returned {type(out).__name__}, not a torch.Tensor")
+    if tuple(out.shape) != expected or out.dtype != q.dtype or out.device != q.device:
+        raise BackendOutputError(
+            f"backend {name!r} returned shape {tuple(out.shape)} {out.dtype} on {out.device}; the contract needs "
+            f"shape {expected} {q.dtype} on {q.device}"
+        )
+
+
+CHECK_MEMORY_ABOVE = 1 << 30  # working sets below 1 GiB are never refused (and never cost a memory query)
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes free for new allocations on `device` (None: unknown there)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    if device.type == "cpu":
+        try:
+            with open("/proc/meminfo") as f:
+                return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+        except (OSError, StopIteration):
+            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else None
+    return None
+
+
+def check_fits_in_memory(name: str, nbytes: int, device: torch.device) -> None:
+    """Refuse, before allocating, a call whose working set exceeds the device's available memory."""
+    if nbytes < CHECK_MEMORY_ABOVE:
+        return
+    free = available_memory(device)
+    if free is not None and nbytes > free:
+        raise AttentionInputError(
+            f"{name} would need about {nbytes / 1e9:.1f} GB for this call (it materializes the score matrix), "
+            f"more than the {free / 1e9:.1f} GB available on {device}: use a smaller batch or sequence, or a "
+            "flash-style backend (sdpa, chunked)"
+        )
+
+
+def score_matrix_bytes(q: torch.Tensor, k: torch.Tensor, copies: int = 2) -> int:
+    """Working set of a backend that materializes (B, H, Tq, Tk) scores: `copies` of them (scores, weights)."""
+    B, H, Tq, _ = q.shape
+    return copies * B * H * Tq * k.size(-2) * q.element_size()
 
 
 def features_in_use(q, k, *, window=None, mask_mod=None, document_ids=None, softcap=None) -> list[str]:
@@ -191,6 +265,8 @@ def check_inputs(
     softcap=None,
 ) -> None:
     """Raise AttentionInputError naming the first broken rule of the backend contract."""
+    if not isinstance(causal, bool):  # a string such as 'no' is truthy: it would silently mean causal
+        raise AttentionInputError(f"causal must be True or False, got {causal!r}")
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
             raise AttentionInputError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
@@ -212,8 +288,8 @@ def check_inputs(
         )
     if tq > tk:
         raise AttentionInputError(f"Tq must be <= Tk, got Tq={tq} > Tk={tk}")
-    if tq == 0 or dq == 0:
-        raise AttentionInputError(f"empty sequence or head size: q {tuple(q.shape)}")
+    if hq == 0 or tq == 0 or dq == 0:
+        raise AttentionInputError(f"no heads, empty sequence or empty head size (H, Tq, D): q {tuple(q.shape)}")
     if not (q.dtype == k.dtype == v.dtype):
         raise AttentionInputError(f"q, k, v dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}")
     if not q.dtype.is_floating_point:
@@ -324,6 +400,8 @@ def register_backend(
     features: frozenset[str] | set[str] | tuple[str, ...] = frozenset(),
     no_feature_reason: Callable[[str, torch.device], str | None] = declared_features_supported,
     no_backward_reason: str | Callable[[torch.device], str | None] | None = None,
+    working_set: Callable[[torch.Tensor, torch.Tensor], int] | None = None,
+    nan_deviation: str | None = None,
     replace: bool = False,
 ) -> Backend:
     """Register `fn` under `name`; returns the Backend. Re-registering a name needs replace=True."""
@@ -338,6 +416,8 @@ def register_backend(
         frozenset(features),
         no_feature_reason,
         no_backward_reason=no_backward_reason,
+        working_set=working_set,
+        nan_deviation=nan_deviation,
     )
     _REGISTRY[name] = backend
     return backend
@@ -348,7 +428,8 @@ def _as_backend(name: str, obj: object) -> Backend:
         return obj
     if callable(obj):
         doc = (getattr(obj, "__doc__", None) or "").strip().splitlines()
-        return Backend(name, obj, doc[0] if doc else f"plug-in backend {name}")
+        deviation = getattr(obj, "nan_deviation", None)  # a plain callable may declare it as an attribute
+        return Backend(name, obj, doc[0] if doc else f"plug-in backend {name}", nan_deviation=deviation)
     raise TypeError(f"{name!r} must be a attnbench.Backend or an attention callable, got {type(obj).__name__}")
 
 
@@ -373,18 +454,20 @@ def load_entry_point_backends() -> None:
             _REGISTRY[ep.name] = dataclasses.replace(_as_backend(ep.name, obj), name=ep.name)
 
 
+_SPEC_FORM = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")
 _SPECS: dict[str, Backend] = {}  # spec -> its Backend: the same spec gives the same object every time
 
 
 def load_backend_spec(spec: str) -> Backend:
     """Import 'package.module:attr' and return it as a Backend named by the spec (loaded once per spec)."""
     if spec not in _SPECS:
+        if not _SPEC_FORM.fullmatch(spec):
+            raise UnknownBackendError(f"malformed backend spec {spec!r}: expected 'package.module:function'")
         module_name, _, attr = spec.partition(":")
         try:
-            obj = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as e:
-            raise UnknownBackendError(f"cannot load backend {spec!r}: {e}") from e
-        _SPECS[spec] = _as_backend(spec, obj)
+            _SPECS[spec] = _as_backend(spec, getattr(importlib.import_module(module_name), attr))
+        except Exception as e:  # missing module or name, a module that fails on import, a non-callable
+            raise UnknownBackendError(f"cannot load backend {spec!r}: {type(e).__name__}: {e}") from e
     return _SPECS[spec]
 
 

@@ -22,10 +22,13 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from .registry import register_backend, visible_mask
+from .registry import NAN_IN_FUTURE_VALUE, register_backend, visible_mask
 
 FEATURES = frozenset({"gqa", "window", "mask_mod", "document_ids"})
 MASKS = ("window", "mask_mod", "document_ids")  # the features SDPA receives as a boolean attn_mask
+
+# PyTorch's own CPU flash kernel (what sdpa picks on CPU), found by the nan_contract property
+SDPA_CPU_NAN = f"on CPU, a NaN in q can give a finite (all-zero) row when Tk < 16, and {NAN_IN_FUTURE_VALUE}"
 
 
 def sdpa_attention(
@@ -120,12 +123,20 @@ def _cudnn_reason(device, dtype):
     return None
 
 
-register_backend("sdpa", sdpa_attention, "F.scaled_dot_product_attention, PyTorch picks the kernel", features=FEATURES)
+register_backend(
+    "sdpa",
+    sdpa_attention,
+    "F.scaled_dot_product_attention, PyTorch picks the kernel",
+    features=FEATURES,
+    nan_deviation=SDPA_CPU_NAN,
+)
 register_backend(
     "sdpa_math",
     functools.partial(sdpa_attention, kernel=SDPBackend.MATH),
     "SDPA pinned to the math (reference, materialized) kernel",
     features=FEATURES,
+    nan_deviation="PyTorch's math kernel: a NaN in a future key or value reaches every earlier row (the causal "
+    "mask is added to NaN scores; 0 * NaN in weights @ values)",
 )
 register_backend(
     "sdpa_flash",
@@ -135,6 +146,7 @@ register_backend(
     no_dropout_reason=_flash_no_dropout_reason,
     features=FEATURES,
     no_feature_reason=_feature_reason("flash"),
+    nan_deviation=SDPA_CPU_NAN,
 )
 register_backend(
     "sdpa_efficient",

@@ -220,8 +220,11 @@ def triton_flash_attention(q, k, v, *, causal=True, dropout_p=0.0, scale=None, w
     return _TritonFlash.apply(q, k, v, causal, default_scale(q, scale), window)
 
 
+TRITON_INSTALLED = importlib.util.find_spec("triton") is not None  # looked up once: every call asks _reason
+
+
 def _reason(device: torch.device, dtype: torch.dtype) -> str | None:
-    if importlib.util.find_spec("triton") is None:
+    if not TRITON_INSTALLED:
         return "triton is not installed (pip install -e .[triton])"
     if dtype not in DTYPES:
         return f"triton_flash takes fp16/bf16/fp32, not {dtype}"

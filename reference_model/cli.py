@@ -15,17 +15,21 @@ import inspect
 import math
 import os
 import re
+import signal
 import statistics
 import sys
+import tempfile
 import time
 import typing
+from pathlib import Path
 
 import torch
 from attnbench import UnknownBackendError, backend_names, get_backend
 
+from .checkpoint import CheckpointError, Interrupted, load_checkpoint
 from .data import DATA_ENV, FILE_NAME, SHA256, DataError, Dataset, cache_dir
 from .model import GPTConfig
-from .train import TrainConfig, evaluate, last_checkpoint_path, load_checkpoint, train
+from .train import TrainConfig, TrainingDiverged, evaluate, train
 
 # Fields that are not flags: vocab_size comes from the data's tokenizer.
 _NOT_FLAGS = {"vocab_size"}
@@ -82,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--data", metavar="PATH", help=f"tiny Shakespeare text file (default: ${DATA_ENV}, then the cache)")
     t.add_argument("--no-verify", action="store_true", help="skip the sha256 check (to train on another text file)")
+    t.add_argument("--force", action="store_true", help="replace an existing --out checkpoint of another run")
     t.add_argument(
         "--resume",
         metavar="CKPT",
@@ -113,16 +118,44 @@ def _check_backend(name: str, device: str, dtype: torch.dtype) -> None:
         raise CLIError(f"backend {name!r} cannot run on {device}/{dtype}: {reason}")
 
 
+def _check_device(device: str) -> None:
+    """A device that parses and exists on this machine (cuda without CUDA, cuda:7 on one GPU: refused)."""
+    try:
+        if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+            raise CLIError(f"--device {device}: CUDA is not available on this machine")
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as e:
+        raise CLIError(f"--device {device} cannot be used here: {str(e).splitlines()[0]}") from None
+
+
+def _check_out(out: Path, args: argparse.Namespace, ckpt: dict | None) -> None:
+    """--out must be a writable file path, and never another run's checkpoint (unless --force): all checked
+    before training, not at the first save."""
+    if out.is_dir():
+        raise CLIError(f"--out {out} is a directory; give a file path such as {out / 'ckpt.pt'}")
+    folder = next(p for p in out.absolute().parents if p.exists())  # the writer creates missing folders below
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise CLIError(f"--out {out} cannot be written: {e.strerror or e} in {folder}") from None
+    own = ckpt is not None and {Path(args.resume).resolve(), Path(ckpt["train_config"]["out"] or "").resolve()}
+    if out.exists() and not args.force and not (own and out.resolve() in own):
+        raise CLIError(f"--out {out} already exists; pass --force to replace it, or --resume it to continue that run")
+
+
 def _load_checkpoint(path: str, backend: str | None, device: str):
     try:
         return load_checkpoint(path, backend=backend, device=device)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, CheckpointError) as e:
         raise CLIError(str(e)) from None
 
 
 def run_train(args: argparse.Namespace) -> int:
     given = vars(args)
+    ckpt = None
     if args.resume:
+        _check_device(given.get("device", "cpu"))
         ckpt = _load_checkpoint(args.resume, None, given.get("device", "cpu"))[2]
         model_cfg, cfg = GPTConfig(**ckpt["model_config"]), TrainConfig(**ckpt["train_config"])
     else:
@@ -131,28 +164,30 @@ def run_train(args: argparse.Namespace) -> int:
         for f in dataclasses.fields(obj):
             if f.name in given:
                 setattr(obj, f.name, given[f.name])
-    try:
-        model_cfg.__post_init__()  # re-validate after the flags
-    except ValueError as e:
-        raise CLIError(str(e)) from None
+        obj.__post_init__()  # re-validate after the flags (a ValueError: one line, exit 2)
+    _check_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    if cfg.dtype not in ("float32", "float64", "bfloat16"):
-        raise CLIError(f"--dtype must be float32, float64 or bfloat16, got {cfg.dtype!r}")
     _check_backend(model_cfg.backend, cfg.device, getattr(torch, cfg.dtype))
+    if cfg.out:
+        _check_out(Path(cfg.out), args, ckpt)
     try:
         dataset = Dataset.load(args.data, expected_sha256=None if args.no_verify else SHA256)
     except DataError as e:
         raise CLIError(str(e)) from None
 
-    t0, start_time = time.perf_counter(), time.time()
+    t0 = time.perf_counter()
     try:
         result = train(cfg, model_cfg, dataset, resume=args.resume)
-    except KeyboardInterrupt:
-        last = last_checkpoint_path(cfg.out) if cfg.out else None
-        saved = last is not None and last.is_file() and os.path.getmtime(last) >= start_time
-        print(f"stopped by Ctrl-C; continue with --resume {last}" if saved else "stopped by Ctrl-C (nothing saved)")
-        return 130
+    except Interrupted as e:  # SIGINT or SIGTERM: 128 + the signal's number, as a shell reports it
+        what = "Ctrl-C" if e.signum == signal.SIGINT else signal.Signals(e.signum).name
+        print(
+            f"stopped by {what}; continue with --resume {e.saved}" if e.saved else f"stopped by {what} (nothing saved)"
+        )
+        return 128 + e.signum
+    except TrainingDiverged as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     wall = time.perf_counter() - t0
 
     t1 = time.perf_counter()
@@ -178,6 +213,11 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_sample(args: argparse.Namespace) -> int:
+    if not (math.isfinite(args.temperature) and args.temperature > 0):
+        raise CLIError(f"--temperature must be a finite number > 0, got {args.temperature}")
+    if args.max_new_tokens < 0:
+        raise CLIError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
+    _check_device(args.device)
     if args.backend is not None:
         _check_backend(args.backend, args.device, torch.float32)
     model, tokenizer, _ = _load_checkpoint(args.checkpoint, args.backend, args.device)
@@ -212,3 +252,6 @@ def main(argv: list[str] | None = None) -> int:
     except (CLIError, ValueError) as e:  # ValueError: bad config or input reported by the model / data code
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C before training started, or without --out: nothing to save
+        print("stopped by Ctrl-C (nothing saved)", file=sys.stderr)
+        return 130

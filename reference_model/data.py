@@ -132,7 +132,14 @@ class Dataset:
 
     @classmethod
     def load(cls, path: str | os.PathLike | None = None, **resolve_kwargs) -> Dataset:
-        return cls.from_text(resolve_data_path(path, **resolve_kwargs).read_text(encoding="utf-8"))
+        resolved = resolve_data_path(path, **resolve_kwargs)
+        try:
+            text = resolved.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise DataError(f"{resolved} is not UTF-8 text (byte {e.start}): give a plain text file") from None
+        if not text:
+            raise DataError(f"{resolved} is empty: give a text file to train on")
+        return cls.from_text(text)
 
     def split(self, name: str) -> torch.Tensor:
         if name not in ("train", "val"):

@@ -26,6 +26,7 @@ class TrainStep:
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.forward = torch.compile(model) if compile else model  # shares the parameters, never the state_dict
         self.update = torch.compile(self._update) if compile else self._update
+        self.grad_norm: torch.Tensor | None = None  # the last step's gradient norm before clipping (None: no clip)
 
     def _update(self) -> torch.Tensor | None:
         norm = torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip) if self.grad_clip else None
@@ -36,6 +37,6 @@ class TrainStep:
         with self.autocast:
             _, loss, _ = self.forward(x, y)
         loss.backward()
-        self.update()
+        self.grad_norm = self.update()
         self.optimizer.zero_grad(set_to_none=True)
         return loss

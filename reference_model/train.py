@@ -1,4 +1,5 @@
-"""Training loop: AdamW, warmup + cosine schedule, gradient clipping, evaluation, checkpoints, resume, watch.
+"""Training loop: AdamW, warmup + cosine schedule, gradient clipping, evaluation and watch mode (checkpoints,
+resume and stop signals live in checkpoint.py).
 
 result = train(TrainConfig(max_iters=2000), GPTConfig(backend="sdpa"), Dataset.load())
 """
@@ -8,8 +9,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import signal
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -18,10 +17,21 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .atomic import AtomicFile
+from .atomic import remove_stale_temporaries
+from .checkpoint import (
+    Interrupted,
+    RunRNG,
+    check_same_vocabulary,
+    last_checkpoint_path,
+    load_checkpoint,
+    restore_state,
+    resumable_state,
+    save_checkpoint,
+    stop_signals,
+)
 from .data import CharTokenizer, Dataset, all_windows, get_batch
 from .model import GPT, GPTConfig
-from .optim import make_optimizer
+from .optim import ADAMW_IMPLS, make_optimizer
 from .step import TrainStep
 
 
@@ -49,6 +59,39 @@ class TrainConfig:
     watch: int = 0  # every N steps, sample one more character and print the growing text; 0: off
     progress: bool = True  # tqdm progress bar
 
+    def __post_init__(self):
+        """Every field is checked here, once: a bad value fails before any training, never as NaN or a no-op."""
+        lowest = dict(
+            max_iters=1, batch_size=1, warmup_iters=0, eval_interval=0, eval_iters=0, seed=0, threads=0, watch=0
+        )
+        for name, low in lowest.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        for name in ("learning_rate", "min_lr", "weight_decay", "grad_clip", "beta1", "beta2"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        if self.learning_rate == 0 or self.min_lr > self.learning_rate:
+            raise ValueError(f"need 0 <= min_lr <= learning_rate > 0, got {self.min_lr!r} and {self.learning_rate!r}")
+        for name in ("beta1", "beta2"):
+            if getattr(self, name) >= 1:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
+        if self.adamw_impl not in ADAMW_IMPLS:
+            raise ValueError(f"adamw_impl must be one of {', '.join(ADAMW_IMPLS)}, got {self.adamw_impl!r}")
+        if self.dtype not in ("float32", "float64", "bfloat16"):
+            raise ValueError(f"dtype must be float32, float64 or bfloat16, got {self.dtype!r}")
+        try:
+            torch.device(self.device)
+        except (RuntimeError, TypeError):
+            raise ValueError(
+                f"device must be a torch device such as cpu, cuda or cuda:1, got {self.device!r}"
+            ) from None
+        if self.out is not None and (not isinstance(self.out, str) or not self.out):
+            raise ValueError(f"out must be a file path or None, got {self.out!r}")
+        if not isinstance(self.progress, bool):
+            raise ValueError(f"progress must be True or False, got {self.progress!r}")
+
 
 @dataclass
 class TrainResult:
@@ -59,6 +102,20 @@ class TrainResult:
     best_val: float = math.inf
     eval_seconds: float = 0.0
     steps_done: int = 0  # optimizer steps taken so far, counting those before a resume
+
+
+class TrainingDiverged(RuntimeError):
+    """A training value went non-finite: training stops there instead of going on with NaN weights."""
+
+    def __init__(self, step: int, what: str, value: float, last_finite: tuple[int, float] | None):
+        last = (
+            f"last finite loss {last_finite[1]:.4f} at step {last_finite[0]}" if last_finite else "no finite step yet"
+        )
+        super().__init__(
+            f"training diverged at step {step}: the {what} is {value} ({last}); "
+            "lower --learning-rate or set --grad-clip"
+        )
+        self.step = step
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -94,52 +151,6 @@ def evaluate(model: GPT, data: torch.Tensor, cfg: TrainConfig, generator: torch.
     return mean
 
 
-def save_checkpoint(path: str | os.PathLike, **state) -> None:
-    """torch.save to a temporary file beside `path`, then rename: a crash never leaves half a checkpoint."""
-    with AtomicFile(path) as f:
-        torch.save(state, f)
-
-
-def load_checkpoint(path: str | os.PathLike, *, backend: str | None = None, device: str = "cpu"):
-    """Rebuild (model, tokenizer, checkpoint dict) from a checkpoint, optionally under another backend."""
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    ckpt = torch.load(path, map_location=device, weights_only=False)
-    config = GPTConfig(**ckpt["model_config"])
-    if backend is not None:
-        config.backend = backend
-    model = GPT(config).to(device)
-    model.load_state_dict(ckpt["model"])
-    return model, CharTokenizer.from_state_dict(ckpt["tokenizer"]), ckpt
-
-
-def last_checkpoint_path(out: str | os.PathLike) -> Path:
-    """Where an interrupted run leaves its last state: ckpt.pt -> ckpt.last.pt (beside the best-val one)."""
-    out = Path(out)
-    return out.with_name(f"{out.stem}.last{out.suffix}")
-
-
-@contextlib.contextmanager
-def _deferred_sigint(enabled: bool):
-    """While active, a first Ctrl-C only sets flag["hit"] (the loop stops cleanly at the next step boundary,
-    after saving); a second one interrupts at once. Signals can only be caught in the main thread."""
-    flag = {"hit": False}
-    if not enabled or threading.current_thread() is not threading.main_thread():
-        yield flag
-        return
-
-    def handler(signum, frame):
-        if flag["hit"]:
-            raise KeyboardInterrupt
-        flag["hit"] = True
-
-    previous = signal.signal(signal.SIGINT, handler)
-    try:
-        yield flag
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
 def train(
     cfg: TrainConfig,
     model_cfg: GPTConfig,
@@ -157,10 +168,16 @@ def train(
     batches, same dropout masks, same final weights as an uninterrupted run with the same configs.
     model_cfg's backend still applies (a run may resume under another backend).
 
-    With cfg.out, a first Ctrl-C finishes the current step, saves `last_checkpoint_path(cfg.out)` and raises
-    KeyboardInterrupt; a second Ctrl-C interrupts at once.
+    With cfg.out, a first SIGINT (Ctrl-C) or SIGTERM finishes the current step, saves
+    `last_checkpoint_path(cfg.out)` and raises `Interrupted` (a KeyboardInterrupt carrying the signal and the
+    saved path); a second one interrupts at once.
     """
     model_cfg.vocab_size = dataset.tokenizer.vocab_size
+    for name, split in (("train", dataset.train), ("validation", dataset.val)):
+        if len(split) <= model_cfg.block_size:  # found here, not at the first evaluation after all the training
+            raise ValueError(
+                f"the {name} split has {len(split)} tokens: too short for block_size {model_cfg.block_size}"
+            )
     dtype = getattr(torch, cfg.dtype)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -169,25 +186,16 @@ def train(
     if dtype == torch.float64:
         model = model.double()
     optimizer = make_optimizer(model, cfg)
-    batch_gen = torch.Generator().manual_seed(cfg.seed)
-    eval_gen = torch.Generator().manual_seed(cfg.seed + 1)
-    watch_gen = torch.Generator(cfg.device).manual_seed(cfg.seed + 2)  # watch sampling never shifts training RNG
+    rng = RunRNG.seeded(cfg.seed, cfg.device)
     watch_text = torch.zeros((1, 1), dtype=torch.long, device=cfg.device)  # (1, chars so far), starts at id 0
     on_cuda = torch.device(cfg.device).type == "cuda"
     result = TrainResult(model, dataset.tokenizer)
     start, evaluated_at = 0, None
     if resume is not None:
         _, _, ckpt = load_checkpoint(resume, device=cfg.device)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        batch_gen.set_state(ckpt["batch_rng"])
-        eval_gen.set_state(ckpt["eval_rng"])
-        torch.set_rng_state(ckpt["torch_rng"])
-        if on_cuda and ckpt.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state(ckpt["cuda_rng"], torch.device(cfg.device))
-        if "watch_rng" in ckpt:
-            watch_gen.set_state(ckpt["watch_rng"])
-            watch_text = ckpt["watch_text"].to(cfg.device)
+        check_same_vocabulary(ckpt, dataset.tokenizer, resume)
+        restored_text = restore_state(ckpt, model, optimizer, rng, cfg.device)
+        watch_text = watch_text if restored_text is None else restored_text
         start = ckpt["step"]
         evaluated_at = start if ckpt.get("evaluated", True) else None  # the eval at `start` already ran
         result.history = ckpt["history"]
@@ -200,8 +208,7 @@ def train(
     def save(path, step: int, evaluated: bool) -> None:
         save_checkpoint(
             path,
-            model=model.state_dict(),
-            optimizer=optimizer.state_dict(),
+            **resumable_state(model, optimizer, rng, watch_text),
             model_config=asdict(model.config),
             train_config=asdict(cfg),
             tokenizer=dataset.tokenizer.state_dict(),
@@ -209,19 +216,13 @@ def train(
             evaluated=evaluated,  # whether the evaluation due at `step` already ran
             history=result.history,
             best_val=result.best_val,
-            batch_rng=batch_gen.get_state(),
-            eval_rng=eval_gen.get_state(),
-            torch_rng=torch.get_rng_state(),
-            cuda_rng=torch.cuda.get_rng_state(torch.device(cfg.device)) if on_cuda else None,
-            watch_rng=watch_gen.get_state(),
-            watch_text=watch_text.cpu(),
         )
 
     def run_eval(step: int) -> bool:
         t0 = time.perf_counter()
         with autocast:
-            train_loss = evaluate(model, dataset.train, cfg, eval_gen)
-            val_loss = evaluate(model, dataset.val, cfg, eval_gen)
+            train_loss = evaluate(model, dataset.train, cfg, rng.eval)
+            val_loss = evaluate(model, dataset.val, cfg, rng.eval)
         result.eval_seconds += time.perf_counter() - t0
         row = {
             "step": step,
@@ -243,39 +244,52 @@ def train(
         )
         return bool(on_eval and on_eval(row, model))
 
+    if cfg.out:
+        for path in (cfg.out, last_checkpoint_path(cfg.out)):
+            for stale in remove_stale_temporaries(path):
+                log(f"removed {stale}: a temporary file left by a killed writer (process gone)")
     train_step = TrainStep(model, optimizer, grad_clip=cfg.grad_clip, compile=cfg.compile, autocast=autocast)
     model.train()
     bar = tqdm(range(start, cfg.max_iters), initial=start, total=cfg.max_iters, disable=not cfg.progress, desc="train")
     result.steps_done = start
-    with _deferred_sigint(enabled=bool(cfg.out)) as interrupted, contextlib.closing(bar):
+    last_finite: tuple[int, float] | None = None  # (step, training loss) of the last finite step
+    with stop_signals(enabled=bool(cfg.out)) as stop, contextlib.closing(bar):
         for step in bar:
-            if interrupted["hit"]:  # Ctrl-C: keep everything needed to continue this very run
+            if stop.signum is not None:  # SIGINT / SIGTERM: keep everything needed to continue this very run
                 path = last_checkpoint_path(cfg.out)
                 save(path, step, evaluated=False)
                 bar.write(f"interrupted at step {step}: saved {path} (continue with --resume {path})")
-                raise KeyboardInterrupt
+                raise Interrupted(stop.signum, path)
             if cfg.eval_interval and step % cfg.eval_interval == 0 and step > 0 and step != evaluated_at:
                 if run_eval(step):
                     break
             t0 = time.perf_counter()
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, cfg)
-            x, y = (t.to(cfg.device) for t in get_batch(dataset.train, cfg.batch_size, model_cfg.block_size, batch_gen))
+            x, y = (t.to(cfg.device) for t in get_batch(dataset.train, cfg.batch_size, model_cfg.block_size, rng.batch))
             loss = train_step(x, y)
+            if not math.isfinite(loss_value := loss.item()):  # one sync per step: a NaN stops training where it starts
+                raise TrainingDiverged(step, "loss", loss_value, last_finite)
+            if train_step.grad_norm is not None and not math.isfinite(norm := train_step.grad_norm.item()):
+                raise TrainingDiverged(step, "gradient norm", norm, (step, loss_value))
+            last_finite = (step, loss_value)
             if on_cuda:
                 torch.cuda.synchronize()
             result.step_times.append(time.perf_counter() - t0)
             result.steps_done = step + 1
             if cfg.watch and (step + 1) % cfg.watch == 0:
                 model.eval()
-                sampled = model.generate(watch_text[:, -model_cfg.block_size :], 1, generator=watch_gen)  # (1, ctx+1)
+                sampled = model.generate(watch_text[:, -model_cfg.block_size :], 1, generator=rng.watch)  # (1, ctx+1)
                 model.train()
                 watch_text = torch.cat([watch_text, sampled[:, -1:]], dim=1)  # (1, chars so far): the growing text
                 line = dataset.tokenizer.decode(watch_text[0, -72:].tolist()).replace("\n", "⏎")
-                bar.write(f"step {step + 1:5d} | loss {loss.item():.3f} | {line}")
+                bar.write(f"step {step + 1:5d} | loss {loss_value:.3f} | {line}")
             if cfg.progress and step % 10 == 0:
-                bar.set_postfix(loss=f"{loss.item():.3f}")  # .item() syncs on CUDA: only every 10 steps
+                bar.set_postfix(loss=f"{loss_value:.3f}")
         else:
             if evaluated_at != cfg.max_iters:
                 run_eval(cfg.max_iters)
+            if resume is not None and cfg.out and Path(resume).resolve() == last_checkpoint_path(cfg.out).resolve():
+                Path(resume).unlink()  # the interrupted state this run continued: superseded, it has finished
+                log(f"removed {resume}: this run resumed from it and ran to max_iters")
     return result

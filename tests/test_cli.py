@@ -4,6 +4,7 @@ input ends with exit code 2 and one readable line (no traceback)."""
 from __future__ import annotations
 
 import dataclasses
+import signal
 import subprocess
 import sys
 
@@ -134,3 +135,17 @@ def test_resume_continues_the_run(corpus, checkpoint, capsys, tmp_path):
     assert main([*args, "--out", str(tmp_path / "more.pt")]) == 0
     out = capsys.readouterr().out
     assert "resumed from" in out and "steps 9/9" in out and "val never beat" in out
+
+
+def test_sigterm_saves_the_last_checkpoint_and_exits_143(corpus, tmp_path):
+    """What schedulers and `timeout` send: the run stops at a step boundary, saves .last, exits 128 + 15."""
+    out = tmp_path / "term.pt"
+    args = [*TINY, "--max-iters", "100000", "--eval-interval", "0"]
+    cmd = [sys.executable, "-m", "attnbench.gpt", "train", "--data", str(corpus), "--no-verify", "--out", str(out)]
+    proc = subprocess.Popen([*cmd, *args, "--watch", "1"], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().startswith("step")  # training has started (the first watch line)
+    proc.send_signal(signal.SIGTERM)
+    stdout, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stdout
+    last = tmp_path / "term.last.pt"
+    assert f"stopped by SIGTERM; continue with --resume {last}" in stdout and last.is_file()

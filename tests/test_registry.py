@@ -9,6 +9,7 @@ import pytest
 import torch
 from attnbench import (
     AttentionInputError,
+    BackendOutputError,
     UnknownBackendError,
     attend,
     get_backend,
@@ -153,6 +154,9 @@ BAD_INPUTS = {
     "softcap_neg": (qkv, {"softcap": -1.0}, "softcap must be"),
     "softcap_inf": (qkv, {"softcap": float("inf")}, "softcap must be"),
     "softcap_str": (qkv, {"softcap": "30"}, "softcap must be"),
+    "causal_str": (qkv, {"causal": "no"}, "causal must be True or False, got 'no'"),
+    "causal_int": (qkv, {"causal": 0}, "causal must be True or False, got 0"),
+    "no_heads": (lambda: qkv(H=0), {}, "no heads"),
 }
 
 
@@ -277,3 +281,60 @@ def test_sdpa_kernels_say_which_feature_they_refuse_where():
     assert flash.why_no_feature("gqa", "cuda") is None
     assert "enable_gqa" in efficient.why_no_feature("gqa", "cuda")
     assert get_backend("sdpa").why_no_feature("softcap", "cpu") == "sdpa does not implement softcap"
+
+
+@pytest.mark.parametrize(
+    "bad_output,problem",
+    [
+        (lambda out: out[:, :, :-1], r"shape \(1, 2, 2, 4\)"),
+        (lambda out: out.double(), "torch.float64"),
+        (lambda out: out.to("meta"), "on meta"),
+        (lambda out: out.tolist(), "list, not a torch.Tensor"),
+    ],
+    ids=["shape", "dtype", "device", "not_tensor"],
+)
+def test_a_backend_output_that_breaks_the_contract_is_refused(scratch_registry, bad_output, problem):
+    def broken(q, k, v, *, causal=True, dropout_p=0.0, scale=None):
+        return bad_output(get_backend("manual").fn(q, k, v, causal=causal, dropout_p=dropout_p, scale=scale))
+
+    register_backend("broken", broken, "returns something else than the contract says")
+    with pytest.raises(BackendOutputError, match=rf"backend 'broken' returned (.* )?{problem}"):
+        attend(*qkv(), backend="broken")
+
+
+def test_a_backend_that_cannot_run_here_says_why():
+    backend = get_backend("sdpa_cudnn")
+    reason = backend.why_unsupported("cpu", torch.float32)
+    assert reason
+    with pytest.raises(AttentionInputError, match=f"sdpa_cudnn cannot run on cpu/torch.float32: {reason}"):
+        attend(*qkv(), backend="sdpa_cudnn")
+
+
+@pytest.mark.parametrize("spec", ["attnbench.manual:", ":manual_attention", "a:b:c", "attnbench manual:fn", "x.:f"])
+def test_a_malformed_spec_is_named(spec):
+    with pytest.raises(UnknownBackendError, match="malformed backend spec"):
+        get_backend(spec)
+
+
+def test_a_spec_that_fails_on_import_or_is_not_callable_is_an_unknown_backend(tmp_path, monkeypatch):
+    (tmp_path / "explodes_on_import.py").write_text("raise RuntimeError('no GPU here')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(UnknownBackendError, match="RuntimeError: no GPU here"):
+        get_backend("explodes_on_import:fn")
+    with pytest.raises(UnknownBackendError, match="must be a attnbench.Backend or an attention callable"):
+        get_backend("math:pi")
+
+
+@pytest.mark.parametrize("name", ["manual", "per_head_loop", "compiled_manual"])
+def test_a_score_matrix_too_big_for_memory_is_refused_up_front(name):
+    """Tq = Tk = 200,000: 160 GB of float32 scores per copy; the inputs themselves are 3 x 800 kB."""
+    q = torch.zeros(1, 1, 200_000, 1)
+    with pytest.raises(AttentionInputError, match=rf"{name} would need about [\d.]+ GB .* available on cpu"):
+        attend(q, q, q, backend=name)
+
+
+def test_the_memory_check_counts_what_each_backend_materializes():
+    q, k = torch.zeros(2, 4, 8, 16), torch.zeros(2, 4, 32, 16)
+    assert get_backend("manual").working_set(q, k) == 2 * 2 * 4 * 8 * 32 * 4  # scores and weights, float32
+    assert get_backend("per_head_loop").working_set(q, k) == 2 * 2 * 1 * 8 * 32 * 4  # one head at a time
+    assert get_backend("sdpa").working_set is None and get_backend("chunked").working_set is None

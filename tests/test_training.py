@@ -7,19 +7,15 @@ import dataclasses
 import math
 import os
 import signal
+import subprocess
+import sys
 
 import pytest
 import torch
 from attnbench.conformance.backends import backend_params
-from attnbench.gpt.data import all_windows
-from attnbench.gpt.train import (
-    evaluate,
-    last_checkpoint_path,
-    load_checkpoint,
-    lr_at,
-    make_optimizer,
-    train,
-)
+from attnbench.gpt.checkpoint import CheckpointError, Interrupted, last_checkpoint_path, load_checkpoint
+from attnbench.gpt.data import Dataset, all_windows
+from attnbench.gpt.train import TrainingDiverged, evaluate, lr_at, make_optimizer, train
 from spine_helpers import (
     one_thread,  # noqa: F401  (autouse: one torch thread)
     require_backward,
@@ -27,6 +23,7 @@ from spine_helpers import (
     tiny_dataset,
     tiny_model,
     tiny_model_config,
+    tiny_text,
     tiny_train_config,
 )
 
@@ -124,20 +121,24 @@ def test_resume_from_best_checkpoint_equals_uninterrupted(tmp_path, capsys):
     assert capsys.readouterr().out.splitlines() == full_watch[1:]  # the watch text and losses continue too
 
 
-def test_ctrl_c_saves_last_checkpoint_and_resume_equals_uninterrupted(tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_stop_signal_saves_last_checkpoint_and_resume_equals_uninterrupted(tmp_path, signum):
     full, _ = run(tmp_path, "full")
+    previous = signal.getsignal(signum)
 
-    def press_ctrl_c(row, model):  # a real SIGINT, delivered in the middle of the run (after the eval at step 5)
+    def send_signal(row, model):  # a real signal, delivered in the middle of the run (after the eval at step 5)
         if row["step"] == 5:
-            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signum)
 
-    with pytest.raises(KeyboardInterrupt):
-        run(tmp_path, "int", on_eval=press_ctrl_c)
+    with pytest.raises(Interrupted) as stopped:
+        run(tmp_path, "int", on_eval=send_signal)
     last = last_checkpoint_path(tmp_path / "int.pt")
     assert last == tmp_path / "int.last.pt" and last.is_file()
+    assert stopped.value.signum == signum and stopped.value.saved == last
+    assert isinstance(stopped.value, KeyboardInterrupt)  # callers that catch Ctrl-C still do
     ckpt = torch.load(last, weights_only=False)
     assert ckpt["step"] == 6 and not ckpt["evaluated"]  # step 5 finished, then it stopped cleanly
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is restored
+    assert signal.getsignal(signum) is previous  # the handler is restored
     cfg = tiny_train_config(max_iters=14, eval_interval=5, watch=3, out=str(tmp_path / "int2.pt"))
     assert_same_run(full, resume(cfg, last))
 
@@ -178,3 +179,54 @@ def test_adamw_implementations_agree(impl):
         torch.testing.assert_close(got[name], p, rtol=1e-5, atol=1e-6, msg=name)
     with pytest.raises(ValueError, match="adamw_impl must be one of"):
         make_optimizer(tiny_model(), tiny_train_config(adamw_impl="nope"))
+
+
+@pytest.mark.parametrize(
+    "field,value",
+    [("grad_clip", -1.0), ("learning_rate", math.inf), ("weight_decay", math.nan), ("grad_clip", math.nan)]
+    + [("batch_size", 0), ("max_iters", 0), ("eval_iters", -1), ("beta1", 1.0), ("device", "bogus"), ("seed", 1.5)],
+)
+def test_every_config_field_is_validated_at_construction(field, value):
+    with pytest.raises(ValueError, match=field):
+        tiny_train_config(**{field: value})
+
+
+def test_a_non_finite_loss_stops_training_with_a_diagnosis(tmp_path):
+    def poison(row, model):  # after the eval at step 4, every weight of the embedding becomes NaN
+        model.wte.weight.data.fill_(math.nan)
+
+    with pytest.raises(TrainingDiverged, match=r"at step 4: the loss is nan \(last finite loss [\d.]+ at step 3\)"):
+        train(tiny_train_config(), tiny_model_config(), tiny_dataset(), on_eval=poison, **quiet)
+
+
+def test_resume_refuses_data_with_another_vocabulary(trained):
+    out, ds, _ = trained
+    other = Dataset.from_text(tiny_text().replace("o", "0"))
+    assert other.tokenizer.vocab_size == ds.tokenizer.vocab_size  # same size: ids would silently change meaning
+    with pytest.raises(CheckpointError, match="another vocabulary"):
+        train(tiny_train_config(max_iters=14), tiny_model_config(), other, resume=out, **quiet)
+
+
+def test_stale_temporaries_are_removed_and_live_ones_kept(tmp_path):
+    out = tmp_path / "ck.pt"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f".ck.pt.{int(dead.stdout)}.abc123.tmp"  # what a writer killed with SIGKILL leaves
+    live = tmp_path / f".ck.pt.{os.getpid()}.xyz789.tmp"  # a writer that is still running (this process)
+    stale.write_bytes(b""), live.write_bytes(b"")
+    logged = []
+    train(tiny_train_config(max_iters=4, out=str(out)), tiny_model_config(), tiny_dataset(), log=logged.append)
+    assert not stale.exists() and live.exists() and out.is_file()
+    assert any(str(stale) in line and "removed" in line for line in logged), logged
+
+
+def test_a_resumed_run_that_finishes_removes_the_last_checkpoint_it_continued(tmp_path):
+    def stop(row, model):
+        if row["step"] == 5:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(Interrupted):
+        run(tmp_path, "r", on_eval=stop)
+    last = last_checkpoint_path(tmp_path / "r.pt")
+    cfg = tiny_train_config(max_iters=14, eval_interval=5, watch=3, out=str(tmp_path / "r.pt"))
+    assert last.is_file() and resume(cfg, last).steps_done == 14
+    assert not last.exists() and (tmp_path / "r.pt").is_file()

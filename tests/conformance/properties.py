@@ -30,6 +30,7 @@ from attnbench.conformance.core import (
 )
 from attnbench.conformance.features import FEATURE_PROPERTIES
 from attnbench.conformance.masked_reference import Features, masked_attention_formula
+from attnbench.conformance.nan_contract import nan_contract
 from attnbench.conformance.reference import (
     RuleResult,
     abs_logit_bound,
@@ -525,6 +526,13 @@ register(
         "no NaN with logits up to 1e6",
         needs_backward=True,
         examples=_huge_examples,
+    ),
+    Property(
+        "nan_contract",
+        nan_contract,
+        lambda d: cases(d),
+        "a NaN reaches exactly the rows that see it",
+        examples=lambda dtype: [],  # a poisoned row per example: drawn sizes only
     ),
     Property(
         "model_causal",

@@ -17,3 +17,6 @@ def toy_attention(q, k, v, *, causal=True, dropout_p=0.0, scale=None):
     if dropout_p > 0.0:
         p = torch.nn.functional.dropout(p, p=dropout_p)
     return p @ v  # (B, H, Tq, D)
+
+
+toy_attention.nan_deviation = "a NaN in a future value reaches earlier rows (0 * NaN in p @ v)"
