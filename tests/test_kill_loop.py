@@ -50,7 +50,7 @@ def test_kill_9_never_leaves_a_broken_checkpoint_or_a_lasting_temporary(tmp_path
         load_checkpoint(out)  # always complete: the atomic rename never exposes half a file
     assert during_write >= 1, "no kill landed during a checkpoint write"
     assert list(tmp_path.glob(".ck.pt.*.tmp"))  # the killed writers' leftovers are there
-    finish = [*cmd, *MODEL, "--max-iters", "2"]
+    finish = [*cmd, *TRAIN, "--max-iters", "2"]
     done = subprocess.run([*finish, "--out", str(out), "--force"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert not list(tmp_path.glob(".*.tmp")) and "a temporary file left by a killed writer" in done.stdout
