@@ -281,6 +281,8 @@ def check_inputs(
         raise AttentionInputError(
             f"q {tuple(q.shape)} and k/v {tuple(k.shape)} must agree on batch and head size (B, _, _, D)"
         )
+    if hq == 0 or tq == 0 or dq == 0:
+        raise AttentionInputError(f"no heads, empty sequence or empty head size (H, Tq, D): q {tuple(q.shape)}")
     if hk == 0 or hq % hk:
         raise AttentionInputError(
             f"the query heads Hq={hq} must be a multiple of the key/value heads Hkv={hk} "
@@ -288,8 +290,6 @@ def check_inputs(
         )
     if tq > tk:
         raise AttentionInputError(f"Tq must be <= Tk, got Tq={tq} > Tk={tk}")
-    if hq == 0 or tq == 0 or dq == 0:
-        raise AttentionInputError(f"no heads, empty sequence or empty head size (H, Tq, D): q {tuple(q.shape)}")
     if not (q.dtype == k.dtype == v.dtype):
         raise AttentionInputError(f"q, k, v dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}")
     if not q.dtype.is_floating_point:
