@@ -12,18 +12,9 @@ from attnbench.gpt.checkpoint import load_checkpoint
 from spine_helpers import tiny_text
 
 KILLS = 10
-TRAIN = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "16", "--batch-size", "2"]
-TRAIN += [
-    "--max-iters",
-    "100000",
-    "--eval-interval",
-    "1",
-    "--eval-iters",
-    "1",
-    "--no-progress",
-    "--learning-rate",
-    "3e-3",
-]
+MODEL = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "16", "--batch-size", "2"]
+MODEL += ["--eval-interval", "1", "--eval-iters", "1", "--no-progress", "--learning-rate", "3e-3"]
+TRAIN = [*MODEL, "--max-iters", "100000"]
 
 
 def test_kill_9_never_leaves_a_broken_checkpoint_or_a_lasting_temporary(tmp_path):
@@ -50,7 +41,7 @@ def test_kill_9_never_leaves_a_broken_checkpoint_or_a_lasting_temporary(tmp_path
         load_checkpoint(out)  # always complete: the atomic rename never exposes half a file
     assert during_write >= 1, "no kill landed during a checkpoint write"
     assert list(tmp_path.glob(".ck.pt.*.tmp"))  # the killed writers' leftovers are there
-    finish = [*cmd, *TRAIN, "--max-iters", "2"]
+    finish = [*cmd, *MODEL, "--max-iters", "2"]
     done = subprocess.run([*finish, "--out", str(out), "--force"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert not list(tmp_path.glob(".*.tmp")) and "a temporary file left by a killed writer" in done.stdout
