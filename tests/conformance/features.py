@@ -103,6 +103,8 @@ def feature_cases(draw, dtypes, *, need=(), contiguous_docs: bool = False, **kw)
     if "window" in need:
         kw["causal"] = True
     base = draw(cases(dtypes, max_h=1, **kw)).with_(H=group * hkv)
+    if "window" in need:
+        base = base.with_(causal=True)  # the kernel-sized draws of `cases` pick causality themselves
     if "gqa" in need and group == 1:
         base = base.with_(H=2 * hkv)
 
