@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+from attnbench import get_backend, triton_flash
 from mutants import KILL_ROW, kill_table
 
 _kill_rows: list[dict[str, str]] = []  # one per mutant, from the test reports (complete under pytest-xdist)
@@ -20,3 +22,12 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
             "=", "mutation kill table (x = killed by an assertion, E = crashed, . = survived, - = n/a)"
         )
         terminalreporter.write_line(kill_table(sorted(_kill_rows, key=lambda r: r["order"])))
+
+
+@pytest.fixture
+def triton_interpreter(monkeypatch):
+    """TRITON_INTERPRET=1 while the kernels are (re)defined, so they run in numpy on CPU tensors."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    triton_flash._kernels.cache_clear()
+    yield get_backend("triton_flash")
+    triton_flash._kernels.cache_clear()

@@ -4,15 +4,15 @@ forward (no backward on CPU) and the Triton kernels under TRITON_INTERPRET=1 (nu
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 
 import pytest
 import torch
-from attnbench import flex, get_backend, triton_flash
+from attnbench import flex
 from attnbench.conformance.features import MASK_MODS, feature_cases
 from attnbench.conformance.masked_reference import Features, masked_attention_formula
 from attnbench.conformance.properties import PROPERTIES, run_property
 from hypothesis import Phase
+from spine_helpers import needs_triton
 
 
 def _problem(b=2, hq=4, hkv=2, tq=24, tk=40, d=16, seed=0):
@@ -50,17 +50,6 @@ def test_flex_features_forward_on_cpu(name):
 
 
 # --------------------------------------------------------------------------------------------- triton
-
-needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
-
-
-@pytest.fixture
-def triton_interpreter(monkeypatch):
-    """TRITON_INTERPRET=1 while the kernels are (re)defined, so they run in numpy on CPU tensors."""
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-    triton_flash._kernels.cache_clear()
-    yield get_backend("triton_flash")
-    triton_flash._kernels.cache_clear()
 
 
 @needs_triton

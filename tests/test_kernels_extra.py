@@ -8,15 +8,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 import torch
-from attnbench import chunked, compiled_manual, flex, get_backend, triton_flash
+from attnbench import chunked, compiled_manual, flex, get_backend
 from attnbench.bench.measuring.measure import peak_memory_bytes, score_matrix_bytes
 from attnbench.conformance.properties import PROPERTIES, run_property
 from attnbench.conformance.reference import attention_formula
 from attnbench.registry import AttentionInputError
+from spine_helpers import needs_triton
 
 
 def _qkv(b, h, tq, tk, d, dtype=torch.float64, seed=0):
@@ -122,17 +121,6 @@ def test_flex_forward_on_cpu(compiled):
 
 
 # --------------------------------------------------------------------------------------------- triton
-
-needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
-
-
-@pytest.fixture
-def triton_interpreter(monkeypatch):
-    """TRITON_INTERPRET=1 while the kernels are (re)defined, so they run in numpy on CPU tensors."""
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-    triton_flash._kernels.cache_clear()
-    yield get_backend("triton_flash")
-    triton_flash._kernels.cache_clear()
 
 
 def test_triton_flash_reason_without_interpreter(monkeypatch):
