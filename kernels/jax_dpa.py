@@ -29,7 +29,7 @@ import functools
 import torch
 
 from .foreign import CROSSINGS, contiguous, missing_package_reason
-from .registry import default_scale, register_backend
+from .registry import NAN_IN_FUTURE_VALUE, default_scale, register_backend
 
 DTYPES = (torch.float32, torch.float16)  # float64 too where jax_enable_x64 is on
 # bfloat16 is refused: XLA on CPU fails to compile the jitted bf16 attention of a single query and key
@@ -131,5 +131,6 @@ register_backend(
     _reason,
     features={"gqa"},  # nothing else of the contract's features: no window, mask_mod, document_ids or softcap here
     no_dropout_reason=lambda device: "jax.nn.dot_product_attention has no dropout",
+    nan_deviation=f"XLA's dot_product_attention: {NAN_IN_FUTURE_VALUE}",
 )
 CROSSINGS["jax_dpa"] = crossing_fn

@@ -25,7 +25,7 @@ import torch
 
 from .foreign import CROSSINGS
 from .ort_session import ort_missing_reason, run
-from .registry import bottom_right_causal_mask, default_scale, register_backend
+from .registry import NAN_IN_FUTURE_KEY_OR_VALUE, bottom_right_causal_mask, default_scale, register_backend
 
 DTYPES = (torch.float32, torch.float16, torch.float64)
 
@@ -70,5 +70,6 @@ register_backend(
     features={"gqa"},  # nothing else of the contract's features: no window, mask_mod, document_ids or softcap here
     no_dropout_reason=lambda device: "ONNX Runtime's Attention kernel has no dropout",
     no_backward_reason="ONNX Runtime is an inference runtime: its Attention kernel has no backward",
+    nan_deviation=f"ONNX Runtime's Attention kernel: {NAN_IN_FUTURE_KEY_OR_VALUE}",
 )
 CROSSINGS["onnx_attention"] = crossing_fn

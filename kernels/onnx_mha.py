@@ -24,7 +24,7 @@ import torch
 
 from .foreign import CROSSINGS
 from .ort_session import ort_missing_reason, run
-from .registry import bottom_right_causal_mask, default_scale, register_backend
+from .registry import NAN_IN_FUTURE_KEY_OR_VALUE, bottom_right_causal_mask, default_scale, register_backend
 
 DTYPES = (torch.float32, torch.float16)
 
@@ -79,5 +79,6 @@ register_backend(
     _reason,
     no_dropout_reason=lambda device: "ONNX Runtime's MultiHeadAttention kernel has no dropout",
     no_backward_reason="ONNX Runtime is an inference runtime: its MultiHeadAttention kernel has no backward",
+    nan_deviation=f"ONNX Runtime's MultiHeadAttention kernel: {NAN_IN_FUTURE_KEY_OR_VALUE}",
 )
 CROSSINGS["onnx_mha"] = crossing_fn

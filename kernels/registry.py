@@ -85,6 +85,10 @@ class UnknownBackendError(KeyError):
 NAN_IN_FUTURE_VALUE = (  # how weights @ values kernels depart from the NaN contract (attnbench.conformance)
     "a NaN in a future value reaches every earlier row: its masked weight is 0 and 0 * NaN = NaN in weights @ values"
 )
+NAN_IN_FUTURE_KEY_OR_VALUE = (  # how additive-mask kernels depart from it: the mask is added to the NaN score
+    "a NaN in a future key or value reaches every earlier row (the causal mask is added to NaN scores; "
+    "0 * NaN in weights @ values)"
+)
 
 
 def always_supported(device: torch.device, dtype: torch.dtype) -> str | None:

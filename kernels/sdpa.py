@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from .registry import NAN_IN_FUTURE_VALUE, register_backend, visible_mask
+from .registry import NAN_IN_FUTURE_KEY_OR_VALUE, NAN_IN_FUTURE_VALUE, register_backend, visible_mask
 
 FEATURES = frozenset({"gqa", "window", "mask_mod", "document_ids"})
 MASKS = ("window", "mask_mod", "document_ids")  # the features SDPA receives as a boolean attn_mask
@@ -135,8 +135,7 @@ register_backend(
     functools.partial(sdpa_attention, kernel=SDPBackend.MATH),
     "SDPA pinned to the math (reference, materialized) kernel",
     features=FEATURES,
-    nan_deviation="PyTorch's math kernel: a NaN in a future key or value reaches every earlier row (the causal "
-    "mask is added to NaN scores; 0 * NaN in weights @ values)",
+    nan_deviation=f"PyTorch's math kernel: {NAN_IN_FUTURE_KEY_OR_VALUE}",
 )
 register_backend(
     "sdpa_flash",
