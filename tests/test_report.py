@@ -461,3 +461,23 @@ def test_run_directory_is_absolute_when_out_dir_is_relative(tmp_path, monkeypatc
     main_job.Job(RunConfig(backends=["manual"], name="rel", out_dir="reports"), "attnbench run").run()
     assert seen and all(d.is_absolute() for d in seen)
     assert (tmp_path / "reports" / "rel" / "report.md").is_file()
+
+
+def test_capability_matrix_says_yes_or_gives_the_backends_reason(tmp_path):
+    from attnbench import FEATURES
+    from attnbench.bench.job.main_job import feature_matrix, support_matrix
+
+    names = ["chunked", "compiled_manual", "sdpa_flash"]
+    m = feature_matrix(names)
+    assert all(why is None for why in m["chunked"]["cpu"].values()) and set(m["chunked"]["cpu"]) == set(FEATURES)
+    assert m["compiled_manual"]["cpu"]["gqa"] == "compiled_manual does not implement gqa"  # declares nothing
+    assert m["sdpa_flash"]["cpu"]["window"] is None  # a declared feature refused on one device only
+    assert "takes no attn_mask" in m["sdpa_flash"]["cuda"]["window"]
+    run = synthetic_run(tmp_path / "r")
+    info = json.loads((run / "run.json").read_text())
+    info.update(features=m, support=support_matrix(names))
+    (run / "run.json").write_text(json.dumps(info))
+    md = build.build_in_place(run).read_text()
+    section = md.split("### Capabilities: contract features per backend and device")[1].split("##")[0]
+    assert "| chunked | cpu | float32, bfloat16, float16 | yes | yes | yes | yes | yes |" in section
+    assert "| compiled_manual | cpu |" in section and "compiled_manual does not implement softcap |" in section

@@ -51,6 +51,22 @@ def support_matrix(names: list[str]) -> dict:
     return out
 
 
+def feature_matrix(names: list[str]) -> dict:
+    """{backend: {device: {feature: None | why not}}}: the contract features each backend runs, from the registry."""
+    from attnbench import FEATURES, get_backend
+
+    out = {}
+    for name in names:
+        b = get_backend(name)
+        out[name] = {}
+        for device in DEVICES:
+            try:
+                out[name][device] = {f: b.why_no_feature(f, device) for f in FEATURES}
+            except Exception as e:  # noqa: BLE001 - a plug-in's broken answer is itself worth reporting
+                out[name][device] = {f: f"feature check raised {type(e).__name__}: {e}" for f in FEATURES}
+    return out
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -264,6 +280,7 @@ class Job:
             "wall_seconds": round(time.time() - started, 1),
             "backends": names,
             "support": support,
+            "features": feature_matrix(names),  # the capability matrix of the report
             "forward_only": forward_only(names),  # their benchmarks time fwd only, gradient properties skip
             "stages": self.stages,
         }

@@ -15,6 +15,7 @@ from attnbench.bench.schema import OUTPUTS, PLOTS, load_run, select, swap_in
 from . import plots
 from .document import Doc
 from .tables import (
+    capability_table,
     fmt,
     model_table,
     op_largest_T,
@@ -75,6 +76,12 @@ def build_in_place(run_dir: Path) -> Path:
     )
     doc.h(3, "Unsupported combinations")
     doc.table(unsupported_table(run), "(none recorded)")
+    doc.h(3, "Capabilities: contract features per backend and device")
+    doc.table(capability_table(run), "(not recorded in this run)")
+    doc.p(
+        "yes: the backend implements the feature there, and the conformance suite holds it to it; otherwise the "
+        "backend's reason (the suite, the feature benchmarks and the GQA + window training skip it with it)."
+    )
     corr = summarize(run.correctness, list(df["backend"].dropna().unique()) + info.get("backends", []))
     if not corr.empty and (corr["failed"] > 0).any():
         doc.h(3, "Correctness failures")

@@ -135,6 +135,21 @@ def unsupported_table(run: Run) -> pd.DataFrame:
     return out.reset_index()[["backend", "device", "dtype", "why not"]]
 
 
+def capability_table(run: Run) -> pd.DataFrame:
+    """One row per (backend, device): the dtypes it runs there and, per contract feature, 'yes' or the
+    backend's reason it does not (run.json's "support" and "features", recorded by the job)."""
+    support, features = run.run_info.get("support", {}), run.run_info.get("features", {})
+    rows = []
+    for backend, by_device in features.items():
+        for device, feats in by_device.items():
+            combos = (support.get(backend) or {}).items()
+            runs = [c.split()[-1] for c, why in combos if c.split()[0] == device and why is None]
+            row = {"backend": backend, "device": device, "dtypes": ", ".join(runs) or "none (see above)"}
+            row.update({f: "yes" if why is None else why for f, why in feats.items()})
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def speedup_table(df: pd.DataFrame) -> pd.DataFrame:
     il = labelled_interleaved_rows(df)
     if il.empty:
