@@ -48,7 +48,9 @@ def test_one_state_dict_serves_every_backend_with_the_features(backend):
 
 
 def test_a_backend_without_the_features_is_refused_with_its_reason():
-    with pytest.raises(ValueError, match="'compiled_manual' cannot run this GPT .*compiled_manual does not implement gqa"):
+    with pytest.raises(
+        ValueError, match="'compiled_manual' cannot run this GPT .*compiled_manual does not implement gqa"
+    ):
         tiny_model("compiled_manual", n_head=2, n_kv_head=1)
     model = tiny_model("manual", window=4)
     with pytest.raises(ValueError, match="compiled_manual does not implement window"):
