@@ -2,6 +2,7 @@
 
     python -m attnbench.gpt train --max-iters 2000 --out ckpt.pt --watch 10
     python -m attnbench.gpt sample --checkpoint ckpt.pt --prompt "ROMEO:" --top-k 20
+    torchrun --standalone --nproc_per_node 2 -m attnbench.gpt train --batch-size 32   # data-parallel (DDP)
 
 Every GPTConfig and TrainConfig field is a `train` flag (generated from the dataclasses, help text from the
 comment beside each field). Bad input ends with exit code 2 and one line on stderr, never a traceback.
@@ -26,6 +27,7 @@ from pathlib import Path
 import torch
 from attnbench import UnknownBackendError, backend_names, get_backend
 
+from . import distributed
 from .checkpoint import CheckpointError, Interrupted, load_checkpoint
 from .data import DATA_ENV, FILE_NAME, SHA256, DataError, Dataset, cache_dir
 from .model import GPTConfig
@@ -166,6 +168,9 @@ def run_train(args: argparse.Namespace) -> int:
                 setattr(obj, f.name, given[f.name])
         obj.__post_init__()  # re-validate after the flags (a ValueError: one line, exit 2)
     _check_device(cfg.device)
+    dp = None
+    if distributed.launched_by_torchrun():  # one rank of torchrun: train data-parallel (distributed.py)
+        dp, cfg.device = distributed.init_from_torchrun(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     _check_backend(model_cfg.backend, cfg.device, getattr(torch, cfg.dtype))
@@ -189,6 +194,8 @@ def run_train(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     wall = time.perf_counter() - t0
+    if dp and not dp.is_main:  # rank 0 reports for the whole group
+        return 0
 
     t1 = time.perf_counter()
     val = evaluate(result.model, dataset.val, dataclasses.replace(cfg, eval_iters=0))  # the whole val split
@@ -197,7 +204,8 @@ def run_train(args: argparse.Namespace) -> int:
     q = statistics.quantiles(ms, n=10, method="inclusive") if len(ms) >= 2 else ms * 9
     print(
         f"summary | backend {model_cfg.backend} | device {cfg.device} | threads {torch.get_num_threads()} | "
-        f"steps {result.steps_done}/{cfg.max_iters}\n"
+        + (f"data-parallel ranks {dp.world_size} | " if dp else "")
+        + f"steps {result.steps_done}/{cfg.max_iters}\n"
         f"  final val loss (whole val split): {val:.4f} (ppl {math.exp(val):.2f}); best val during training "
         f"{result.best_val:.4f}\n"
         f"  wall time {wall:.1f} s (training {sum(ms) / 1000:.1f} s, evaluation {result.eval_seconds:.1f} s) "
@@ -255,3 +263,5 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # Ctrl-C before training started, or without --out: nothing to save
         print("stopped by Ctrl-C (nothing saved)", file=sys.stderr)
         return 130
+    finally:
+        distributed.shutdown()  # leave the torchrun process group, if train joined one

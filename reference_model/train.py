@@ -2,6 +2,8 @@
 resume and stop signals live in checkpoint.py).
 
 result = train(TrainConfig(max_iters=2000), GPTConfig(backend="sdpa"), Dataset.load())
+
+Inside a torch.distributed process group (torchrun: see distributed.py) it trains data-parallel.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from . import distributed
 from .atomic import remove_stale_temporaries
 from .checkpoint import (
     Interrupted,
@@ -38,7 +41,7 @@ from .step import TrainStep
 @dataclass
 class TrainConfig:
     max_iters: int = 2000  # optimizer steps
-    batch_size: int = 12  # sequences per step
+    batch_size: int = 12  # sequences per step (data-parallel: the global batch, split evenly over the ranks)
     learning_rate: float = 1e-3  # peak lr, reached after warmup
     min_lr: float = 1e-4  # cosine decays to this at max_iters
     warmup_iters: int = 100  # linear warmup from 0
@@ -171,6 +174,11 @@ def train(
     With cfg.out, a first SIGINT (Ctrl-C) or SIGTERM finishes the current step, saves
     `last_checkpoint_path(cfg.out)` and raises `Interrupted` (a KeyboardInterrupt carrying the signal and the
     saved path); a second one interrupts at once.
+
+    Inside a process group of several ranks (distributed.py) every rank draws the same global batch and trains
+    its slice of it under DDP; only rank 0 logs, shows progress and watch text, and writes checkpoints. Stop
+    signals are not deferred there (one rank saving alone would leave the others waiting): a stop ends the run,
+    which resumes from its best-val checkpoint.
     """
     model_cfg.vocab_size = dataset.tokenizer.vocab_size
     for name, split in (("train", dataset.train), ("validation", dataset.val)):
@@ -178,6 +186,11 @@ def train(
             raise ValueError(
                 f"the {name} split has {len(split)} tokens: too short for block_size {model_cfg.block_size}"
             )
+    dp = distributed.current()  # None: one process
+    if dp and cfg.batch_size % dp.world_size:
+        raise ValueError(f"batch_size {cfg.batch_size} must be divisible by the {dp.world_size} data-parallel ranks")
+    is_main = dp is None or dp.is_main  # only rank 0 logs, shows progress and writes checkpoints
+    log = log if is_main else lambda s: None
     dtype = getattr(torch, cfg.dtype)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -236,7 +249,7 @@ def train(
         result.history.append(row)
         if val_loss < result.best_val:
             result.best_val = val_loss
-            if cfg.out:
+            if cfg.out and is_main:
                 save(cfg.out, step, evaluated=True)
         log(
             f"step {step:5d} | train {train_loss:.4f} (ppl {row['train_ppl']:.2f}) | "
@@ -244,16 +257,19 @@ def train(
         )
         return bool(on_eval and on_eval(row, model))
 
-    if cfg.out:
+    if cfg.out and is_main:
         for path in (cfg.out, last_checkpoint_path(cfg.out)):
             for stale in remove_stale_temporaries(path):
                 log(f"removed {stale}: a temporary file left by a killed writer (process gone)")
-    train_step = TrainStep(model, optimizer, grad_clip=cfg.grad_clip, compile=cfg.compile, autocast=autocast)
+    train_step = TrainStep(
+        model, optimizer, grad_clip=cfg.grad_clip, compile=cfg.compile, autocast=autocast, data_parallel=dp
+    )
     model.train()
-    bar = tqdm(range(start, cfg.max_iters), initial=start, total=cfg.max_iters, disable=not cfg.progress, desc="train")
+    show = cfg.progress and is_main
+    bar = tqdm(range(start, cfg.max_iters), initial=start, total=cfg.max_iters, disable=not show, desc="train")
     result.steps_done = start
     last_finite: tuple[int, float] | None = None  # (step, training loss) of the last finite step
-    with stop_signals(enabled=bool(cfg.out)) as stop, contextlib.closing(bar):
+    with stop_signals(enabled=bool(cfg.out) and dp is None) as stop, contextlib.closing(bar):
         for step in bar:
             if stop.signum is not None:  # SIGINT / SIGTERM: keep everything needed to continue this very run
                 path = last_checkpoint_path(cfg.out)
@@ -267,6 +283,8 @@ def train(
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, cfg)
             x, y = (t.to(cfg.device) for t in get_batch(dataset.train, cfg.batch_size, model_cfg.block_size, rng.batch))
+            if dp:
+                x, y = dp.shard(x), dp.shard(y)  # (batch_size / world_size, T): this rank's part of the global batch
             loss = train_step(x, y)
             if not math.isfinite(loss_value := loss.item()):  # one sync per step: a NaN stops training where it starts
                 raise TrainingDiverged(step, "loss", loss_value, last_finite)
@@ -277,19 +295,20 @@ def train(
                 torch.cuda.synchronize()
             result.step_times.append(time.perf_counter() - t0)
             result.steps_done = step + 1
-            if cfg.watch and (step + 1) % cfg.watch == 0:
+            if cfg.watch and is_main and (step + 1) % cfg.watch == 0:
                 model.eval()
                 sampled = model.generate(watch_text[:, -model_cfg.block_size :], 1, generator=rng.watch)  # (1, ctx+1)
                 model.train()
                 watch_text = torch.cat([watch_text, sampled[:, -1:]], dim=1)  # (1, chars so far): the growing text
                 line = dataset.tokenizer.decode(watch_text[0, -72:].tolist()).replace("\n", "⏎")
                 bar.write(f"step {step + 1:5d} | loss {loss_value:.3f} | {line}")
-            if cfg.progress and step % 10 == 0:
+            if show and step % 10 == 0:
                 bar.set_postfix(loss=f"{loss_value:.3f}")
         else:
             if evaluated_at != cfg.max_iters:
                 run_eval(cfg.max_iters)
-            if resume is not None and cfg.out and Path(resume).resolve() == last_checkpoint_path(cfg.out).resolve():
+            own_last = last_checkpoint_path(cfg.out) if cfg.out and is_main else None  # rank 0 owns the files
+            if resume is not None and own_last and Path(resume).resolve() == own_last.resolve():
                 Path(resume).unlink()  # the interrupted state this run continued: superseded, it has finished
                 log(f"removed {resume}: this run resumed from it and ran to max_iters")
     return result

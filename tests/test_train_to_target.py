@@ -13,7 +13,16 @@ import math
 
 import pytest
 import torch
-from attnbench.bench.measuring.train_to_target import Recipe, curve_agreement, train_to_target
+from attnbench import registry
+from attnbench.bench.measuring.train_to_target import (
+    FAST_RECIPE,
+    GQA_WINDOW_RECIPE,
+    Recipe,
+    cpu_backends,
+    curve_agreement,
+    recipe_unavailable_reason,
+    train_to_target,
+)
 from attnbench.gpt.data import Dataset
 
 try:
@@ -120,3 +129,28 @@ def test_budget_exhausted_is_not_reached(corpus):
     r = train_to_target("sdpa", ds, recipe)
     assert not r.reached and r.steps == 20 and r.curve and r.curve[-1][0] == 20
     assert not math.isnan(r.final_val_loss)
+
+
+@pytest.fixture
+def gqa_only_backend(monkeypatch):
+    """A backend that implements GQA but no sliding window, registered for one test."""
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    sdpa = registry.get_backend("sdpa")
+    return registry.register_backend("gqa_only", sdpa.fn, "sdpa without its window", features={"gqa"}).name
+
+
+def test_the_gqa_window_recipe_trains_exactly_the_backends_with_both_features(gqa_only_backend):
+    assert GQA_WINDOW_RECIPE.model_config("sdpa").attention_features() == ["gqa", "window"]
+    chosen = cpu_backends("cpu", GQA_WINDOW_RECIPE)
+    assert {"sdpa", "manual"} <= set(chosen)  # both features on CPU
+    for name in ("compiled_manual", gqa_only_backend):  # they train the fast recipe, but lack a feature
+        assert name in cpu_backends("cpu", FAST_RECIPE) and name not in chosen
+    assert recipe_unavailable_reason(gqa_only_backend, GQA_WINDOW_RECIPE) == "gqa_only does not implement window"
+    assert recipe_unavailable_reason("compiled_manual", GQA_WINDOW_RECIPE) == (
+        "compiled_manual does not implement gqa; compiled_manual does not implement window"
+    )
+    for name in registry.backend_names():  # every backend: chosen exactly when it trains on CPU with both features
+        b = registry.get_backend(name)
+        trains = b.why_unsupported("cpu", torch.float32) is None and b.why_no_backward("cpu") is None
+        has_both = all(b.why_no_feature(f, "cpu") is None for f in ("gqa", "window"))
+        assert (name in chosen) == (trains and has_both), name

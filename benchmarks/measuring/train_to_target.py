@@ -13,6 +13,7 @@ every backend); once that estimate is within `fine_margin` of the target, the wh
 depend on the cadence (evaluation has its own RNG), so steps-to-target is exact to within `fine_interval`.
 
     python -m attnbench.bench.measuring.train_to_target --backends sdpa,manual --target 1.88 --json out.json
+    python -m attnbench.bench.measuring.train_to_target --recipe gqa_window   # every backend with GQA and windows
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ class Recipe:
     # model
     n_layer: int = 4
     n_head: int = 4
+    n_kv_head: int | None = None  # key/value heads (grouped-query attention when < n_head); None: n_head
+    window: int | None = None  # sliding attention window; None: full causal attention
     n_embd: int = 128
     block_size: int = 64
     dropout: float = 0.0  # no dropout: a ~1-epoch run does not overfit, and it keeps backends comparable
@@ -79,6 +82,8 @@ class Recipe:
             block_size=self.block_size,
             n_layer=self.n_layer,
             n_head=self.n_head,
+            n_kv_head=self.n_kv_head,
+            window=self.window,
             n_embd=self.n_embd,
             dropout=self.dropout,
             backend=backend,
@@ -134,6 +139,11 @@ QUICK_RECIPE = dataclasses.replace(
     eval_interval=25,
     leak_check_iters=25,
 )
+
+# The attention current LLMs run: grouped-query attention (2 query heads per key/value head) with a sliding window
+# of 16 characters (3 layers reach 46 back), on the fast recipe. Only backends with both features train it.
+GQA_WINDOW_RECIPE = dataclasses.replace(FAST_RECIPE, n_kv_head=2, window=16)
+RECIPES = {"fast": FAST_RECIPE, "spine": SPINE_RECIPE, "quick": QUICK_RECIPE, "gqa_window": GQA_WINDOW_RECIPE}
 
 
 @dataclass
@@ -238,11 +248,19 @@ def curve_agreement(runs: list[TargetRun]) -> dict:
     }
 
 
-def cpu_backends(device: str = "cpu") -> list[str]:
-    """Registered backends that run on `device` in float32."""
-    return [
-        b for b in backend_names() if unavailable_reason(get_backend(b), device, torch.float32, backward=True) is None
-    ]
+def recipe_unavailable_reason(backend: str, recipe: Recipe, device: str = "cpu") -> str | None:
+    """Why `backend` cannot train `recipe`'s GPT on `device` in float32 (no such device, forward-only, no such
+    dtype, or a contract feature the recipe's attention needs: the backend's own why_no_feature), or None."""
+    b = get_backend(backend)
+    if reason := unavailable_reason(b, device, torch.float32, backward=True):
+        return reason
+    features = recipe.model_config(backend).attention_features()
+    return "; ".join(r for f in features if (r := b.why_no_feature(f, device))) or None
+
+
+def cpu_backends(device: str = "cpu", recipe: Recipe = FAST_RECIPE) -> list[str]:
+    """Registered backends that can train `recipe`'s GPT on `device` in float32."""
+    return [b for b in backend_names() if recipe_unavailable_reason(b, recipe, device) is None]
 
 
 def run_all(
@@ -254,10 +272,15 @@ def run_all(
     log: Callable[[str], None] = print,
 ) -> dict:
     """The full train-to-target benchmark as a plain function (for the report's main job): every backend that
-    supports `device` (or the given ones) to recipe.target. Returns {"runs": [extra_info rows], "curve_agreement"}."""
+    can train recipe's GPT on `device` (or the given ones) to recipe.target; the others are named with the reason.
+    Returns {"runs": [extra_info rows], "curve_agreement", "skipped": {backend: reason}}."""
     dataset = dataset or Dataset.load()
-    runs = []
-    for b in backends or cpu_backends(device):
+    runs, skipped = [], {}
+    for b in backends or backend_names():
+        if reason := recipe_unavailable_reason(b, recipe, device):
+            log(f"train-to-target: {b} skipped on {device}: {reason}")
+            skipped[b] = reason
+            continue
         log(f"train-to-target: {b} on {device}, target {recipe.target}")
         r = train_to_target(b, dataset, recipe, device=device, log=log)
         log(
@@ -265,19 +288,19 @@ def run_all(
             f"val {r.final_val_loss:.4f} leak={r.leak_flag}"
         )
         runs.append(r)
-    return {"runs": [r.extra_info() for r in runs], "curve_agreement": curve_agreement(runs)}
+    return {"runs": [r.extra_info() for r in runs], "curve_agreement": curve_agreement(runs), "skipped": skipped}
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--backends", default=None, help="comma-separated backends (default: all that run on --device)")
     p.add_argument("--target", type=float, default=None, help=f"whole-split val loss (default {FAST_RECIPE.target})")
-    p.add_argument("--recipe", choices=["fast", "spine", "quick"], default="fast", help="fast (default), spine, quick")
+    p.add_argument("--recipe", choices=list(RECIPES), default="fast", help=f"{', '.join(RECIPES)} (default fast)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--data", default=None, help="tiny Shakespeare path (default: $ATTNBENCH_DATA, the cache, ...)")
     p.add_argument("--json", default=None, help="write {runs, curve_agreement} here (atomically)")
     args = p.parse_args(argv)
-    recipe = {"fast": FAST_RECIPE, "spine": SPINE_RECIPE, "quick": QUICK_RECIPE}[args.recipe]
+    recipe = RECIPES[args.recipe]
     if args.target is not None:
         recipe = dataclasses.replace(recipe, target=args.target)
     backends = [b.strip() for b in args.backends.split(",")] if args.backends else None

@@ -8,13 +8,12 @@ the curve and the leak flag. Curve agreement between the backends of a device go
     pytest benchmarks/suites/bench_train_to_target.py --benchmark-only                 # sdpa and manual to 1.88
     pytest benchmarks/suites/bench_train_to_target.py --benchmark-only --ttt-full      # every backend to 1.88
     pytest benchmarks/suites/bench_train_to_target.py --benchmark-only --ttt-quick     # seconds: loose target
+    pytest benchmarks/suites/bench_train_to_target.py --benchmark-only --ttt-recipe gqa_window  # GQA + window:
+                                                            # every backend with both features (others skip, why)
 """
 
 import pytest
-import torch
-from attnbench import get_backend
-from attnbench.bench.measuring.measure import unavailable_reason
-from attnbench.bench.measuring.train_to_target import curve_agreement
+from attnbench.bench.measuring.train_to_target import curve_agreement, recipe_unavailable_reason
 from attnbench.bench.measuring.train_to_target import train_to_target as run_to_target
 from attnbench.gpt.data import Dataset
 
@@ -28,7 +27,7 @@ def shakespeare():
 
 def test_train_to_target(benchmark, ttt_case, ttt_recipe, shakespeare, attnbench_summary):
     backend, device = ttt_case
-    reason = unavailable_reason(get_backend(backend), device, torch.float32, backward=True)
+    reason = recipe_unavailable_reason(backend, ttt_recipe, device)
     if reason:
         pytest.skip(reason)
     run = benchmark.pedantic(

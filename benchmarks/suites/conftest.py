@@ -23,7 +23,7 @@ from attnbench.bench.measuring.op_timing import OP_MODES
 from attnbench.bench.measuring.roofline import copy_bandwidth_bytes_per_s
 from attnbench.bench.measuring.scaling import scaling_table
 from attnbench.bench.measuring.timers import CacheFlush
-from attnbench.bench.measuring.train_to_target import FAST_RECIPE, QUICK_RECIPE, SPINE_RECIPE, Recipe, cpu_backends
+from attnbench.bench.measuring.train_to_target import QUICK_RECIPE, RECIPES, Recipe, cpu_backends
 from attnbench.bench.options import (
     RunConfig,
     csv_list,
@@ -63,7 +63,6 @@ DEFAULTS = {
 INTERLEAVED_CPU_THREADS = 1
 QUICK_INTERLEAVED_T = [256]
 TTT_DEFAULT_BACKENDS = ["sdpa", "manual"]  # PyTorch's fused kernel and the explicit-mask formula: ~3 min on CPU
-TTT_RECIPES = {"fast": FAST_RECIPE, "spine": SPINE_RECIPE}
 GRAPH_MAX_T = 2048  # CUDA-graph rows up to this T (and every decode row): where launch overhead is a visible share
 
 
@@ -195,7 +194,13 @@ def pytest_addoption(parser):
     t.addoption("--ttt-backends", default=None, help="comma-separated backends (default: sdpa,manual; --ttt-full: all)")
     t.addoption("--ttt-full", action="store_true", help="every backend (not just sdpa,manual) to the target")
     t.addoption("--ttt-quick", action="store_true", help="every backend; small model, loose target 2.5")
-    t.addoption("--ttt-recipe", default="fast", choices=["fast", "spine"], help="the tuned recipe or the spine's")
+    t.addoption(
+        "--ttt-recipe",
+        default="fast",
+        choices=list(RECIPES),
+        help="fast: the tuned recipe; spine: the spine's; quick: as --ttt-quick; gqa_window: the tuned one with "
+        "grouped-query attention and a sliding window (every backend that has both features)",
+    )
 
 
 def pytest_ignore_collect(collection_path: Path, config):
@@ -326,12 +331,16 @@ def attnbench_summary(bench_state) -> dict:
     return bench_state.summary
 
 
+def selected_recipe(config) -> Recipe:
+    """The training-to-target recipe of this session (--ttt-quick, else --ttt-recipe), with its target."""
+    _, quick, target = ttt_options(config)
+    recipe = QUICK_RECIPE if quick else RECIPES[config.getoption("ttt_recipe")]
+    return recipe if target is None else dataclasses.replace(recipe, target=target)
+
+
 @pytest.fixture(scope="module")
 def ttt_recipe(pytestconfig) -> Recipe:
-    """The training-to-target recipe of this session, with its target."""
-    _, quick, target = ttt_options(pytestconfig)
-    recipe = QUICK_RECIPE if quick else TTT_RECIPES[pytestconfig.getoption("ttt_recipe")]
-    return recipe if target is None else dataclasses.replace(recipe, target=target)
+    return selected_recipe(pytestconfig)
 
 
 def interleaved_modes(backends: list[str], device: str) -> list[str]:
@@ -373,7 +382,9 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("generate_case", cases, ids=[c.id for c in cases])
     if "ttt_case" in metafunc.fixturenames:
         names, quick, _ = ttt_options(metafunc.config)
-        if not names and (metafunc.config.getoption("ttt_full") or quick):
+        if not names and selected_recipe(metafunc.config).model_config("").attention_features():
+            names = backend_names()  # a recipe needing features: every backend (those without them skip, saying why)
+        elif not names and (metafunc.config.getoption("ttt_full") or quick):
             names = cpu_backends("cpu")  # every backend (those that cannot run on a device skip with the reason)
         cases = [(b, dev) for dev in s.devices for b in names or TTT_DEFAULT_BACKENDS]
         metafunc.parametrize("ttt_case", cases, ids=[f"{b}-{dev}" for b, dev in cases])
