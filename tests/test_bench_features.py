@@ -9,6 +9,9 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+import torch
+from attnbench import get_backend
+from attnbench.bench.measuring.measure import attention_call, attention_inputs
 from attnbench.bench.measuring.roofline import mask_visible_pairs, pairs_flops
 from attnbench.bench.measuring.scaling import scaling_table
 from attnbench.bench.report.build import build_in_place
@@ -39,6 +42,16 @@ def test_feature_rows_are_fitted_per_feature_and_apart_from_op_rows():
     assert fits["window256"]["mem_exponent"] == pytest.approx(1.0)
     (op_fit,) = scaling_table(rows)  # the op fit sees the op rows alone, with no feature key
     assert op_fit["time_exponent"] == pytest.approx(3.0) and "feature" not in op_fit
+
+
+def test_the_timed_call_passes_the_feature_on():
+    """A GQA call on fewer key/value heads, and a windowed call, each equal to the backend called directly."""
+    manual = get_backend("manual")
+    q, k, v, do = attention_inputs(1, 4, 16, 8, "cpu", torch.float32, requires_grad=False, Hkv=2)
+    assert k.shape == v.shape == (1, 2, 16, 8) and q.shape == do.shape == (1, 4, 16, 8)
+    (windowed,) = attention_call(manual, "fwd", q, k, v, do, window=3)()
+    torch.testing.assert_close(windowed, manual(q, k, v, causal=True, window=3), rtol=0, atol=0)
+    assert not torch.allclose(windowed, manual(q, k, v, causal=True))  # the window changed the result
 
 
 def test_a_feature_row_names_its_feature():
@@ -84,7 +97,7 @@ def test_a_tiny_sweep_writes_rows_fits_skips_and_a_report(tmp_path):
         if r["backend"] == "sdpa_math":
             assert r["ratio_median"] == 1.0
     window_320 = next(r for r in rows if r["feature"] == "window256" and r["T"] == 320)
-    assert window_320["visible_pairs"] < 4 * 320 * 321 // 2  # fewer than causal: the window was passed on
+    assert window_320["visible_pairs"] < 4 * 320 * 321 // 2  # fewer than causal: the window's pairs are counted
     fits = {(f["backend"], f["feature"], f["mode"]): f for f in data["attnbench"]["feature_scaling"]}
     assert set(fits) == {(b, f, m) for b in ("chunked", "sdpa_math") for f in features for m in ("fwd", "fwd+bwd")}
     assert all(f["T_fit"] == [64, 320] and f["time_exponent"] > 0 for f in fits.values())

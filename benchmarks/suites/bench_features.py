@@ -15,7 +15,6 @@ memory exponents in T per (backend, feature, mode): a window's work is linear in
 import os
 import statistics
 
-import pytest
 import torch
 from attnbench import features_in_use, get_backend
 from attnbench.bench.measuring.interleaved import interleaved_times, ratio_summary
@@ -30,7 +29,7 @@ from attnbench.bench.measuring.measure import (
 )
 from attnbench.bench.measuring.roofline import mask_visible_pairs, pairs_flops
 from attnbench.bench.schema import make_row
-from attnbench.bench.suites.bench_interleaved import interleaved_rounds
+from attnbench.bench.suites.bench_interleaved import config_measurement, interleaved_rounds
 from attnbench.bench.suites.bench_ops import budget_skip_reason
 from attnbench.bench.suites.pytest_benchmark_adapter import record_rounds
 
@@ -93,11 +92,7 @@ def measure_config(c, state) -> dict:
 
 def test_feature(benchmark, feature_case, bench_state):
     c = feature_case
-    if c.config not in bench_state.features:
-        bench_state.features[c.config] = measure_config(c, bench_state)
-    m = bench_state.features[c.config]
-    if c.backend in m["skipped"]:
-        pytest.skip(m["skipped"][c.backend])
+    m = config_measurement(bench_state.features, c, bench_state, measure_config)
     record_rounds(benchmark, m["times"][c.backend])
     median_s = benchmark.stats.stats.median
     pairs = mask_visible_pairs(B, c.feature.H, c.T, c.T, window=c.feature.window)

@@ -84,13 +84,20 @@ def time_backends(c, state) -> dict:
     return {"times": times, "ratios": ratio_summary(times, c.baseline), "first_s": first_s, "skipped": skipped}
 
 
-def test_interleaved(benchmark, interleaved_case, bench_state):
-    c = interleaved_case
-    if c.config not in bench_state.interleaved:
-        bench_state.interleaved[c.config] = measure_config(c, bench_state)
-    m = bench_state.interleaved[c.config]
+def config_measurement(measured: dict, c, state, measure) -> dict:
+    """The measurement of case c's configuration, from `measured` (the first case of a configuration measures
+    every backend of it with `measure`); c is skipped with the reason its backend was not timed."""
+    if c.config not in measured:
+        measured[c.config] = measure(c, state)
+    m = measured[c.config]
     if c.backend in m["skipped"]:
         pytest.skip(m["skipped"][c.backend])
+    return m
+
+
+def test_interleaved(benchmark, interleaved_case, bench_state):
+    c = interleaved_case
+    m = config_measurement(bench_state.interleaved, c, bench_state, measure_config)
     if "no_baseline" in m:
         pytest.skip(m["no_baseline"])
     times = m["times"][c.backend]
