@@ -37,6 +37,8 @@ STAGES = (
 )
 STAGE_FILES = {s.name: s.outputs for s in STAGES}
 BENCH_FILES = tuple(f"{s}.json" for s in BENCH_STAGES)
+# written by a command of its own (too long for the main job), read when the run directory holds it
+OPTIONAL_BENCH_FILES = ("bench_features.json",)
 CORRECTNESS_XML = "correctness.xml"
 HEATMAP = "heatmap.json"
 RUN_INFO = "run.json"  # command, config, backends, support matrix, the stage records
@@ -68,6 +70,7 @@ class ReportInputError(ValueError):
 ROW_KINDS = {
     "op": ("backend", "device", "dtype", "mode", "B", "H", "T", "D", "threads"),
     "interleaved": ("backend", "device", "dtype", "mode", "B", "H", "T", "D", "threads", "baseline"),
+    "feature_op": ("backend", "device", "dtype", "mode", "feature", "B", "H", "Hkv", "T", "D", "window", "threads"),
     "train_step": ("backend", "device", "dtype", "B", "T", "threads"),
     "generate": ("backend", "device", "dtype", "B", "T", "threads", "use_cache"),
     "train_to_target": ("backend", "device", "dtype", "target"),
@@ -302,8 +305,8 @@ def load_run(path: str | Path, *, strict: bool = False) -> Run:
 
     run.run_info = read(RUN_INFO, read_run_info) or {}
     run.env = read(ENV, read_json) or {}
-    for name in BENCH_FILES:
-        data = read(name, load_benchmark_json, noted=True)
+    for name in BENCH_FILES + OPTIONAL_BENCH_FILES:
+        data = read(name, load_benchmark_json, noted=name in BENCH_FILES)
         if data is not None:
             run.bench[name] = data
     run.correctness = read(CORRECTNESS_XML, read_correctness) or {}

@@ -109,29 +109,31 @@ def attention_inputs(
     requires_grad: bool,
     seed: int = 0,
     Tq: int | None = None,
+    Hkv: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Seeded q (B, H, Tq, D), k, v (B, H, T, D) and an output gradient `do` shaped like q (Tq: T unless given,
-    1 for a decode step)."""
+    """Seeded q (B, H, Tq, D), k, v (B, Hkv, T, D) and an output gradient `do` shaped like q (Tq: T unless given,
+    1 for a decode step; Hkv: H unless given, fewer for grouped-query attention)."""
     g = torch.Generator(device=device).manual_seed(seed)
-    rows = (Tq or T, T, T, Tq or T)  # q, k, v, do
-    q, k, v, do = (torch.randn(B, H, n, D, device=device, dtype=dtype, generator=g) for n in rows)
+    rows = ((H, Tq or T), (Hkv or H, T), (Hkv or H, T), (H, Tq or T))  # (heads, rows) of q, k, v, do
+    q, k, v, do = (torch.randn(B, h, n, D, device=device, dtype=dtype, generator=g) for h, n in rows)
     for t in (q, k, v):
         t.requires_grad_(requires_grad)
     return q, k, v, do
 
 
-def attention_call(backend: Backend, mode: str, q, k, v, do) -> Callable[[], tuple[torch.Tensor, ...]]:
-    """A no-argument call of `backend` in `mode`: 'fwd' (inference, inputs without grad) or 'fwd+bwd'.
-    It returns what it computed, (out,) or (out, dq, dk, dv), for the integrity check to inspect."""
+def attention_call(backend: Backend, mode: str, q, k, v, do, **features) -> Callable[[], tuple[torch.Tensor, ...]]:
+    """A no-argument call of `backend` in `mode`: 'fwd' (inference, inputs without grad) or 'fwd+bwd', with the
+    contract's optional `features` (e.g. window=256) passed on. It returns what it computed, (out,) or
+    (out, dq, dk, dv), for the integrity check to inspect."""
     if mode == "fwd":
 
         def call():
-            return (backend(q, k, v, causal=True),)
+            return (backend(q, k, v, causal=True, **features),)
 
     elif mode == "fwd+bwd":
 
         def call():
-            out = backend(q, k, v, causal=True)
+            out = backend(q, k, v, causal=True, **features)
             out.backward(do)
             grads = q.grad, k.grad, v.grad
             q.grad = k.grad = v.grad = None  # the next call starts from no gradient (none accumulates)

@@ -29,18 +29,19 @@ def fit_exponent(xs: Iterable[float], ys: Iterable[float]) -> float:
     return sum((a - mx) * (b - my) for a, b in zip(lx, ly, strict=True)) / sum((a - mx) ** 2 for a in lx)
 
 
-def scaling_table(rows: Iterable[dict], last: int = FIT_LAST) -> list[dict]:
-    """Time and memory exponents per (backend, device, dtype, mode) from op rows (benchmark `extra_info` dicts).
+def scaling_table(rows: Iterable[dict], last: int = FIT_LAST, kind: str = "op") -> list[dict]:
+    """Time and memory exponents per (backend, device, dtype, mode) from rows of `kind` (benchmark `extra_info`
+    dicts); feature rows (kind "feature_op", bench_features.py) are fitted per feature too.
 
-    Rows need "kind" == "op", "T", "median_s", "peak_mem_bytes". Series with fewer than 2 sequence lengths are
+    Rows need "kind" == kind, "T", "median_s", "peak_mem_bytes". Series with fewer than 2 sequence lengths are
     left out; an exponent is None where a series has a non-positive value (e.g. a call that allocates nothing).
     """
     series: dict[tuple, dict[int, dict]] = defaultdict(dict)
     for r in rows:
-        if r.get("kind") == "op":
-            series[(r["backend"], r["device"], r["dtype"], r["mode"])][int(r["T"])] = r
+        if r.get("kind") == kind:
+            series[(r["backend"], r["device"], r["dtype"], r["mode"], r.get("feature") or "")][int(r["T"])] = r
     table = []
-    for (backend, device, dtype, mode), by_t in sorted(series.items()):
+    for (backend, device, dtype, mode, feature), by_t in sorted(series.items()):
         ts = sorted(by_t)[-last:]
         if len(ts) < 2:
             continue
@@ -50,6 +51,7 @@ def scaling_table(rows: Iterable[dict], last: int = FIT_LAST) -> list[dict]:
                 "device": device,
                 "dtype": dtype,
                 "mode": mode,
+                **({"feature": feature} if feature else {}),
                 "T_fit": ts,
                 "time_exponent": _maybe_fit(ts, [by_t[t]["median_s"] for t in ts]),
                 "mem_exponent": _maybe_fit(ts, [by_t[t]["peak_mem_bytes"] for t in ts]),

@@ -15,7 +15,10 @@ from attnbench.bench.schema import OUTPUTS, PLOTS, load_run, select, swap_in
 from . import plots
 from .document import Doc
 from .tables import (
+    WINDOW_GOAL,
     capability_table,
+    feature_scaling_table,
+    feature_table,
     fmt,
     model_table,
     op_largest_T,
@@ -141,6 +144,22 @@ def build_in_place(run_dir: Path) -> Path:
     doc.h(2, "Memory")
     doc.img(plots.memory_vs_T(df, out / PLOTS["memory_vs_T"]), "peak memory against T", "(no memory rows to plot)")
     doc.table(scaling_table(run).round(3), "(no scaling fit)")
+
+    doc.h(2, "Feature sweep: grouped-query attention and a sliding window")
+    features = feature_table(df)
+    doc.p(
+        "From `bench_features.json` (its own command, too long for the main job: see the README's Benchmarks). "
+        "GQA 8:1 and 4:1 (8 query heads over 1 or 2 key/value heads) and a 256-key sliding window (4 heads), "
+        "B=1, D=64, each configuration timed interleaved against dense-masked SDPA (the math kernel with the "
+        "window as a (T, T) boolean mask). FLOP/s count only the visible (query, key) pairs. "
+        f"Goal: a window's work grows linearly in T, so {WINDOW_GOAL[0]}'s windowed time exponent should be "
+        f"<= {WINDOW_GOAL[1]} (the goal column)."
+        if not features.empty
+        else "(not measured in this run: `bench_features.json` absent; see the README's Benchmarks)"
+    )
+    if not features.empty:
+        doc.table(feature_scaling_table(run), "(no fit: fewer than 2 sequence lengths)")
+        doc.table(features)
 
     doc.h(2, "Model level: training step and generation")
     doc.table(model_table(df), "(no model-level rows)")

@@ -23,7 +23,7 @@ import pandas as pd
 from attnbench.bench.schema import ReportInputError, load_run
 
 COLD = ("cold_median_s", "cold_q1_s", "cold_q3_s", "cold_rounds")  # an op row's cold rounds
-KEY = ["kind", "backend", "device", "dtype", "mode", "T", "use_cache", "threads", "timing"]
+KEY = ["kind", "backend", "device", "dtype", "mode", "feature", "T", "use_cache", "threads", "timing"]
 
 
 def metric_frame(df: pd.DataFrame) -> pd.DataFrame:

@@ -22,6 +22,28 @@ def scaling_table(run: Run) -> pd.DataFrame:
     return pd.DataFrame(run.extra("scaling", []))
 
 
+WINDOW_GOAL = ("chunked", 1.2)  # a window's work is linear in T: chunked's windowed time exponent should be <= 1.2
+
+
+def feature_scaling_table(run: Run) -> pd.DataFrame:
+    """Time and memory exponents per backend/feature/device/dtype/mode (bench_features.py's fit), with the
+    windowed chunked rows judged against WINDOW_GOAL."""
+    t = pd.DataFrame(run.extra("feature_scaling", []))
+    if t.empty:
+        return t
+    backend, limit = WINDOW_GOAL
+
+    def goal(r) -> str:
+        if r["backend"] != backend or not r["feature"].startswith("window"):
+            return ""
+        e = r["time_exponent"]
+        return "—" if e is None or pd.isna(e) else f"{'met' if e <= limit else 'MISSED'} (<= {limit})"
+
+    t = t.assign(goal=t.apply(goal, axis=1))
+    cols = ["feature", "backend", "device", "dtype", "mode", "T_fit", "time_exponent", "mem_exponent", "goal"]
+    return t[cols].sort_values(["feature", "device", "dtype", "mode", "backend"]).round(3)
+
+
 def memory_class(exponent) -> str:
     if exponent is None or not np.isfinite(exponent):
         return "—"
@@ -219,6 +241,44 @@ def roofline_table(df: pd.DataFrame) -> pd.DataFrame:
             "cold_over_warm": "cold/warm",
             "fraction_of_peak": "of matmul peak (warm)",
             "fraction_of_bandwidth": "of bandwidth (cold)",
+        }
+    )
+
+
+def feature_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Every feature-sweep row: time, speed-up over the dense-masked baseline, peak memory, FLOP/s of the
+    visible pairs and its fraction of the matmul peak."""
+    rows = select(df, "feature_op")
+    if rows.empty:
+        return rows
+
+    def speedup(r) -> str:
+        return speedup_cell(r) if pd.notna(r.get("ratio_median")) else f"baseline skipped: {r.get('baseline_skipped')}"
+
+    rows = rows.assign(speedup=rows.apply(speedup, axis=1), peak_mib=rows["peak_mem_bytes"] / 2**20)
+    cols = {
+        "feature": None,
+        "device": None,
+        "dtype": None,
+        "mode": None,
+        "T": "d",
+        "backend": None,
+        "stats_median": ".3g",
+        "speedup": None,
+        "peak_mib": ".4g",
+        "flop_per_s": ".3g",
+        "fraction_of_peak": ".1%",
+        "threads": "d",
+    }
+    t = rows.sort_values(["feature", "device", "dtype", "mode", "T", "backend"])[[c for c in cols if c in rows]]
+    baseline = rows["baseline"].dropna().iloc[0]
+    return formatted(t, cols).rename(
+        columns={
+            "stats_median": "median s",
+            "speedup": f"speed-up vs {baseline} [p25–p75]",
+            "peak_mib": "peak MiB",
+            "flop_per_s": "FLOP/s (visible pairs)",
+            "fraction_of_peak": "of matmul peak",
         }
     )
 

@@ -35,6 +35,13 @@ def crossing_name(backend: str) -> str:
     return f"{backend} crossing"
 
 
+def interleaved_rounds(round_s: float, device: str, quick: bool) -> int:
+    """Rounds of one configuration whose calls take round_s together: they fill the device's budget, within the
+    bounds (quick: a tenth of the budget, two rounds fewer at least)."""
+    budget = BUDGET_S[device] / (10 if quick else 1)
+    return max(MIN_ROUNDS - (2 if quick else 0), min(MAX_ROUNDS, int(budget / max(round_s, 1e-9))))
+
+
 def measure_config(c, state) -> dict:
     """Warm up every backend of c's configuration (first_call_s), then time them interleaved; on CPU, with the
     interleaved thread count throughout."""
@@ -72,20 +79,25 @@ def time_backends(c, state) -> dict:
             warm_s[crossing_name(name)] = time_call(cross, c.device)
     if c.baseline not in calls:
         return {"skipped": skipped, "no_baseline": f"baseline {c.baseline} not timed: {skipped.get(c.baseline)}"}
-    budget = BUDGET_S[c.device] / (10 if s.quick else 1)
-    round_s = sum(warm_s[name] for name in calls)
-    rounds = max(MIN_ROUNDS - (2 if s.quick else 0), min(MAX_ROUNDS, int(budget / round_s)))
+    rounds = interleaved_rounds(sum(warm_s[name] for name in calls), c.device, s.quick)
     times = interleaved_times(calls, rounds, c.device, seed=c.T)
     return {"times": times, "ratios": ratio_summary(times, c.baseline), "first_s": first_s, "skipped": skipped}
 
 
-def test_interleaved(benchmark, interleaved_case, bench_state):
-    c = interleaved_case
-    if c.config not in bench_state.interleaved:
-        bench_state.interleaved[c.config] = measure_config(c, bench_state)
-    m = bench_state.interleaved[c.config]
+def config_measurement(measured: dict, c, state, measure) -> dict:
+    """The measurement of case c's configuration, from `measured` (the first case of a configuration measures
+    every backend of it with `measure`); c is skipped with the reason its backend was not timed."""
+    if c.config not in measured:
+        measured[c.config] = measure(c, state)
+    m = measured[c.config]
     if c.backend in m["skipped"]:
         pytest.skip(m["skipped"][c.backend])
+    return m
+
+
+def test_interleaved(benchmark, interleaved_case, bench_state):
+    c = interleaved_case
+    m = config_measurement(bench_state.interleaved, c, bench_state, measure_config)
     if "no_baseline" in m:
         pytest.skip(m["no_baseline"])
     times = m["times"][c.backend]

@@ -64,6 +64,11 @@ INTERLEAVED_CPU_THREADS = 1
 QUICK_INTERLEAVED_T = [256]
 TTT_DEFAULT_BACKENDS = ["sdpa", "manual"]  # PyTorch's fused kernel and the explicit-mask formula: ~3 min on CPU
 GRAPH_MAX_T = 2048  # CUDA-graph rows up to this T (and every decode row): where launch overhead is a visible share
+FEATURE_TS = POW2[3:7]  # 1024 .. 8192: the feature sweep (bench_features.py), where a window's linear cost shows
+QUICK_FEATURE_TS = [128, 256]
+FEATURE_BACKENDS = ["chunked", "sdpa_flash", "manual", "flex"]  # the feature sweep's default selection
+FEATURE_MODES = ("fwd", "fwd+bwd")
+FEATURE_BASELINE = "sdpa_math"  # dense-masked SDPA: the math kernel, given a window as a (T, T) boolean mask
 
 
 @dataclass(frozen=True)
@@ -90,6 +95,36 @@ class InterleavedCase(OpCase):
 
 
 @dataclass(frozen=True)
+class FeatureSpec:
+    name: str
+    H: int  # query heads
+    Hkv: int  # key/value heads: H // Hkv query heads share one (grouped-query attention)
+    window: int | None = None  # sliding window: each query sees its `window` latest keys
+
+
+FEATURE_SPECS = (FeatureSpec("gqa8:1", 8, 1), FeatureSpec("gqa4:1", 8, 2), FeatureSpec("window256", 4, 4, 256))
+
+
+@dataclass(frozen=True)
+class FeatureCase:
+    backend: str
+    feature: FeatureSpec
+    device: str
+    dtype: str
+    T: int
+    mode: str
+    baseline: str = FEATURE_BASELINE
+
+    @property
+    def id(self) -> str:
+        return f"{self.backend}-{self.feature.name}-{self.device}-{self.dtype}-{self.mode}-T{self.T}"
+
+    @property
+    def config(self) -> tuple:  # all backends of one config are timed together
+        return (self.feature, self.device, self.dtype, self.T, self.mode, self.baseline)
+
+
+@dataclass(frozen=True)
 class ModelCase:
     backend: str
     device: str
@@ -109,6 +144,8 @@ class BenchSettings:
     dtypes: dict[str, list[str]]  # per device
     Ts: dict[str, list[int]]  # per device
     interleaved_Ts: dict[str, list[int]]
+    feature_backends: list[str]  # the feature sweep's: --bench-backends, else FEATURE_BACKENDS
+    feature_Ts: list[int]
     interleaved_cpu_threads: int | None  # None: torch's own setting (all cores)
     baseline: str
     quick: bool
@@ -133,6 +170,9 @@ class BenchState:
     flushes: dict[str, CacheFlush] = field(default_factory=dict)  # device -> its cache flush (one buffer)
     op_results: dict[tuple, dict[int, dict]] = field(default_factory=dict)  # (backend, device, dtype, mode) -> T -> row
     interleaved: dict[tuple, dict] = field(default_factory=dict)  # InterleavedCase.config -> measurement
+    features: dict[tuple, dict] = field(default_factory=dict)  # FeatureCase.config -> measurement
+    # (backend, feature, device, dtype, mode) -> T -> {"median_s", "peak_mem_bytes"}: the feature sweep's estimates
+    feature_series: dict[tuple, dict[int, dict]] = field(default_factory=dict)
     spent_s: dict[tuple, float] = field(default_factory=dict)  # (backend, device) -> wall seconds of its op cases
     summary: dict = field(default_factory=dict)  # merged into the JSON's top-level "attnbench" key
 
@@ -255,6 +295,8 @@ def _settings(config) -> BenchSettings:
         dtypes={d: dtypes or DEFAULTS[d].dtypes for d in devices},
         Ts={d: cfg.T or (DEFAULTS[d].quick_Ts if quick else DEFAULTS[d].Ts) for d in devices},
         interleaved_Ts={d: it or (QUICK_INTERLEAVED_T if quick else DEFAULTS[d].interleaved_Ts) for d in devices},
+        feature_backends=backends if cfg.backends else [b for b in FEATURE_BACKENDS if b in backend_names()],
+        feature_Ts=cfg.T or (QUICK_FEATURE_TS if quick else FEATURE_TS),
         interleaved_cpu_threads=threads,
         baseline=config.getoption("bench_baseline"),
         quick=quick,
@@ -349,7 +391,7 @@ def interleaved_modes(backends: list[str], device: str) -> list[str]:
 
 
 def pytest_generate_tests(metafunc):
-    cases = {"op_case", "interleaved_case", "train_step_case", "generate_case", "ttt_case"}
+    cases = {"op_case", "interleaved_case", "feature_case", "train_step_case", "generate_case", "ttt_case"}
     if not cases & set(metafunc.fixturenames):
         return
     s = metafunc.config.stash[STATE].settings
@@ -374,6 +416,16 @@ def pytest_generate_tests(metafunc):
             for b in s.backends
         ]
         metafunc.parametrize("interleaved_case", cases, ids=[c.id for c in cases])
+    if "feature_case" in metafunc.fixturenames:  # T ascending per (feature, mode): larger T estimated from smaller
+        cases = [
+            FeatureCase(b, spec, dev, dt, T, mode)
+            for dev, dt in combos
+            for spec in FEATURE_SPECS
+            for mode in FEATURE_MODES
+            for T in s.feature_Ts
+            for b in dict.fromkeys([FEATURE_BASELINE, *s.feature_backends])  # the baseline's own row too
+        ]
+        metafunc.parametrize("feature_case", cases, ids=[c.id for c in cases])
     if "train_step_case" in metafunc.fixturenames:
         cases = [ModelCase(b, dev, dt) for dev, dt in combos for b in s.backends]
         metafunc.parametrize("train_step_case", cases, ids=[c.id for c in cases])
@@ -415,6 +467,7 @@ def pytest_benchmark_update_json(config, benchmarks, output_json):
                 dev: dict(zip("BHD", state.settings.shape(dev), strict=True)) for dev in state.settings.devices
             },
             "scaling": scaling_table(rows),
+            "feature_scaling": scaling_table(rows, kind="feature_op"),  # per feature too (bench_features.py)
         }
     )
     summary.update(state.summary)
