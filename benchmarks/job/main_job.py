@@ -33,38 +33,34 @@ HEAT_PROMPT = "ROMEO:\nO, she doth teach"
 PROGRESS_PLUGIN = "attnbench.bench.job.progress"
 
 
+def _answer(question, *args) -> str | None:
+    """A backend's answer to a support question (None or why not); a plug-in's broken answer is itself reported."""
+    try:
+        return question(*args)
+    except Exception as e:  # noqa: BLE001
+        return f"{question.__name__} raised {type(e).__name__}: {e}"
+
+
 def support_matrix(names: list[str]) -> dict:
     """{backend: {'cpu float32': None | why not, ...}} from the registry, as seen on this machine."""
     import torch
     from attnbench import get_backend
 
-    out = {}
-    for name in names:
-        b = get_backend(name)
-        out[name] = {}
-        for device in DEVICES:
-            for dtype in DTYPES:
-                try:
-                    out[name][f"{device} {dtype}"] = b.why_unsupported(device, getattr(torch, dtype))
-                except Exception as e:  # noqa: BLE001 - a plug-in's broken answer is itself worth reporting
-                    out[name][f"{device} {dtype}"] = f"support check raised {type(e).__name__}: {e}"
-    return out
+    matrix = {name: get_backend(name) for name in names}
+    return {
+        name: {f"{d} {t}": _answer(b.why_unsupported, d, getattr(torch, t)) for d in DEVICES for t in DTYPES}
+        for name, b in matrix.items()
+    }
 
 
 def feature_matrix(names: list[str]) -> dict:
     """{backend: {device: {feature: None | why not}}}: the contract features each backend runs, from the registry."""
     from attnbench import FEATURES, get_backend
 
-    out = {}
-    for name in names:
-        b = get_backend(name)
-        out[name] = {}
-        for device in DEVICES:
-            try:
-                out[name][device] = {f: b.why_no_feature(f, device) for f in FEATURES}
-            except Exception as e:  # noqa: BLE001 - a plug-in's broken answer is itself worth reporting
-                out[name][device] = {f: f"feature check raised {type(e).__name__}: {e}" for f in FEATURES}
-    return out
+    matrix = {name: get_backend(name) for name in names}
+    return {
+        name: {d: {f: _answer(b.why_no_feature, f, d) for f in FEATURES} for d in DEVICES} for name, b in matrix.items()
+    }
 
 
 def pid_alive(pid: int) -> bool:
