@@ -11,6 +11,7 @@ from attnbench import flex
 from attnbench.conformance.features import MASK_MODS, feature_cases
 from attnbench.conformance.masked_reference import Features, masked_attention_formula
 from attnbench.conformance.properties import PROPERTIES, run_property
+from attnbench.conformance.strategies import toy_sizes_only
 from hypothesis import Phase
 from spine_helpers import needs_triton
 
@@ -61,12 +62,13 @@ def test_triton_flash_features_interpreted(triton_interpreter, prop):
     small = dataclasses.replace(
         PROPERTIES[prop], strategy=lambda d: feature_cases(d, need=need, max_t=20, max_b=1, max_d=8)
     )
-    run_property(
-        small,
-        triton_interpreter,
-        "cpu",
-        [torch.float32],
-        max_examples=4,
-        derandomize=True,
-        phases=[Phase.explicit, Phase.generate],
-    )
+    with toy_sizes_only():
+        run_property(
+            small,
+            triton_interpreter,
+            "cpu",
+            [torch.float32],
+            max_examples=4,
+            derandomize=True,
+            phases=[Phase.explicit, Phase.generate],
+        )

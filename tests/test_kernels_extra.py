@@ -14,6 +14,7 @@ from attnbench import chunked, compiled_manual, flex, get_backend
 from attnbench.bench.measuring.measure import peak_memory_bytes, score_matrix_bytes
 from attnbench.conformance.properties import PROPERTIES, run_property
 from attnbench.conformance.reference import attention_formula
+from attnbench.conformance.strategies import toy_sizes_only
 from attnbench.registry import AttentionInputError
 from spine_helpers import needs_triton
 
@@ -132,10 +133,12 @@ def test_triton_flash_reason_without_interpreter(monkeypatch):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
 @pytest.mark.parametrize("prop", ["equivalence", "causal_grad_zero", "single_token"])
 def test_triton_flash_interpreted(triton_interpreter, prop, dtype):
-    """A few hypothesis examples of the suite's properties, small shapes (the interpreter is numpy-slow)."""
+    """A few hypothesis examples of the suite's properties, toy shapes (the interpreter is numpy-slow; its
+    16-key blocks make T <= 24 cross a tile boundary)."""
     backend = triton_interpreter
     assert backend.supports("cpu", dtype)
-    run_property(PROPERTIES[prop], backend, "cpu", [dtype], max_examples=4, derandomize=True)
+    with toy_sizes_only():
+        run_property(PROPERTIES[prop], backend, "cpu", [dtype], max_examples=4, derandomize=True)
 
 
 @needs_triton

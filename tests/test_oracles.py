@@ -7,14 +7,16 @@ Row-sampled reference (reference.row_sampled_attention, used by `equivalence`) a
 
 from __future__ import annotations
 
+import dataclasses
+
 import attnbench
 import pytest
 import torch
-from attnbench import Backend
+from attnbench import Backend, get_backend
 from attnbench.conformance import metamorphic
-from attnbench.conformance.properties import equivalence
+from attnbench.conformance.properties import PROPERTIES, equivalence, run_property
 from attnbench.conformance.reference import attention_formula, keep_rows_, row_sampled_attention, sample_rows
-from attnbench.conformance.strategies import Case
+from attnbench.conformance.strategies import MAX_T, Case, toy_sizes_only
 from mutants import softmax_over_queries, top_left_causal
 from mutants_online_softmax import drops_tail_block
 
@@ -115,3 +117,16 @@ def test_metamorphic_relation_catches_a_planted_difference(relation, plant, case
 @pytest.mark.parametrize(("relation", "plant", "case"), RELATIONS, ids=lambda x: getattr(x, "__name__", ""))
 def test_metamorphic_relation_passes_correct_backends(relation, plant, case, name):
     relation(attnbench.get_backend(name), case, "cpu")
+
+
+def test_toy_sizes_only_draws_no_kernel_size_and_runs_no_fixed_example():
+    """Inside toy_sizes_only, every draw stays within the toy bounds and run_property skips the fixed examples."""
+    seen = []
+    check = PROPERTIES["equivalence"]
+    spy = dataclasses.replace(check, check=lambda backend, case, device: seen.append(case))
+    with toy_sizes_only():
+        run_property(spy, get_backend("manual"), "cpu", [torch.float32], max_examples=60, derandomize=True)
+    assert len(seen) == 60 and max(max(c.Tq, c.Tk) for c in seen) <= MAX_T
+    seen.clear()
+    run_property(spy, get_backend("manual"), "cpu", [torch.float32], max_examples=60, derandomize=True)
+    assert max(c.Tk for c in seen) > MAX_T  # outside it, the fixed examples and kernel-sized draws come back

@@ -333,6 +333,31 @@ def _with_mask(names, need=(), **kw):
     )
 
 
+def _docs(*lengths: int) -> tuple[int, ...]:
+    """Contiguous documents of these lengths, as one batch item's key-position ids."""
+    return tuple(i for i, n in enumerate(lengths) for _ in range(n))
+
+
+def feature_examples(dtype: torch.dtype) -> list[FeatureCase]:
+    """Fixed feature cases every profile runs (feature_equiv, hidden_keys): each feature where its bugs live,
+    at Tq < Tk (chunked prefill: a mask anchored at the query index instead of the absolute position shows)."""
+    base = dict(B=1, dtype=dtype, magnitude=1.0, seed=4321, causal=True, layout="contiguous")
+    return [
+        FeatureCase(Case(H=4, Tq=33, Tk=129, D=32, **base), hkv=2, window=64, row=32),  # window off by one / anchor
+        FeatureCase(  # documents under causal (ANDed, not chosen), a boundary inside the queries
+            Case(**{**base, "B": 2}, H=2, Tq=17, Tk=40, D=16), hkv=1, docs=(_docs(13, 14, 13), _docs(30, 10)), row=5
+        ),
+        FeatureCase(Case(**{**base, "causal": False}, H=2, Tq=9, Tk=30, D=8), hkv=2, mask="local", row=4),  # q_idx
+        FeatureCase(Case(**{**base, "causal": False}, H=4, Tq=12, Tk=12, D=8), hkv=2, mask="head_stripes", row=3),
+        FeatureCase(Case(H=2, Tq=20, Tk=20, D=16, **base), hkv=2, softcap=5.0, row=10),  # softcap, then the mask
+        FeatureCase(Case(H=2, Tq=12, Tk=12, D=8, **base), hkv=1, mask="empty_rows", row=4),  # rows that see nothing
+        FeatureCase(Case(H=8, Tq=65, Tk=257, D=64, **base), hkv=2, window=128, softcap=30.0, row=64),  # kernel size
+    ]
+
+
+FIXED_EXAMPLES = {"feature_equiv": feature_examples, "hidden_keys": feature_examples}  # property -> examples
+
+
 # (name, check, strategy, doc, features needed): properties.py registers each as a Property
 FEATURE_PROPERTIES = list(
     (

@@ -28,7 +28,7 @@ from attnbench.conformance.core import (
     missing_feature,
     register,
 )
-from attnbench.conformance.features import FEATURE_PROPERTIES
+from attnbench.conformance.features import FEATURE_PROPERTIES, FIXED_EXAMPLES
 from attnbench.conformance.masked_reference import Features, masked_attention_formula
 from attnbench.conformance.nan_contract import nan_contract
 from attnbench.conformance.reference import (
@@ -51,6 +51,7 @@ from attnbench.conformance.strategies import (
     ModelCase,
     cases,
     causal_cut_cases,
+    kernel_sizes_enabled,
     model_cases,
     with_cut,
 )
@@ -63,7 +64,8 @@ FLOATS = (torch.float32, torch.float64)  # dtypes where a statistical or exact p
 
 def run_property(prop: Property, backend: Backend, device: str, dtypes, **overrides) -> list[RuleResult]:
     """Run `prop` under hypothesis (current profile, plus `overrides`), its fixed examples first; return the
-    RuleResults it produced. The mutation kill test uses this; the suite's tests carry their own @given."""
+    RuleResults it produced (no fixed examples under strategies.toy_sizes_only). The mutation kill test uses
+    this; the suite's tests carry their own @given."""
     results: list[RuleResult] = []
 
     def run(case):
@@ -72,7 +74,7 @@ def run_property(prop: Property, backend: Backend, device: str, dtypes, **overri
             results.append(r)
 
     run = given(case=prop.strategy(list(dtypes)))(run)
-    for case in reversed(prop.examples(example_dtype(dtypes))):
+    for case in reversed(prop.examples(example_dtype(dtypes)) if kernel_sizes_enabled() else []):
         run = example(case=case)(run)
     settings(**overrides)(run)()
     return results
@@ -563,12 +565,12 @@ register(
 
 
 def _no_examples(dtype: torch.dtype) -> list:
-    return []  # feature cases are drawn only: the boundary examples are plain Cases
+    return []  # the boundary examples are plain Cases: feature properties without their own are drawn only
 
 
 register(
     *(
-        Property(n, check, strat, doc, features=f, needs_backward=True, examples=_no_examples)
+        Property(n, check, strat, doc, features=f, needs_backward=True, examples=FIXED_EXAMPLES.get(n, _no_examples))
         for n, check, strat, doc, f in FEATURE_PROPERTIES
     )
 )

@@ -17,7 +17,10 @@ profile, so the tile boundaries are always exercised however few examples a prof
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 import torch
@@ -43,6 +46,24 @@ KERNEL_SHARE = 4  # one draw in KERNEL_SHARE is kernel-sized (the rest toy): eno
 KERNEL_DTYPE = torch.float32  # kernel-sized draws run in fp32 where the backend has it (toy draws: every dtype):
 # the dtype kernels are judged in at these sizes, and one specialisation for a compiling backend, not three
 SCALES = (0.01, 0.1, 0.37, 1.0, 3.0)  # explicit scales: a few values (a compiling backend specialises on each)
+
+
+_KERNEL_DRAWS = contextvars.ContextVar("kernel_draws", default=True)
+
+
+@contextlib.contextmanager
+def toy_sizes_only() -> Iterator[None]:
+    """Inside: no kernel-sized draws and no fixed kernel-size examples (run_property), for a kernel that runs at
+    numpy speed (Triton's interpreter), whose tile boundaries are then tested by chosen small shapes instead."""
+    token = _KERNEL_DRAWS.set(False)
+    try:
+        yield
+    finally:
+        _KERNEL_DRAWS.reset(token)
+
+
+def kernel_sizes_enabled() -> bool:
+    return _KERNEL_DRAWS.get()
 
 
 def long_rows_enabled() -> bool:
@@ -144,7 +165,7 @@ def cases(
     kernel: one draw in KERNEL_SHARE is kernel-sized (`kernel_shapes`); long: kernel sizes include LONG_LENGTHS
     (None: under the thorough profile)."""
     long = long_rows_enabled() if long is None else long
-    big = kernel and draw(st.integers(1, KERNEL_SHARE)) == 1
+    big = kernel and kernel_sizes_enabled() and draw(st.integers(1, KERNEL_SHARE)) == 1
     if big:
         b, h, tq, tk, d = draw(kernel_shapes(min_tq=min_tq, long=long, tq_eq_tk=tq_eq_tk))
         dtypes = [KERNEL_DTYPE] if KERNEL_DTYPE in dtypes else dtypes
@@ -223,7 +244,7 @@ MODEL_LENGTHS = (129, 160)  # past one 128-key tile, ragged (the GPT's block_siz
 @st.composite
 def model_cases(draw, max_t: int = 16) -> ModelCase:
     """Toy GPTs, and one draw in KERNEL_SHARE with a real head size and a sequence past 128."""
-    big = draw(st.integers(1, KERNEL_SHARE)) == 1
+    big = kernel_sizes_enabled() and draw(st.integers(1, KERNEL_SHARE)) == 1
     T = draw(st.sampled_from(MODEL_LENGTHS)) if big else draw(st.integers(2, max_t))
     return ModelCase(
         n_layer=1 if big else draw(st.integers(1, 2)),

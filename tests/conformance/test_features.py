@@ -3,4 +3,4 @@
 from attnbench.conformance.features import FEATURE_PROPERTIES
 from attnbench.conformance.properties import property_tests
 
-test_feature_property, _no_fixed_examples = property_tests([spec[0] for spec in FEATURE_PROPERTIES])
+test_feature_property, test_feature_property_at_fixed_sizes = property_tests([spec[0] for spec in FEATURE_PROPERTIES])
