@@ -11,6 +11,14 @@ from mutants import KILL_ROW, kill_table
 _kill_rows: list[dict[str, str]] = []  # one per mutant, from the test reports (complete under pytest-xdist)
 
 
+def pytest_addoption(parser):
+    parser.addoption(
+        "--full-kill-table",
+        action="store_true",
+        help="run every property against every mutant (tests/test_mutation_kill.py), not only the one it names",
+    )
+
+
 def pytest_runtest_logreport(report):
     if report.when == "call":
         _kill_rows.extend(json.loads(v) for k, v in report.user_properties if k == KILL_ROW)
@@ -19,7 +27,7 @@ def pytest_runtest_logreport(report):
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     if _kill_rows:
         terminalreporter.write_sep(
-            "=", "mutation kill table (x = killed by an assertion, E = crashed, . = survived, - = n/a)"
+            "=", "mutation kill table (x = killed by an assertion, E = crashed, . = survived, - = n/a, blank = not run)"
         )
         terminalreporter.write_line(kill_table(sorted(_kill_rows, key=lambda r: r["order"])))
 

@@ -19,15 +19,15 @@ KILL_ROW = "kill_row"  # the user property test_mutation_kill.py records a mutan
 
 
 def kill_table(rows: list[dict[str, str]]) -> str:
-    """The table of verdicts: one row per mutant ({"mutant": name, property: "x" | "E" | "." | "-", ...});
-    "-" marks a property that needs a feature the mutant does not declare."""
+    """The table of verdicts: one row per mutant ({"mutant": name, property: "x" | "E" | "." | "-" | " ", ...});
+    "-" marks a property that needs a feature the mutant does not declare, " " one that was not run."""
     names = [k for k in rows[0] if k not in ("mutant", "order")]
     width = max(len(r["mutant"]) for r in rows)
     lines = [" " * width + "  " + " ".join(f"{i:>2}" for i in range(len(names))) + "  killed by"]
     for r in rows:
         marks = " ".join(f"{r[p]:>2}" for p in names)
-        applicable = sum(r[p] != "-" for p in names)
-        lines.append(f"{r['mutant']:<{width}}  {marks}  {sum(r[p] in 'xE' for p in names)}/{applicable}")
+        ran = sum(r[p] in "xE." for p in names)
+        lines.append(f"{r['mutant']:<{width}}  {marks}  {sum(r[p] in 'xE' for p in names)}/{ran}")
     lines.append("properties: " + ", ".join(f"{i}={n}" for i, n in enumerate(names)))
     killed = sum(any(r[p] in "xE" for p in names) for r in rows)
     lines.append(f"killed {killed}/{len(rows)} mutants ({100 * killed / len(rows):.0f}%)")
