@@ -28,6 +28,7 @@ from attnbench.bench.measuring.measure import (
 )
 from attnbench.bench.measuring.roofline import attention_flops
 from attnbench.bench.measuring.scaling import fit_exponent, scaling_table
+from attnbench.bench.options import parse_threads
 from attnbench.bench.suites.conftest import pytest_ignore_collect
 from attnbench.bench.suites.pytest_benchmark_adapter import check_version, record_rounds
 from attnbench.gpt.atomic import AtomicFile
@@ -244,10 +245,15 @@ def test_interleaved_rows_are_timed_with_one_cpu_thread_by_default(tmp_path):
 
 
 @pytest.mark.parametrize("bad", ["0", "two", "-1"])
-def test_interleaved_threads_option_refuses_bad_values(tmp_path, bad):
-    done = run_interleaved(tmp_path, f"--bench-interleaved-threads={bad}")
+def test_interleaved_threads_option_refuses_bad_values(bad):
+    with pytest.raises(ValueError, match="--bench-interleaved-threads takes a positive integer or 'all'"):
+        parse_threads(bad, default=1)
+
+
+def test_a_bad_threads_option_is_a_usage_error_of_the_suite(tmp_path):
+    done = run_interleaved(tmp_path, "--bench-interleaved-threads=two")
     assert done.returncode == pytest.ExitCode.USAGE_ERROR
-    assert "--bench-interleaved-threads takes a positive integer or 'all'" in done.stderr
+    assert "--bench-interleaved-threads takes a positive integer or 'all', got 'two'" in done.stderr
 
 
 def test_op_sweep_skips_a_case_whose_process_memory_would_not_fit(monkeypatch):
