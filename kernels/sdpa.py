@@ -1,9 +1,11 @@
 """The SDPA family: `torch.nn.functional.scaled_dot_product_attention`, free or pinned to one kernel.
 
 SDPA's own `is_causal=True` aligns the mask to the top left when Tq != Tk. The contract wants bottom-right
-alignment, so for Tq < Tk we prepend Tk - Tq dummy query rows, run the square causal case (where both
-alignments agree) and keep the last Tq rows. That keeps every pinned kernel usable (flash takes no explicit
-mask) at the cost of computing the dummy rows; their gradient is zero.
+alignment, so for Tq < Tk: a single query (a decode step) is the last position and sees every key, so it runs
+with no mask; a kernel that takes a boolean mask gets the bottom-right causal mask (Tq x Tk, no wasted rows);
+only a kernel that takes no mask (CUDA's flash and, here, cuDNN) gets Tk - Tq dummy query rows prepended, runs
+the square causal case (where both alignments agree) and keeps the last Tq rows. Padding every short query
+block cost a decode step at Tk = 4096 the whole square: 130x manual's time on CPU.
 
 Features: GQA through SDPA's own `enable_gqa=True` (no copy of k/v); window, document_ids and mask_mod through
 one boolean `attn_mask` (True = may attend) that carries the causal rule too. No softcap: SDPA has no hook on
@@ -49,12 +51,15 @@ def sdpa_attention(
     # Fused kernels need a unit last stride; .contiguous() keeps odd strides on size-1 dims, a clone does not.
     q, k, v = (t if t.stride(-1) == 1 else t.clone(memory_format=torch.contiguous_format) for t in (q, k, v))
     gqa = q.size(1) != k.size(1)
-    if window is not None or mask_mod is not None or document_ids is not None:
+    if window is not None or mask_mod is not None or document_ids is not None or (
+        causal and 1 < tq < tk and _takes_mask(kernel, q.device)
+    ):
         mask = visible_mask(q, k, causal=causal, window=window, mask_mod=mask_mod, document_ids=document_ids)
         with sdpa_kernel(kernel) if kernel is not None else contextlib.nullcontext():
             return F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale, enable_gqa=gqa
             )  # (B, Hq, Tq, D); mask: (B or 1, Hq or 1, Tq, Tk)
+    causal = causal and tq > 1  # a single query is the last position: it sees every key, no mask needed
     pad_rows = tk - tq if causal else 0
     if pad_rows:
         pad = q.new_zeros(*q.shape[:-2], pad_rows, q.size(-1))  # (B, Hq, Tk - Tq, D)
@@ -64,6 +69,11 @@ def sdpa_attention(
             q, k, v, dropout_p=dropout_p, is_causal=causal, scale=scale, enable_gqa=gqa
         )
     return out[..., pad_rows:, :]  # (B, Hq, Tq, D)
+
+
+def _takes_mask(kernel: SDPBackend | None, device: torch.device) -> bool:
+    """Whether SDPA, pinned to `kernel` (None: PyTorch picks), accepts a boolean attn_mask on `device`."""
+    return device.type != "cuda" or kernel not in (SDPBackend.FLASH_ATTENTION, SDPBackend.CUDNN_ATTENTION)
 
 
 def _feature_reason(kernel: str):

@@ -3,6 +3,7 @@
 - chunked: block sizes that do not divide T, ragged tails, Tq < Tk, dropout masks regenerated in the backward,
   and O(T) memory of forward and backward (profiler allocator events vs the analytic score-matrix size).
 - compiled_manual / flex: the compiled paths that the suite's short hypothesis shapes do not reach.
+- sdpa: a short query block (decode, chunked prefill) computes its own rows only, not the padded square.
 - triton_flash: the Triton kernels under TRITON_INTERPRET=1 on CPU tensors (skipped without triton).
 """
 
@@ -119,6 +120,38 @@ def test_flex_forward_on_cpu(compiled):
     with pytest.raises(NotImplementedError, match="backward on CPU"):
         flex.flex_attention_fn(q.requires_grad_(), k, v)
     assert "no backward" in get_backend("flex").why_unsupported("cpu", torch.float32)
+
+
+# ----------------------------------------------------------------------------------------------- sdpa
+
+
+@pytest.mark.parametrize("name", ["sdpa", "sdpa_math", "sdpa_flash"])
+@pytest.mark.parametrize("tq", [1, 5])
+def test_sdpa_short_queries_compute_only_their_rows(monkeypatch, name, tq):
+    # A decode step or prefill chunk hands SDPA its Tq query rows, not Tk (the padded square once cost a decode
+    # step at Tk = 4096 130x manual's time); the output is the bottom-right causal formula all the same.
+    rows_computed = []
+    sdpa_call = torch.nn.functional.scaled_dot_product_attention
+
+    def recording_sdpa(q, *args, **kwargs):
+        rows_computed.append(q.size(-2))
+        return sdpa_call(q, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", recording_sdpa)
+    q, k, v = _qkv(2, 3, tq, 29, 8, dtype=torch.float32)
+    out = get_backend(name).fn(q, k, v, causal=True)
+    assert rows_computed == [tq]
+    torch.testing.assert_close(out, attention_formula(q, k, v, causal=True))  # fp32's default tolerance
+
+
+def test_sdpa_pads_for_a_kernel_that_takes_no_mask(monkeypatch):
+    # CUDA's flash kernel takes no attn_mask: there the short block is padded to the square (Tk rows), run with
+    # the square causal rule and cut back; checked on CPU by making the kernel refuse masks.
+    from attnbench import sdpa
+
+    monkeypatch.setattr(sdpa, "_takes_mask", lambda kernel, device: False)
+    q, k, v = _qkv(2, 3, 5, 29, 8, dtype=torch.float32)
+    torch.testing.assert_close(sdpa.sdpa_attention(q, k, v, causal=True), attention_formula(q, k, v, causal=True))
 
 
 # --------------------------------------------------------------------------------------------- triton
