@@ -51,9 +51,8 @@ def sdpa_attention(
     # Fused kernels need a unit last stride; .contiguous() keeps odd strides on size-1 dims, a clone does not.
     q, k, v = (t if t.stride(-1) == 1 else t.clone(memory_format=torch.contiguous_format) for t in (q, k, v))
     gqa = q.size(1) != k.size(1)
-    if window is not None or mask_mod is not None or document_ids is not None or (
-        causal and 1 < tq < tk and _takes_mask(kernel, q.device)
-    ):
+    feature_masks = window is not None or mask_mod is not None or document_ids is not None
+    if feature_masks or (causal and 1 < tq < tk and _takes_mask(kernel, q.device)):
         mask = visible_mask(q, k, causal=causal, window=window, mask_mod=mask_mod, document_ids=document_ids)
         with sdpa_kernel(kernel) if kernel is not None else contextlib.nullcontext():
             return F.scaled_dot_product_attention(

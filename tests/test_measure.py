@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from attnbench import backend_names, get_backend
+from attnbench.bench.measuring.envinfo import git_info
 from attnbench.bench.measuring.interleaved import interleaved_times, ratio_summary, round_orders
 from attnbench.bench.measuring.measure import (
     attention_call,
@@ -284,3 +285,20 @@ def test_adapter_refuses_an_unchecked_pytest_benchmark_version():
     assert check_version("4.0.0") == "4.0.0"
     with pytest.raises(RuntimeError, match="pytest-benchmark 6.0.0 is not supported"):
         check_version("6.0.0")
+
+
+def test_git_info_is_dirty_for_changed_code_not_for_a_run_written_into_reports(tmp_path):
+    # A run writes its own folder under reports/ before it records the environment: that alone must not make the
+    # report say "(uncommitted changes)"; a changed source file must.
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "kernel.py").write_text("x = 1\n")
+    git("add", "kernel.py")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "one")
+    (tmp_path / "reports" / "2026-12-02_000000").mkdir(parents=True)
+    (tmp_path / "reports" / "2026-12-02_000000" / "run.json").write_text("{}")
+    assert git_info(tmp_path)["dirty"] is False
+    (tmp_path / "kernel.py").write_text("x = 2\n")
+    assert git_info(tmp_path)["dirty"] is True

@@ -22,13 +22,18 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+RUN_OUTPUTS = "reports"  # the runs' own output folder: a run writing there does not make the code it ran dirty
+
+
 def git_info(repo: Path) -> dict:
+    """Commit, branch and whether the code differs from the commit (anything changed outside RUN_OUTPUTS)."""
+
     def git(*args):
         out = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, timeout=10)
         return out.stdout.strip() if out.returncode == 0 else None
 
     try:
-        status = git("status", "--porcelain")
+        status = git("status", "--porcelain", "--", ".", f":(exclude){RUN_OUTPUTS}")
         return {
             "commit": git("rev-parse", "HEAD"),
             "branch": git("rev-parse", "--abbrev-ref", "HEAD"),
