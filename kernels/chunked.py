@@ -40,7 +40,14 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .registry import FEATURES, NAN_IN_FUTURE_VALUE, AttentionInputError, default_scale, register_backend
+from .registry import (
+    FEATURES,
+    NAN_IN_FUTURE_VALUE,
+    AttentionInputError,
+    NanDeparture,
+    default_scale,
+    register_backend,
+)
 
 DEFAULT_BLOCK = 128  # keys per step: larger means fewer Python steps, more memory (Tq * block scores)
 
@@ -264,5 +271,5 @@ register_backend(
     chunked_attention,
     "flash-attention algorithm in plain PyTorch: online softmax over key blocks, recomputing backward, O(T) memory",
     features=FEATURES,
-    nan_deviation=NAN_IN_FUTURE_VALUE + " (within its key block)",
+    nan_deviation=NanDeparture(f"{NAN_IN_FUTURE_VALUE} (within its key block)", spreads={"value"}),
 )

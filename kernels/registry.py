@@ -82,12 +82,50 @@ class UnknownBackendError(KeyError):
         return str(self.args[0])
 
 
-NAN_IN_FUTURE_VALUE = (  # how weights @ values kernels depart from the NaN contract (attnbench.conformance)
-    "a NaN in a future value reaches every earlier row: its masked weight is 0 and 0 * NaN = NaN in weights @ values"
+NAN_INPUTS = ("q", "key", "value")  # the inputs the non-finite-input contract poisons, one at a time
+
+
+@dataclass(frozen=True)
+class NanDeparture:
+    """How a backend departs from the non-finite-input contract (attnbench.conformance.nan_contract), and only
+    how: a NaN in an input of `spreads` may reach rows that cannot see it, and a NaN in an input of `hides` may
+    come out as a finite row that sees it. Any other violation still fails the contract."""
+
+    why: str  # one sentence, shown with the expected failure
+    spreads: frozenset[str] = frozenset()  # of NAN_INPUTS
+    hides: frozenset[str] = frozenset()  # of NAN_INPUTS
+
+    def __post_init__(self):
+        for field in ("spreads", "hides"):
+            inputs = frozenset(getattr(self, field))
+            if unknown := inputs - set(NAN_INPUTS):
+                raise ValueError(f"NanDeparture.{field}: unknown inputs {sorted(unknown)}; known: {NAN_INPUTS}")
+            object.__setattr__(self, field, inputs)
+        if not (self.spreads or self.hides):
+            raise ValueError("a NanDeparture names the inputs it spreads or hides a NaN from")
+
+    def __str__(self) -> str:
+        return self.why
+
+    def said_of(self, who: str) -> NanDeparture:
+        """The same departure, its sentence naming the kernel it was found in."""
+        return dataclasses.replace(self, why=f"{who}: {self.why}")
+
+    def excuses(self, kind: str, where: str) -> bool:
+        """Whether this departure covers a violation of `kind` ("spreads" or "hides") for a NaN in `where`."""
+        return where in getattr(self, kind)
+
+
+# how weights @ values kernels depart from the NaN contract
+NAN_IN_FUTURE_VALUE = NanDeparture(
+    "a NaN in a future value reaches every earlier row: its masked weight is 0 and 0 * NaN = NaN in weights @ values",
+    spreads={"value"},
 )
-NAN_IN_FUTURE_KEY_OR_VALUE = (  # how additive-mask kernels depart from it: the mask is added to the NaN score
+# how additive-mask kernels depart from it: the mask is added to the NaN score
+NAN_IN_FUTURE_KEY_OR_VALUE = NanDeparture(
     "a NaN in a future key or value reaches every earlier row (the causal mask is added to NaN scores; "
-    "0 * NaN in weights @ values)"
+    "0 * NaN in weights @ values)",
+    spreads={"key", "value"},
 )
 
 
@@ -130,9 +168,14 @@ class Backend:
     # that cannot fit in the device's available memory is refused up front with this estimate
     working_set: Callable[[torch.Tensor, torch.Tensor], int] | None = None
     # how the backend departs from the non-finite-input contract (see attnbench.conformance.nan_contract), if it does
-    nan_deviation: str | None = None
+    nan_deviation: NanDeparture | None = None
 
     def __post_init__(self):
+        if self.nan_deviation is not None and not isinstance(self.nan_deviation, NanDeparture):
+            raise TypeError(
+                f"backend {self.name!r}: nan_deviation must be an attnbench.NanDeparture(why, spreads=..., hides=...) "
+                f"naming the inputs it covers, got {type(self.nan_deviation).__name__}"
+            )
         if unknown := set(self.features) - set(FEATURES):
             raise ValueError(f"backend {self.name!r} declares unknown features {sorted(unknown)}; known: {FEATURES}")
         object.__setattr__(self, "features", frozenset(self.features))
@@ -405,7 +448,7 @@ def register_backend(
     no_feature_reason: Callable[[str, torch.device], str | None] = declared_features_supported,
     no_backward_reason: str | Callable[[torch.device], str | None] | None = None,
     working_set: Callable[[torch.Tensor, torch.Tensor], int] | None = None,
-    nan_deviation: str | None = None,
+    nan_deviation: NanDeparture | None = None,
     replace: bool = False,
 ) -> Backend:
     """Register `fn` under `name`; returns the Backend. Re-registering a name needs replace=True."""

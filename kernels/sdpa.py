@@ -5,7 +5,9 @@ alignment, so for Tq < Tk: a single query (a decode step) is the last position a
 with no mask; a kernel that takes a boolean mask gets the bottom-right causal mask (Tq x Tk, no wasted rows);
 only a kernel that takes no mask (CUDA's flash and, here, cuDNN) gets Tk - Tq dummy query rows prepended, runs
 the square causal case (where both alignments agree) and keeps the last Tq rows. Padding every short query
-block cost a decode step at Tk = 4096 the whole square: 130x manual's time on CPU.
+block cost a decode step at Tk = 4096 the whole square: 130x manual's time on CPU. The mask is what PyTorch's own
+`causal_lower_right` bias amounts to on CPU; like any additive mask it lets a NaN in a future key reach earlier
+rows (declared in SDPA_CPU_NAN).
 
 Features: GQA through SDPA's own `enable_gqa=True` (no copy of k/v); window, document_ids and mask_mod through
 one boolean `attn_mask` (True = may attend) that carries the causal rule too. No softcap: SDPA has no hook on
@@ -24,13 +26,19 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from .registry import NAN_IN_FUTURE_KEY_OR_VALUE, NAN_IN_FUTURE_VALUE, register_backend, visible_mask
+from .registry import NAN_IN_FUTURE_KEY_OR_VALUE, NAN_IN_FUTURE_VALUE, NanDeparture, register_backend, visible_mask
 
 FEATURES = frozenset({"gqa", "window", "mask_mod", "document_ids"})
 MASKS = ("window", "mask_mod", "document_ids")  # the features SDPA receives as a boolean attn_mask
 
 # PyTorch's own CPU flash kernel (what sdpa picks on CPU), found by the nan_contract property
-SDPA_CPU_NAN = f"on CPU, a NaN in q can give a finite (all-zero) row when Tk < 16, and {NAN_IN_FUTURE_VALUE}"
+SDPA_CPU_NAN = NanDeparture(
+    "on CPU, a NaN in q can give a finite (all-zero) row when Tk < 16, and so can a NaN in the only key (Tk = 1); "
+    f"{NAN_IN_FUTURE_VALUE}; with Tq < Tk (the bottom-right mask is a boolean attn_mask, added to the scores) so "
+    "does a NaN in a future key",
+    spreads={"key", "value"},
+    hides={"q", "key"},
+)
 
 
 def sdpa_attention(
@@ -144,7 +152,7 @@ register_backend(
     functools.partial(sdpa_attention, kernel=SDPBackend.MATH),
     "SDPA pinned to the math (reference, materialized) kernel",
     features=FEATURES,
-    nan_deviation=f"PyTorch's math kernel: {NAN_IN_FUTURE_KEY_OR_VALUE}",
+    nan_deviation=NAN_IN_FUTURE_KEY_OR_VALUE.said_of("PyTorch's math kernel"),
 )
 register_backend(
     "sdpa_flash",

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from attnbench.registry import NAN_IN_FUTURE_VALUE
+from attnbench.registry import NAN_IN_FUTURE_VALUE, NanDeparture
 
 KILL_ROW = "kill_row"  # the user property test_mutation_kill.py records a mutant's verdicts under (JSON)
 
@@ -41,8 +41,8 @@ class Mutant:
     bug: str  # one line: what is wrong
     features: frozenset[str] = frozenset()  # contract features it declares (and the feature properties test)
     # Built on weights @ values like `manual`, a mutant spreads a NaN in a future value as `manual` does, and says
-    # so: the NaN contract then reports it as the suite does (an expected failure), never as a kill.
-    nan_deviation: str | None = NAN_IN_FUTURE_VALUE
+    # so: the NaN contract excuses that departure and no other, so it kills a mutant only for an undeclared one.
+    nan_deviation: NanDeparture | None = NAN_IN_FUTURE_VALUE
 
 
 def _attend(q, k, v, *, causal, dropout_p, scale, mask_fn=None, scale_fn=None, softmax_dim=-1, after=None):

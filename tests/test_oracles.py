@@ -2,7 +2,8 @@
 
 Row-sampled reference (reference.row_sampled_attention, used by `equivalence`) and the metamorphic relations
 (attnbench.conformance.metamorphic): for each, a backend with one planted difference fails it and the real
-`manual` and `chunked` backends pass it, on the same kernel-size case.
+`manual` and `chunked` backends pass it, on the same kernel-size case. The NaN contract excuses exactly the
+departure a backend declares (NanDeparture), no other.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ import dataclasses
 import attnbench
 import pytest
 import torch
-from attnbench import Backend, get_backend
+from attnbench import Backend, NanDeparture, get_backend
 from attnbench.conformance import metamorphic
+from attnbench.conformance.nan_contract import nan_contract, nan_violations
 from attnbench.conformance.properties import PROPERTIES, equivalence, run_property
 from attnbench.conformance.reference import attention_formula, keep_rows_, row_sampled_attention, sample_rows
 from attnbench.conformance.strategies import MAX_T, Case, toy_sizes_only
@@ -130,3 +132,41 @@ def test_toy_sizes_only_draws_no_kernel_size_and_runs_no_fixed_example():
     seen.clear()
     run_property(spy, get_backend("manual"), "cpu", [torch.float32], max_examples=60, derandomize=True)
     assert max(c.Tk for c in seen) > MAX_T  # outside it, the fixed examples and kernel-sized draws come back
+
+
+# ------------------------------------------------------------------------------ the NaN contract's declarations
+
+
+def _hides_nan_in_q(q, k, v, *, causal=True, dropout_p=0.0, scale=None):
+    """manual, except that a query row holding a NaN comes out as zeros (a NaN silently hidden)."""
+    out = _manual(q, k, v, causal=causal, dropout_p=dropout_p, scale=scale)
+    return torch.where(torch.isnan(q).any(dim=-1, keepdim=True), torch.zeros_like(out), out)
+
+
+NAN_CASE = Case(B=1, H=2, Tq=8, Tk=8, D=8, dtype=torch.float32, causal=True, magnitude=1.0,
+                layout="contiguous", seed=0)  # fmt: skip
+
+
+def test_a_declared_nan_departure_excuses_that_departure_only():
+    # Pass criterion: manual's declared spread of a future value is excused; a backend declaring the same spread
+    # but hiding a NaN in q fails (the old blanket excuse passed it); declaring the hiding too excuses it.
+    spread = attnbench.get_backend("manual").nan_deviation
+    nan_contract(attnbench.get_backend("manual"), NAN_CASE, "cpu")
+    hides = Backend("planted:hides_nan_in_q", _hides_nan_in_q, "hides a NaN in q", nan_deviation=spread)
+    with pytest.raises(AssertionError, match="came out finite.*NaN in q"):
+        nan_contract(hides, NAN_CASE, "cpu")
+    both = NanDeparture("spreads a future value, hides q", spreads={"value"}, hides={"q"})
+    nan_contract(dataclasses.replace(hides, nan_deviation=both), NAN_CASE, "cpu")
+    assert {(v.kind, v.where) for v in nan_violations(hides, NAN_CASE, "cpu")} == {
+        ("hides", "q"),
+        ("spreads", "value"),
+    }
+
+
+def test_a_nan_departure_is_declared_structurally():
+    with pytest.raises(TypeError, match="NanDeparture"):
+        Backend("planted:sentence", _manual, "a sentence for a declaration", nan_deviation="spreads NaN")
+    with pytest.raises(ValueError, match="unknown inputs"):
+        NanDeparture("a typo", spreads={"values"})
+    with pytest.raises(ValueError, match="names the inputs"):
+        NanDeparture("excuses nothing")

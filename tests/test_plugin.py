@@ -18,6 +18,7 @@ import xml.etree.ElementTree as ET
 import attnbench
 import pytest
 from attnbench.conformance import backends
+from attnbench.conformance.plugin import verdict_table
 
 TOY = "toy_plugin"
 needs_toy = pytest.mark.skipif(
@@ -136,3 +137,13 @@ def test_unknown_backend_is_a_usage_error_under_pytest(tmp_path):
     )
     assert proc.returncode == 4, proc.stdout[-2000:] + proc.stderr[-2000:]  # pytest's usage-error exit code
     assert "no_such_backend" in proc.stderr and "manual" in proc.stderr  # names the known backends
+
+
+def test_verdict_table_counts_a_declared_departure_as_run_not_skipped():
+    # A backend whose only property ended as an expected failure (its declared departure, seen) ran and held the
+    # rest of the property: PASS with the departure named, not "NOT RUN" with it counted as a skip.
+    cell = {"passed": 0, "failed": 0, "skipped": 0, "declared": 1, "reasons": {"manual (declared; seen: ...)"}}
+    assert verdict_table({("manual", "nan_contract"): cell}) == [
+        "manual: PASS  (0 properties passed, 0 failed, 0 skipped, 1 declared departures)",
+        "    declared nan_contract: manual (declared; seen: ...)",
+    ]

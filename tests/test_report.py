@@ -175,6 +175,22 @@ def synthetic_run(tmp: Path, seed: int = 0, noise: float = 0.01, slow: dict | No
     return tmp
 
 
+def test_a_declared_departure_is_counted_apart_from_passes_and_skips(tmp_path):
+    # An expected failure (pytest's xfail: a backend's declared departure, seen) is neither a skip nor a pass; the
+    # verdict counts it as a declared departure beside them.
+    run = synthetic_run(tmp_path / "r1")
+    xfail = (
+        '<testcase classname="tests.conformance.test_nan_contract" name="test_nan_contract[manual-cpu]" time="0.1">'
+        '<properties><property name="backend" value="manual"/><property name="property" value="nan_contract"/>'
+        '</properties><skipped type="pytest.xfail" message="manual (declared; seen: spreads a NaN in value)"/>'
+        "</testcase>"
+    )
+    xml = (run / "correctness.xml").read_text().replace("</testsuite>", xfail + "</testsuite>")
+    (run / "correctness.xml").write_text(xml)
+    verdict = build.build_in_place(run).read_text().split("## Verdict per backend")[1].split("###")[0]
+    assert "| manual | PASS: 2 passed, 0 failed, 0 skipped, 1 declared departures |" in verdict
+
+
 def test_build_report_from_synthetic_run(tmp_path):
     run = synthetic_run(tmp_path / "r1")
     md_path = build.build_in_place(run)

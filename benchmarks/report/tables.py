@@ -87,7 +87,9 @@ def verdict_table(run: Run, df: pd.DataFrame) -> pd.DataFrame:
         elif b in corr.index:
             c = corr.loc[b]
             verdict = "PASS" if c["failed"] == 0 and c["passed"] > 0 else "FAIL" if c["failed"] else "—"
-            row["correctness"] = f"{verdict}: {c['passed']} passed, {c['failed']} failed, {c['skipped']} skipped"
+            row["correctness"] = f"{verdict}: {c['passed']} passed, {c['failed']} failed, {c['skipped']} skipped" + (
+                f", {c['declared']} declared departures" if c["declared"] else ""
+            )
             row["worst error / bound"] = (
                 "—"
                 if c["worst_ratio"] is None or pd.isna(c["worst_ratio"])
@@ -394,7 +396,8 @@ def _float(x) -> float | None:
 
 
 def summarize(correctness: dict, backends: list[str]) -> pd.DataFrame:
-    """Per backend: tests passed/failed/skipped, causality tests passed/failed, worst max_err/bound."""
+    """Per backend: tests passed/failed/skipped/declared (an expected failure: a declared departure, seen), causality
+    tests passed/failed, worst max_err/bound."""
     rows = {}
     for case in correctness.get("cases", []):
         name = _backend_of(case, backends)
@@ -406,6 +409,7 @@ def summarize(correctness: dict, backends: list[str]) -> pd.DataFrame:
                 passed=0,
                 failed=0,
                 skipped=0,
+                declared=0,
                 causal_passed=0,
                 causal_failed=0,
                 worst_ratio=None,
@@ -415,7 +419,7 @@ def summarize(correctness: dict, backends: list[str]) -> pd.DataFrame:
             ),
         )
         r[case["status"]] += 1
-        if "causal" in (case["name"] + case["classname"]).lower() and case["status"] != "skipped":
+        if "causal" in (case["name"] + case["classname"]).lower() and case["status"] in ("passed", "failed"):
             r["causal_" + case["status"]] += 1
         if case["status"] == "failed" and not r["first_failure"]:
             r["first_failure"] = f"{case['name']}: {case['message']}"

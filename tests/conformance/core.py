@@ -34,8 +34,6 @@ class Property:
     # The fixed kernel-size examples run in every profile (dtype -> cases): tile boundaries are always hit.
     examples: Callable[[torch.dtype], list] = boundary_examples
     features: tuple[str, ...] = ()  # contract features it needs; skipped, with the reason, where one is missing
-    # The backend's declared departure from this property (a sentence), or None: a failure is then expected
-    departure: Callable[[Backend], str | None] = lambda backend: None
 
 
 PROPERTIES: dict[str, Property] = {}  # name -> property, in registration order (the kill table's columns)

@@ -41,8 +41,11 @@ settings.register_profile("thorough", max_examples=500, **_common)  # before a r
 # HYPOTHESIS_PROFILE (tox passes it through) or CI pick the default; --hypothesis-profile overrides both.
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "dev"))
 
-# (backend, property) -> {"passed"|"failed"|"skipped": count, "reasons": set}; one per pytest process
-_verdicts: dict[tuple[str, str], dict] = defaultdict(lambda: {"passed": 0, "failed": 0, "skipped": 0, "reasons": set()})
+# (backend, property) -> {"passed"|"failed"|"skipped"|"declared": count, "reasons": set}; one per pytest process.
+# "declared": an expected failure, the backend's declared departure seen (the rest of the property held).
+_verdicts: dict[tuple[str, str], dict] = defaultdict(
+    lambda: {"passed": 0, "failed": 0, "skipped": 0, "declared": 0, "reasons": set()}
+)
 _largest: dict[str, dict[str, int]] = defaultdict(lambda: {"T": 0, "D": 0, "BH": 0})  # property -> sizes run
 
 
@@ -73,7 +76,10 @@ def pytest_runtest_logreport(report):
         sizes = _largest[props["property"]]
         for name in sizes:
             sizes[name] = max(sizes[name], int(props.get(f"largest_{name}", 0)))
-    if report.skipped:
+    if hasattr(report, "wasxfail"):
+        cell["declared"] += 1
+        cell["reasons"].add(report.wasxfail)
+    elif report.skipped:
         cell["skipped"] += 1
         cell["reasons"].add(str(report.longrepr[2]) if isinstance(report.longrepr, tuple) else "skipped")
     else:
@@ -89,13 +95,17 @@ def verdict_table(verdicts: dict) -> list[str]:
     for backend, cells in sorted(by_backend.items()):
         failed = sorted(p for p, c in cells.items() if c["failed"])
         passed = sum(1 for c in cells.values() if c["passed"] and not c["failed"])
-        skipped = {p: c["reasons"] for p, c in cells.items() if c["skipped"] and not c["passed"] and not c["failed"]}
-        verdict = "FAIL" if failed else ("PASS" if passed else "NOT RUN")
-        lines.append(
-            f"{backend}: {verdict}  ({passed} properties passed, {len(failed)} failed, {len(skipped)} skipped)"
-        )
+        declared = {p: c["reasons"] for p, c in cells.items() if c["declared"] and not c["failed"]}
+        ran = set(declared) | {p for p, c in cells.items() if c["passed"] or c["failed"]}
+        skipped = {p: c["reasons"] for p, c in cells.items() if c["skipped"] and p not in ran}
+        verdict = "FAIL" if failed else ("PASS" if passed or declared else "NOT RUN")
+        counts = f"{passed} properties passed, {len(failed)} failed, {len(skipped)} skipped"
+        counts += f", {len(declared)} declared departures" if declared else ""
+        lines.append(f"{backend}: {verdict}  ({counts})")
         if failed:
             lines.append(f"    failed: {', '.join(failed)}")
+        for p, reasons in sorted(declared.items()):
+            lines.append(f"    declared {p}: {'; '.join(sorted(reasons))}")
         for p, reasons in sorted(skipped.items()):
             lines.append(f"    skipped {p}: {'; '.join(sorted(reasons))}")
     return lines

@@ -535,7 +535,6 @@ register(
         lambda d: cases(d),
         "a NaN reaches exactly the rows that see it",
         examples=lambda dtype: [],  # a poisoned row per example: drawn sizes only
-        departure=lambda backend: backend.nan_deviation,
     ),
     Property(
         "model_causal",

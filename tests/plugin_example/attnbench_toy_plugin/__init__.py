@@ -1,8 +1,10 @@
-"""A toy attention backend living in its own package: log-sum-exp softmax, written without attnbench code."""
+"""A toy attention backend living in its own package: log-sum-exp softmax, written without attnbench code (it
+imports attnbench only to declare how it departs from the NaN contract)."""
 
 import math
 
 import torch
+from attnbench import NanDeparture
 
 
 def toy_attention(q, k, v, *, causal=True, dropout_p=0.0, scale=None):
@@ -19,4 +21,6 @@ def toy_attention(q, k, v, *, causal=True, dropout_p=0.0, scale=None):
     return p @ v  # (B, H, Tq, D)
 
 
-toy_attention.nan_deviation = "a NaN in a future value reaches earlier rows (0 * NaN in p @ v)"
+toy_attention.nan_deviation = NanDeparture(
+    "a NaN in a future value reaches earlier rows (0 * NaN in p @ v)", spreads={"value"}
+)
