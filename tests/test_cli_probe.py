@@ -1,7 +1,12 @@
 """Probe of the `train` / `sample` command line with every bad input a user can give: each ends with exit
-code 2 and one line on stderr naming the problem (no traceback), before any training starts."""
+code 2 and one line on stderr naming the problem (no traceback), before any training starts; a Ctrl-C at start-up
+ends with one line and 130."""
 
 from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
@@ -140,3 +145,26 @@ def test_ctrl_c_during_start_up_is_one_line(files, capsys, monkeypatch):
     assert main(train_args(files, "--out", str(files / "never.pt"))) == 130
     captured = capsys.readouterr()
     assert captured.err.strip() == "stopped by Ctrl-C (nothing saved)" and "step" not in captured.out
+
+
+def test_ctrl_c_while_torch_imports_is_one_line():
+    """Ctrl-C in the first second of `attnbench`, while the command line (and torch) is still importing: one line
+    and 130, where the console script used to print the import's traceback. A meta-path hook raises the
+    KeyboardInterrupt at the import of torch, exactly where a real Ctrl-C lands; the launcher must import nothing
+    of attnbench (and so no torch) before it can catch it."""
+    script = textwrap.dedent(
+        """
+        import sys
+        class CtrlC:
+            def find_spec(self, name, path=None, target=None):
+                if name == "torch":
+                    raise KeyboardInterrupt
+        sys.meta_path.insert(0, CtrlC())
+        import attnbench_launcher
+        assert "torch" not in sys.modules and "attnbench" not in sys.modules
+        sys.exit(attnbench_launcher.main(["run", "--help"]))
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 130, done.stderr
+    assert done.stderr == "attnbench: stopped by Ctrl-C while starting (nothing done)\n"
