@@ -170,3 +170,20 @@ def test_a_nan_departure_is_declared_structurally():
         NanDeparture("a typo", spreads={"values"})
     with pytest.raises(ValueError, match="names the inputs"):
         NanDeparture("excuses nothing")
+
+
+# ---------------------------------------------------------------------------- forward-only backends (no backward)
+
+
+@pytest.mark.parametrize("prop", ["equivalence", "single_token", "huge_logits"])
+def test_forward_only_backends_get_the_output_checks(prop):
+    # Pass criterion: a backend without a backward runs these properties on its output (they used to skip it):
+    # a forward-only manual passes; forward-only top_left_causal (wrong rows at Tq < Tk) fails equivalence.
+    forward_only = "an inference runtime (planted)"
+    right = Backend("planted:forward_only", _manual, "manual, declared forward-only", no_backward_reason=forward_only)
+    case = TILE_CASE.with_(Tq=1) if prop == "single_token" else TILE_CASE
+    PROPERTIES[prop].check(right, case, "cpu")
+    if prop == "equivalence":
+        wrong = dataclasses.replace(right, name="planted:forward_only_top_left", fn=top_left_causal)
+        with pytest.raises(AssertionError):
+            PROPERTIES[prop].check(wrong, TILE_CASE.with_(Tq=65, Tk=129), "cpu")

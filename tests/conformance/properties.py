@@ -25,6 +25,7 @@ from attnbench.conformance.core import (
     Property,
     boundary_examples,
     example_dtype,
+    has_backward,
     missing_feature,
     register,
 )
@@ -112,12 +113,13 @@ def equivalence(backend: Backend, case: Case, device: str) -> RuleResult:
     The row-sampled reference (reference.row_sampled_attention): the exact float64 output on a few query rows
     (tile-boundary rows first), and exact gradients for a random upstream gradient, laid out like q, that is
     nonzero on those rows only; dq is then checked on every row and dk, dv on every key. For Tq <= 16 every
-    row is kept: the full reference."""
-    q, k, v = (_leaf(t) for t in case.tensors(device))
+    row is kept: the full reference. A backend with no backward on `device` has its output checked alone."""
+    with_grads = has_backward(backend, device)
+    q, k, v = (_leaf(t) if with_grads else t for t in case.tensors(device))
     rows = sample_rows(case.Tq, case.seed)
     dout = keep_rows_(case.upstream(device), rows)
     out = backend(q, k, v, causal=case.causal, scale=case.scale)
-    grads = torch.autograd.grad(out, (q, k, v), dout)
+    grads = torch.autograd.grad(out, (q, k, v), dout) if with_grads else ()
     kw = dict(causal=case.causal, scale=case.scale)
     refs = row_sampled_attention(q, k, v, dout, rows, dtype=torch.float64, **kw)
     naives = row_sampled_attention(q, k, v, dout, rows, dtype=case.dtype, **kw)
@@ -127,15 +129,11 @@ def equivalence(backend: Backend, case: Case, device: str) -> RuleResult:
     mags = grad_magnitudes(q_rows, k, v, dout_rows, scale=case.scale, visible=vis)
     ctx = f"[{backend.name} on {device}: {case}; sampled rows {rows.tolist()}]"
     results = []
+    checked = [("out", out.detach()[..., rows.to(device), :], case.Tk)]
+    if with_grads:
+        checked += [("dq", grads[0], case.Tk), ("dk", grads[1], len(rows)), ("dv", grads[2], len(rows))]
     # Pass rule, per tensor: max|x - ref64| <= 2 * max|naive_d - ref64| + atol_d (reference.py).
-    for i, (name, x, n) in enumerate(
-        (
-            ("out", out.detach()[..., rows.to(device), :], case.Tk),
-            ("dq", grads[0], case.Tk),
-            ("dk", grads[1], len(rows)),
-            ("dv", grads[2], len(rows)),
-        )
-    ):
+    for i, (name, x, n) in enumerate(checked):
         atol = rounding_noise(case.dtype, mags[name], a, n_terms=n)
         results.append(check_rule(name, x, refs[i], naives[i], atol, ctx))
     return _worst(results)
@@ -306,11 +304,13 @@ def dropout_off_when_zero(backend: Backend, case: Case, device: str) -> None:
 
 
 def no_nan_huge_logits(backend: Backend, case: Case, device: str) -> None:
-    """Logits of 1e4 .. 1e6: output and grads stay finite and the output within the visible values."""
-    q, k, v = (_leaf(t) for t in case.tensors(device))
+    """Logits of 1e4 .. 1e6: output and grads stay finite and the output within the visible values (the output
+    alone where the backend has no backward on `device`)."""
+    with_grads = has_backward(backend, device)
+    q, k, v = (_leaf(t) if with_grads else t for t in case.tensors(device))
     out = backend(q, k, v, causal=case.causal, scale=case.scale)
-    grads = torch.autograd.grad(out, (q, k, v), case.upstream(device))
-    for name, t in (("out", out), ("dq", grads[0]), ("dk", grads[1]), ("dv", grads[2])):
+    grads = torch.autograd.grad(out, (q, k, v), case.upstream(device)) if with_grads else ()
+    for name, t in zip(("out", "dq", "dk", "dv")[: 1 + len(grads)], (out, *grads), strict=True):
         if not torch.isfinite(t).all():
             raise AssertionError(f"{name} has NaN/inf with huge logits [{backend.name} on {device}: {case}]")
     convex_combination(backend, case, device)
@@ -470,7 +470,6 @@ register(
         equivalence,
         lambda d: cases(d),
         "fwd + grads vs float64 by the pass rule",
-        needs_backward=True,
     ),
     Property(
         "explicit_scale",
@@ -484,7 +483,6 @@ register(
         single_token,
         _single_token_cases,
         "Tq = 1 against any Tk",
-        needs_backward=True,
         examples=_mapped(lambda c: c.with_(Tq=1)),
     ),
     Property(
@@ -526,7 +524,6 @@ register(
         no_nan_huge_logits,
         _huge_cases,
         "no NaN with logits up to 1e6",
-        needs_backward=True,
         examples=_huge_examples,
     ),
     Property(
