@@ -245,6 +245,17 @@ def test_interleaved_rows_are_timed_with_one_cpu_thread_by_default(tmp_path):
     assert out["attnbench"]["cpu_memory_kept_for_reuse"] is (platform.libc_ver()[0] == "glibc")
 
 
+def test_interleaved_baseline_option_reaches_the_ratios(tmp_path):
+    # --bench-baseline used to land in the case's `graph` field (positional), so the ratios kept manual as their
+    # baseline and the CPU rows were named "-graph"; now chunked is the baseline and the ids are plain.
+    done = run_interleaved(tmp_path, "--bench-baseline=chunked")
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = {b["extra_info"]["backend"]: b for b in json.loads((tmp_path / "il.json").read_text())["benchmarks"]}
+    assert {r["extra_info"]["baseline"] for r in rows.values()} == {"chunked"}
+    assert rows["chunked"]["extra_info"]["ratio_median"] == 1.0
+    assert not any(r["name"].endswith("-graph]") for r in rows.values())
+
+
 @pytest.mark.parametrize("bad", ["0", "two", "-1"])
 def test_interleaved_threads_option_refuses_bad_values(bad):
     with pytest.raises(ValueError, match="--bench-interleaved-threads takes a positive integer or 'all'"):

@@ -409,7 +409,7 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("op_case", cases, ids=[c.id for c in cases])
     if "interleaved_case" in metafunc.fixturenames:
         cases = [
-            InterleavedCase(b, dev, dt, T, mode, s.baseline)
+            InterleavedCase(b, dev, dt, T, mode, baseline=s.baseline)
             for dev, dt in combos
             for mode in interleaved_modes(s.backends, dev)
             for T in s.interleaved_Ts[dev]
