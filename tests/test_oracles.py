@@ -15,11 +15,13 @@ import pytest
 import torch
 from attnbench import Backend, NanDeparture, get_backend
 from attnbench.conformance import metamorphic
+from attnbench.conformance.features import FeatureCase
 from attnbench.conformance.nan_contract import nan_contract, nan_violations
 from attnbench.conformance.properties import PROPERTIES, equivalence, run_property
 from attnbench.conformance.reference import attention_formula, keep_rows_, row_sampled_attention, sample_rows
 from attnbench.conformance.strategies import MAX_T, Case, toy_sizes_only
 from mutants import softmax_over_queries, top_left_causal
+from mutants_features import MUTANTS as FEATURE_MUTANTS
 from mutants_online_softmax import drops_tail_block
 
 CORRECT = ["manual", "chunked"]
@@ -187,3 +189,18 @@ def test_forward_only_backends_get_the_output_checks(prop):
         wrong = dataclasses.replace(right, name="planted:forward_only_top_left", fn=top_left_causal)
         with pytest.raises(AssertionError):
             PROPERTIES[prop].check(wrong, TILE_CASE.with_(Tq=65, Tk=129), "cpu")
+
+
+@pytest.mark.parametrize("prop", ["feature_equiv", "gqa_repeat"])
+def test_forward_only_backends_get_the_feature_output_checks(prop):
+    # Pass criterion: a forward-only backend that declares GQA has its GQA output checked (the feature properties
+    # used to skip every forward-only backend): forward-only manual passes, forward-only gqa_tiled_heads fails.
+    forward_only = "an inference runtime (planted)"
+    right = Backend("planted:forward_only_gqa", attnbench.get_backend("manual").fn, "manual, forward-only",
+                    features={"gqa"}, no_backward_reason=forward_only)  # fmt: skip
+    tiled = next(m for m in FEATURE_MUTANTS if m.name == "gqa_tiled_heads")
+    wrong = dataclasses.replace(right, name="planted:forward_only_gqa_tiled_heads", fn=tiled.fn)
+    case = FeatureCase(TILE_CASE.with_(H=4, Tq=65, Tk=129), hkv=2)
+    PROPERTIES[prop].check(right, case, "cpu")
+    with pytest.raises(AssertionError):
+        PROPERTIES[prop].check(wrong, case, "cpu")

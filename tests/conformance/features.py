@@ -4,6 +4,7 @@ Each is `check(backend, case, device)` over a `FeatureCase` drawn by hypothesis,
 are registered in PROPERTIES). A case draws any combination of features; `restricted` turns off those the
 backend does not run on the device, so the combined properties hold every backend to what it declares, and the
 single-feature properties (Property.features) skip, with the backend's reason, where that feature is missing.
+A backend with no backward on the device (an inference runtime) has its outputs checked alone.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass, replace
 
 import torch
 from attnbench import Backend
+from attnbench.conformance.core import has_backward
 from attnbench.conformance.masked_reference import Features, masked_attention_formula, reference_visible
 from attnbench.conformance.reference import RuleResult, abs_logit_bound, check_rule, rounding_noise
 from attnbench.conformance.strategies import Case, cases
@@ -125,6 +127,12 @@ def _leaves(*ts):
     return [t.detach().requires_grad_(True) for t in ts]
 
 
+def _inputs(backend: Backend, device: str, *ts):
+    """ts as leaves requiring grad, or as they are for a backend with no backward on `device` (whose properties
+    then check the output alone)."""
+    return _leaves(*ts) if has_backward(backend, device) else list(ts)
+
+
 def _context(backend: Backend, device: str, case: FeatureCase) -> str:
     return f"[{backend.name} on {device}: {case}]"
 
@@ -204,23 +212,25 @@ def _same_within(name: str, x, y, bound: float, ctx: str) -> None:
 def feature_equivalence(backend: Backend, case: FeatureCase, device: str) -> RuleResult:
     """Output and grads with every combination of the features the backend runs, against float64 by the rule."""
     case = case.restricted(backend, device)
-    q, k, v = _leaves(*case.tensors(device))
+    q, k, v = _inputs(backend, device, *case.tensors(device))
     dout = case.upstream(device)
     out = case.run(backend, q, k, v)
-    grads = torch.autograd.grad(out, (q, k, v), dout)
+    grads = torch.autograd.grad(out, (q, k, v), dout) if q.requires_grad else ()
     return _worst(_against_reference(backend, case, device, out, grads, q, k, v, dout))
 
 
 def gqa_is_repeated_mha(backend: Backend, case: FeatureCase, device: str) -> None:
     """GQA equals MHA with each key/value head repeated for its query heads: the output, and dk summed per group."""
     case = case.restricted(backend, device)
-    q, k, v = _leaves(*case.tensors(device))
+    q, k, v = _inputs(backend, device, *case.tensors(device))
     group = case.base.H // case.hkv
-    kr, vr = _leaves(k.repeat_interleave(group, 1), v.repeat_interleave(group, 1))  # (B, Hq, Tk, D)
+    kr, vr = _inputs(backend, device, k.repeat_interleave(group, 1), v.repeat_interleave(group, 1))  # (B, Hq, Tk, D)
     dout = case.upstream(device)
     gqa, mha = case.run(backend, q, k, v), case.run(backend, q, kr, vr)
     ctx = _context(backend, device, case)
     _same_within("out (GQA vs repeated MHA)", gqa, mha, _two_runs_bound(case, device, q, k, v), ctx)
+    if not q.requires_grad:
+        return  # no backward: the output alone
     grads = torch.autograd.grad(gqa, (q, k, v), dout)
     dk_mha = torch.autograd.grad(mha, kr, dout)[0].unflatten(1, (case.hkv, group)).sum(2)  # (B, Hkv, Tk, D)
     dk_rule = _against_reference(backend, case, device, gqa, grads, q, k, v, dout)["dk"]
@@ -310,6 +320,8 @@ def hidden_keys_never_matter(backend: Backend, case: FeatureCase, device: str) -
             f"query row {r} changed when keys/values hidden from it changed: max diff "
             f"{float((a.double() - c.double()).abs().max()):.3e} {ctx}"
         )
+    if not has_backward(backend, device):
+        return  # no backward: the output alone
     ql, kl, vl = _leaves(q, k, v)
     out = case.run(backend, ql, kl, vl)[:, :, r]  # (B, Hq, D)
     dq, dk, dv = torch.autograd.grad(out, (ql, kl, vl), case.upstream(device)[:, :, r], allow_unused=True)

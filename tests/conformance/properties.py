@@ -567,7 +567,7 @@ def _no_examples(dtype: torch.dtype) -> list:
 
 register(
     *(
-        Property(n, check, strat, doc, features=f, needs_backward=True, examples=FIXED_EXAMPLES.get(n, _no_examples))
+        Property(n, check, strat, doc, features=f, examples=FIXED_EXAMPLES.get(n, _no_examples))
         for n, check, strat, doc, f in FEATURE_PROPERTIES
     )
 )
