@@ -88,10 +88,14 @@ def test_forward_only_backend_refuses_grad_instead_of_a_detached_output():
 
 
 def test_gradient_properties_skip_with_the_reason_on_a_forward_only_backend():
+    # the gradient-only properties skip with the reason; those with an output half (equivalence, the feature
+    # properties) run on the output instead (tests/test_oracles.py shows them catching a forward-only plant)
     b = _forward_only_toy()
-    for prop in ("causal_grad_zero", "model_parity", "equivalence"):
+    for prop in ("causal_grad_zero", "model_parity"):
         with pytest.raises(pytest.skip.Exception, match="has no backward: it is a forward-only toy"):
             property_dtypes(PROPERTIES[prop], b, "cpu")
+    for prop in ("equivalence", "single_token", "huge_logits", "feature_equiv", "hidden_keys"):
+        assert property_dtypes(PROPERTIES[prop], b, "cpu")
 
 
 def test_benchmarks_time_a_forward_only_backend_forward_only():
