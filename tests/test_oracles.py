@@ -16,6 +16,7 @@ import torch
 from attnbench import Backend, NanDeparture, get_backend
 from attnbench.conformance import metamorphic
 from attnbench.conformance.features import FeatureCase
+from attnbench.conformance import nan_contract as nan_contract_module
 from attnbench.conformance.nan_contract import nan_contract, nan_violations
 from attnbench.conformance.properties import PROPERTIES, equivalence, run_property
 from attnbench.conformance.reference import attention_formula, keep_rows_, row_sampled_attention, sample_rows
@@ -163,6 +164,44 @@ def test_a_declared_nan_departure_excuses_that_departure_only():
         ("hides", "q"),
         ("spreads", "value"),
     }
+
+
+def _leaks_into_rows_before(rows_back: int):
+    """manual, except that each output row that is non-finite also poisons the `rows_back` rows stored before it
+    (rows_back = 1: the oneDNN AMX bfloat16 matmul leak that nan_contract.py describes). It computes in float32,
+    so that this machine's own bfloat16 matmul adds no leak of its own."""
+
+    def attention(q, k, v, *, causal=True, dropout_p=0.0, scale=None):
+        out = _manual(q.float(), k.float(), v.float(), causal=causal, dropout_p=dropout_p, scale=scale).to(q.dtype)
+        bad = (~torch.isfinite(out)).flatten(0, 2).any(dim=-1)  # (B * H * Tq,) in memory order
+        poisoned = bad.clone()
+        for back in range(1, rows_back + 1):
+            poisoned[:-back] |= bad[back:]
+        return out.masked_fill(poisoned.view(out.shape[:-1])[..., None], float("nan"))
+
+    return Backend(f"planted:leaks_{rows_back}_back", attention, "leaks a NaN row backwards",
+                   nan_deviation=attnbench.get_backend("manual").nan_deviation)  # fmt: skip
+
+
+@pytest.mark.parametrize("machine_leaks", [False, True])
+def test_the_machines_bf16_matmul_leak_is_excused_exactly(monkeypatch, machine_leaks):
+    # Pass criterion: a leak of a NaN row into the one row stored before it fails the contract, unless the case is
+    # bfloat16 on a machine whose own bf16 matmul leaks that way (the probe, planted here both ways); a leak two
+    # rows back fails everywhere; a float32 case is never excused.
+    probe = nan_contract_module.matmul_leaks_nan_into_previous_row
+    monkeypatch.setattr(nan_contract_module, "matmul_leaks_nan_into_previous_row",
+                        lambda dtype, device: machine_leaks and dtype == torch.bfloat16)  # fmt: skip
+    bf16 = dataclasses.replace(NAN_CASE, Tq=17, Tk=17, dtype=torch.bfloat16)
+    one_back, two_back = _leaks_into_rows_before(1), _leaks_into_rows_before(2)
+    if machine_leaks:
+        nan_contract(one_back, bf16, "cpu")
+    else:
+        with pytest.raises(AssertionError, match="reached a row that cannot see it"):
+            nan_contract(one_back, bf16, "cpu")
+    for backend, case in ((two_back, bf16), (one_back, dataclasses.replace(bf16, dtype=torch.float32))):
+        with pytest.raises(AssertionError, match="reached a row that cannot see it"):
+            nan_contract(backend, case, "cpu")
+    assert not probe(torch.float32, "cpu")  # the probe itself: only bfloat16 on the CPU can leak
 
 
 def test_a_nan_departure_is_declared_structurally():

@@ -5,10 +5,18 @@ A backend that departs from it declares how (`Backend.nan_deviation`, an `attnbe
 NaN it spreads or hides, and why). The contract then excuses those violations and no other: a backend declared
 to spread a future value's NaN still fails for hiding a NaN in q. test_nan_contract reports a declared departure
 it sees as an expected failure with the sentence, so it stays visible.
+
+One departure belongs to the machine, not to a backend: on x86 CPUs with AMX, PyTorch's bfloat16 matmul (oneDNN's
+brgemm kernel, uxlfoundation/oneDNN#5717, fixed upstream by oneDNN PR #5723) reads past the end of a row of its left
+operand when the inner dimension is not a multiple of 32, so a NaN row of the attention weights also poisons the
+row stored just before it. `matmul_leaks_nan_into_previous_row` probes this machine for it; where it leaks, a
+bfloat16 case on the CPU may also show non-finite output in the row just before (in memory order) a row that sees
+the NaN, and in no other row.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -45,9 +53,32 @@ def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
     return True
 
 
+@functools.cache
+def matmul_leaks_nan_into_previous_row(dtype: torch.dtype, device: str) -> bool:
+    """Whether this machine's `a @ b` in `dtype` on `device` lets a NaN row of `a` reach the output row before it
+    (the oneDNN AMX bfloat16 defect above), probed on shapes that trigger it (inner dimension 17 to 35)."""
+    if dtype != torch.bfloat16 or torch.device(device).type != "cpu":
+        return False
+    for m, k in ((17, 17), (34, 34), (35, 35), (32, 33)):
+        a = torch.ones(2, m, k, dtype=dtype)  # (batch, M, K)
+        a[:, 1:] = float("nan")  # every row but the first
+        if not torch.isfinite((a @ torch.ones(k, 16, dtype=dtype))[:, 0]).all():  # row 0 depends on row 0 only
+            return True
+    return False
+
+
+def _row_before(rows: torch.Tensor) -> torch.Tensor:
+    """(B, H, Tq) bool: the rows stored just before a True row, in the (B, H, Tq) memory order of the weights."""
+    flat = rows.flatten()
+    before = torch.zeros_like(flat)
+    before[:-1] = flat[1:]
+    return before.view(rows.shape)
+
+
 def nan_violations(backend: Backend, case: Case, device: str) -> list[NanViolation]:
     """Every departure from the contract, declared or not: NaN in q row 0, then in the last key, then in the last
     value (the future of every other row)."""
+    leaks = matmul_leaks_nan_into_previous_row(case.dtype, device)
     q, k, v = case.tensors(device)
     clean = backend(q, k, v, causal=case.causal, scale=case.scale)  # (B, H, Tq, D)
     if case.causal:
@@ -65,9 +96,11 @@ def nan_violations(backend: Backend, case: Case, device: str) -> list[NanViolati
         at = f"[{backend.name} on {device}: NaN in {where}, {case}]"
         if finite_rows[..., reached].any():
             found.append(NanViolation("hides", where, f"a row that sees the NaN came out finite {at}"))
-        if not finite_rows[..., ~reached].all():
+        sees = reached.expand_as(finite_rows)  # (B, H, Tq)
+        clear = ~(sees | _row_before(sees)) if leaks else ~sees  # rows the NaN must not reach (the machine's leak)
+        if not finite_rows[clear].all():
             found.append(NanViolation("spreads", where, f"the NaN reached a row that cannot see it {at}"))
-        elif not _close(out[..., ~reached, :], clean[..., ~reached, :]):
+        elif not _close(out[clear], clean[clear]):
             found.append(NanViolation("spreads", where, f"the NaN changed a row that cannot see it {at}"))
     return found
 
