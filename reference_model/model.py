@@ -32,6 +32,10 @@ class GPTConfig:
     bias: bool = True  # biases in Linear and LayerNorm, as in GPT-2
     window: int | None = None  # sliding window: each token attends to itself and the window - 1 before it
     backend: str = "sdpa"  # attention backend by registry name (see attnbench.backend_names())
+    # Under a bfloat16 autocast, run the attention backend in float32 (q, k, v cast up, the output cast back):
+    # the matmuls around it keep bf16's speed, and the backend is judged in the precision it is tested in.
+    # PyTorch's CPU flash kernel takes ~6x longer for its bf16 backward than for its fp32 one at the GPT's sizes.
+    attention_fp32: bool = False
 
     def __post_init__(self):
         if self.n_embd % self.n_head:
@@ -75,6 +79,7 @@ class CausalSelfAttention(nn.Module):
         self.head_size = config.n_embd // config.n_head
         self.window = config.window
         self.dropout = config.dropout
+        self.attention_fp32 = config.attention_fp32
         kv_width = self.n_kv_head * self.head_size
         self.c_attn = nn.Linear(config.n_embd, config.n_embd + 2 * kv_width, bias=config.bias)  # q, k, v fused
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
@@ -91,7 +96,12 @@ class CausalSelfAttention(nn.Module):
             k = torch.cat([past[0], k], dim=2)  # (B, Hkv, T_past + T, D)
             v = torch.cat([past[1], v], dim=2)
         dropout_p = self.dropout if self.training else 0.0
-        y = self.backend(q, k, v, causal=True, dropout_p=dropout_p, window=self.window)  # (B, H, T, D)
+        if self.attention_fp32 and q.dtype in (torch.bfloat16, torch.float16):  # autocast gave a half dtype
+            with torch.autocast(q.device.type, enabled=False):
+                y = self.backend(q.float(), k.float(), v.float(), causal=True, dropout_p=dropout_p, window=self.window)
+            y = y.to(q.dtype)  # (B, H, T, D), back in autocast's dtype
+        else:
+            y = self.backend(q, k, v, causal=True, dropout_p=dropout_p, window=self.window)  # (B, H, T, D)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again
         return self.resid_dropout(self.c_proj(y)), (k, v)
 

@@ -83,3 +83,27 @@ def test_no_weight_decay_on_biases_norms_and_embeddings():
         n.endswith("weight") and "ln" not in n and "wte" not in n and "wpe" not in n for n in decayed
     )
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+@pytest.mark.parametrize("attention_fp32", [False, True])
+def test_attention_fp32_runs_the_backend_in_float32_under_bf16_autocast(monkeypatch, attention_fp32):
+    # Pass criterion: under a bf16 autocast the backend is handed float32 q, k, v exactly when attention_fp32 is
+    # set, the block still gets autocast's dtype back, and a float64 model is never cast down.
+    from attnbench.gpt.model import GPT
+
+    seen = []
+    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, attention_fp32=attention_fp32))
+    for block in model.blocks:
+        backend = block.attn.backend
+        monkeypatch.setattr(block.attn, "backend", lambda q, k, v, backend=backend, **kw: (
+            seen.append((q.dtype, k.dtype, v.dtype)), backend(q, k, v, **kw))[1])  # fmt: skip
+    idx = torch.randint(0, 65, (2, 8))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, loss, _ = model(idx, idx)
+    want = torch.float32 if attention_fp32 else torch.bfloat16
+    assert seen == [(want, want, want)] and logits.dtype == torch.bfloat16
+    loss.backward()  # the cast is differentiable: every weight gets a gradient
+    assert all(p.grad is not None for p in model.parameters())
+    seen.clear()
+    model.double()(idx, idx)
+    assert seen == [(torch.float64,) * 3]

@@ -48,6 +48,9 @@ class Recipe:
     n_embd: int = 128
     block_size: int = 64
     dropout: float = 0.0  # no dropout: a ~1-epoch run does not overfit, and it keeps backends comparable
+    # precision: float32, or bfloat16 (float32 weights and optimizer, the matmuls under a bf16 autocast)
+    dtype: str = "float32"
+    attention_fp32: bool = False  # under bf16, the backend still runs (and is judged) in float32 (GPTConfig)
     # optimization
     optimizer: str = "adamw"  # adamw, or muon (Muon on the blocks' matrices, AdamW on the rest: attnbench.gpt.optim)
     adamw_impl: str = "fused"  # AdamW kernel: fused, foreach or loop (the same update, other kernels)
@@ -86,6 +89,7 @@ class Recipe:
             window=self.window,
             n_embd=self.n_embd,
             dropout=self.dropout,
+            attention_fp32=self.attention_fp32,
             backend=backend,
         )
 
@@ -104,6 +108,7 @@ class Recipe:
             eval_interval=self.eval_interval,
             eval_iters=self.probe_iters,
             seed=self.seed,
+            dtype=self.dtype,
             device=device,
             progress=False,
         )
@@ -180,7 +185,7 @@ def train_to_target(
     cfg = recipe.train_config(device)
     whole = dataclasses.replace(cfg, eval_iters=0)  # evaluate() on every window of the split
     run = TargetRun(
-        backend, device, "float32", asdict(recipe), False, 0, 0.0, 0.0, math.nan, leak_floor=recipe.leak_floor
+        backend, device, recipe.dtype, asdict(recipe), False, 0, 0.0, 0.0, math.nan, leak_floor=recipe.leak_floor
     )
     whole_eval_s = 0.0
 

@@ -30,6 +30,7 @@ from attnbench.bench.measuring.train_to_target import Recipe, train_to_target
 from attnbench.gpt.data import Dataset, get_batch
 from attnbench.gpt.model import GPT
 from attnbench.gpt.optim import make_optimizer
+from attnbench.gpt.step import TrainStep
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results.jsonl"
@@ -59,6 +60,12 @@ CANDIDATES: dict[str, dict] = {
     "muon_h600": dict(optimizer="muon", max_iters=600),
     "muon_h400": dict(optimizer="muon", max_iters=400),
     "muon_2l_lr6": dict(optimizer="muon", n_layer=2, learning_rate=6e-3, min_lr=6e-4),
+    # bfloat16 matmuls (AMX on this CPU), the attention backend still in float32 (Recipe.attention_fp32)
+    "bf16": dict(dtype="bfloat16", attention_fp32=True),
+    "bf16_h700": dict(dtype="bfloat16", attention_fp32=True, max_iters=700),
+    "bf16_lr5_h700": dict(dtype="bfloat16", attention_fp32=True, learning_rate=5e-3, min_lr=5e-4, max_iters=700),
+    "bf16_b48_h500": dict(dtype="bfloat16", attention_fp32=True, batch_size=48, max_iters=500),
+    "bf16_2l_h700": dict(dtype="bfloat16", attention_fp32=True, n_layer=2, max_iters=700),
 }
 
 
@@ -99,16 +106,13 @@ def measure_time(names: list[str], dataset: Dataset, rounds: int, warmup: int = 
         cfg = recipe.model_config("sdpa")
         cfg.vocab_size = dataset.tokenizer.vocab_size
         model = GPT(cfg)
-        optimizer = make_optimizer(model, recipe.train_config())
+        autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=recipe.dtype == "bfloat16")
+        train_step = TrainStep(model, make_optimizer(model, recipe.train_config()), grad_clip=recipe.grad_clip,
+                               autocast=autocast)  # fmt: skip
         gen = torch.Generator().manual_seed(recipe.seed)
 
-        def step(model=model, optimizer=optimizer, recipe=recipe, gen=gen):
-            x, y = get_batch(dataset.train, recipe.batch_size, recipe.block_size, gen)
-            _, loss, _ = model(x, y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
-            optimizer.step()
+        def step(train_step=train_step, recipe=recipe, gen=gen):
+            train_step(*get_batch(dataset.train, recipe.batch_size, recipe.block_size, gen)).item()
 
         steps[name] = step
     times = {name: [] for name in names}
