@@ -66,6 +66,10 @@ CANDIDATES: dict[str, dict] = {
     "bf16_lr5_h700": dict(dtype="bfloat16", attention_fp32=True, learning_rate=5e-3, min_lr=5e-4, max_iters=700),
     "bf16_b48_h500": dict(dtype="bfloat16", attention_fp32=True, batch_size=48, max_iters=500),
     "bf16_2l_h700": dict(dtype="bfloat16", attention_fp32=True, n_layer=2, max_iters=700),
+    "bf16_lr8_h600": dict(dtype="bfloat16", attention_fp32=True, learning_rate=8e-3, min_lr=8e-4, max_iters=600),
+    "bf16_lr5_b48_h450": dict(
+        dtype="bfloat16", attention_fp32=True, learning_rate=5e-3, min_lr=5e-4, batch_size=48, max_iters=450
+    ),
 }
 
 
