@@ -95,6 +95,11 @@ class TrainConfig:
         if not isinstance(self.progress, bool):
             raise ValueError(f"progress must be True or False, got {self.progress!r}")
 
+    def autocast(self) -> torch.autocast:
+        """The forward's autocast: bf16 when dtype is bfloat16 (float32 weights and optimizer), off otherwise."""
+        device_type = torch.device(self.device).type
+        return torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=self.dtype == "bfloat16")
+
 
 @dataclass
 class TrainResult:
@@ -214,9 +219,7 @@ def train(
         result.history = ckpt["history"]
         result.best_val = ckpt["best_val"]
         log(f"resumed from {resume} at step {start} (best val {result.best_val:.4f})")
-    autocast = torch.autocast(
-        device_type=torch.device(cfg.device).type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16
-    )
+    autocast = cfg.autocast()
 
     def save(path, step: int, evaluated: bool) -> None:
         save_checkpoint(

@@ -6,7 +6,7 @@ import pytest
 import torch
 from attnbench import UnknownBackendError
 from attnbench.conformance.backends import backend_params
-from attnbench.gpt.model import GPTConfig
+from attnbench.gpt.model import GPT, GPTConfig
 from attnbench.gpt.train import make_optimizer
 from spine_helpers import (
     one_thread,  # noqa: F401  (autouse: one torch thread)
@@ -89,8 +89,6 @@ def test_no_weight_decay_on_biases_norms_and_embeddings():
 def test_attention_fp32_runs_the_backend_in_float32_under_bf16_autocast(monkeypatch, attention_fp32):
     # Pass criterion: under a bf16 autocast the backend is handed float32 q, k, v exactly when attention_fp32 is
     # set, the block still gets autocast's dtype back, and a float64 model is never cast down.
-    from attnbench.gpt.model import GPT
-
     seen = []
     model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, attention_fp32=attention_fp32))
     for block in model.blocks:

@@ -15,8 +15,8 @@ import pytest
 import torch
 from attnbench import Backend, NanDeparture, get_backend
 from attnbench.conformance import metamorphic
-from attnbench.conformance.features import FeatureCase
 from attnbench.conformance import nan_contract as nan_contract_module
+from attnbench.conformance.features import FeatureCase
 from attnbench.conformance.nan_contract import nan_contract, nan_violations
 from attnbench.conformance.properties import PROPERTIES, equivalence, run_property
 from attnbench.conformance.reference import attention_formula, keep_rows_, row_sampled_attention, sample_rows

@@ -153,7 +153,13 @@ GQA_WINDOW_RECIPE = dataclasses.replace(FAST_RECIPE, n_kv_head=2, window=16)
 BF16_RECIPE = dataclasses.replace(
     FAST_RECIPE, dtype="bfloat16", attention_fp32=True, learning_rate=8e-3, min_lr=8e-4, max_iters=600
 )
-RECIPES = {"fast": FAST_RECIPE, "bf16": BF16_RECIPE, "spine": SPINE_RECIPE, "quick": QUICK_RECIPE, "gqa_window": GQA_WINDOW_RECIPE}
+RECIPES = {
+    "fast": FAST_RECIPE,
+    "bf16": BF16_RECIPE,
+    "spine": SPINE_RECIPE,
+    "quick": QUICK_RECIPE,
+    "gqa_window": GQA_WINDOW_RECIPE,
+}
 
 
 @dataclass
@@ -259,17 +265,19 @@ def curve_agreement(runs: list[TargetRun]) -> dict:
 
 
 def recipe_unavailable_reason(backend: str, recipe: Recipe, device: str = "cpu") -> str | None:
-    """Why `backend` cannot train `recipe`'s GPT on `device` in float32 (no such device, forward-only, no such
-    dtype, or a contract feature the recipe's attention needs: the backend's own why_no_feature), or None."""
+    """Why `backend` cannot train `recipe`'s GPT on `device` in the dtype its attention runs in (no such device,
+    forward-only, no such dtype, or a contract feature the recipe's attention needs: the backend's own
+    why_no_feature), or None."""
     b = get_backend(backend)
-    if reason := unavailable_reason(b, device, torch.float32, backward=True):
+    attention_dtype = torch.bfloat16 if recipe.dtype == "bfloat16" and not recipe.attention_fp32 else torch.float32
+    if reason := unavailable_reason(b, device, attention_dtype, backward=True):
         return reason
     features = recipe.model_config(backend).attention_features()
     return "; ".join(r for f in features if (r := b.why_no_feature(f, device))) or None
 
 
 def cpu_backends(device: str = "cpu", recipe: Recipe = FAST_RECIPE) -> list[str]:
-    """Registered backends that can train `recipe`'s GPT on `device` in float32."""
+    """Registered backends that can train `recipe`'s GPT on `device`."""
     return [b for b in backend_names() if recipe_unavailable_reason(b, recipe, device) is None]
 
 

@@ -110,9 +110,8 @@ def measure_time(names: list[str], dataset: Dataset, rounds: int, warmup: int = 
         cfg = recipe.model_config("sdpa")
         cfg.vocab_size = dataset.tokenizer.vocab_size
         model = GPT(cfg)
-        autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=recipe.dtype == "bfloat16")
-        train_step = TrainStep(model, make_optimizer(model, recipe.train_config()), grad_clip=recipe.grad_clip,
-                               autocast=autocast)  # fmt: skip
+        tcfg = recipe.train_config()
+        train_step = TrainStep(model, make_optimizer(model, tcfg), grad_clip=recipe.grad_clip, autocast=tcfg.autocast())
         gen = torch.Generator().manual_seed(recipe.seed)
 
         def step(train_step=train_step, recipe=recipe, gen=gen):
