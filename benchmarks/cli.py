@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+from pathlib import Path
 
 from attnbench.bench.options import DEVICE_CHOICES, RunConfig, csv_list, parse_dtypes, parse_T
 
@@ -74,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--data", help="tiny Shakespeare path (default: $ATTNBENCH_DATA, then the user cache)")
     r.add_argument("--heat-steps", type=int, help="training steps of the heat-map model (default 500, quick 150)")
     r.add_argument("--correctness-k", help="pytest -k expression to narrow the correctness stage")
+    r.add_argument("--nanogpt", help="nanoGPT's model.py (or its folder): time its training step against this GPT's")
     r.add_argument(
         "--profile",
         choices=sorted(RUN_PROFILES),
@@ -125,6 +127,10 @@ def main(argv=None) -> int:
             from attnbench.bench.job.main_job import Job
 
             apply_profile(args)
+            if args.nanogpt:
+                from attnbench.bench.measuring.side_by_side import load_nanogpt
+
+                load_nanogpt(args.nanogpt)  # not nanoGPT's model.py: one clear line now, not after the other stages
             cfg = RunConfig(
                 backends=args.backends,
                 T=parse_T(args.T),
@@ -137,6 +143,7 @@ def main(argv=None) -> int:
                 data=args.data,
                 heat_steps=args.heat_steps,
                 correctness_k=args.correctness_k,
+                nanogpt=str(Path(args.nanogpt).resolve()) if args.nanogpt else None,
                 verbose=args.verbose,
                 force=args.force,
             )
@@ -154,7 +161,7 @@ def main(argv=None) -> int:
             if args.csv:
                 m.to_csv(args.csv, index=False)
             return 1 if args.fail_on_regression and m["regression"].any() else 0
-    except (ReportInputError, UnknownBackendError, ValueError) as e:
+    except (ReportInputError, UnknownBackendError, ValueError, FileNotFoundError) as e:
         print(f"attnbench {args.command}: error: {e}", file=sys.stderr)
         return 2
     return 2

@@ -114,6 +114,7 @@ class RunConfig:
     data: str | None = None  # tiny Shakespeare path for the heat-map model (else ATTNBENCH_DATA / cache)
     heat_steps: int | None = None  # training steps of the heat-map model; None: 150 quick, 500 default
     correctness_k: str | None = None  # pytest -k expression for the correctness stage; None: the whole suite
+    nanogpt: str | None = None  # nanoGPT's model.py (or its folder): bench_model.py times its step against ours
     verbose: bool = False  # stream every subprocess line (else the current test shows beside the bar)
     force: bool = False  # replace an existing reports/<name>
 

@@ -497,3 +497,17 @@ def test_capability_matrix_says_yes_or_gives_the_backends_reason(tmp_path):
     section = md.split("### Capabilities: contract features per backend and device")[1].split("##")[0]
     assert "| chunked | cpu | float32, bfloat16, float16 | yes | yes | yes | yes | yes |" in section
     assert "| compiled_manual | cpu |" in section and "compiled_manual does not implement softcap |" in section
+
+
+def test_run_checks_the_nanogpt_path_first_and_passes_it_on_absolute(tmp_path, monkeypatch, capsys):
+    from attnbench.bench.job import main_job
+
+    seen = []
+    monkeypatch.setattr(main_job.Job, "run", lambda self: seen.append(self.cfg) or 0)
+    monkeypatch.chdir(tmp_path)
+    assert cli(["run", "--nanogpt", "nowhere"]) == 2  # before any stage runs: one line naming the path
+    assert "no nanoGPT model.py at nowhere" in capsys.readouterr().err and not seen
+    (tmp_path / "ng").mkdir()
+    (tmp_path / "ng" / "model.py").write_text("class GPT: ...\nclass GPTConfig: ...\n")
+    assert cli(["run", "--nanogpt", "ng"]) == 0
+    assert seen[0].nanogpt == str(tmp_path / "ng")  # the stages run in another directory

@@ -1,10 +1,12 @@
 """nanoGPT's model.py against the reference GPT: one training step each, alternated step by step in one process.
 
 Same config (nanoGPT's CPU recipe: 4 layers, 4 heads, n_embd 128, block 64, batch 12, no bias, no dropout),
-same init seed, same batches. nanoGPT steps as its train.py does (its configure_optimizers' AdamW, clip 1.0);
-the reference GPT steps as attnbench.gpt.train does (TrainStep with the given TrainConfig). Alternating A/B
-steps (the order flipped every step) cancels machine drift; the ratio of the medians is the figure. The
-nanoGPT file is never part of this project: its path is given by the user.
+same init seed, same batches, same precision. nanoGPT steps as its train.py does (its configure_optimizers'
+AdamW, clip 1.0, the forward under the autocast its train.py uses for bfloat16); the reference GPT steps as
+attnbench.gpt.train does (TrainStep with the given TrainConfig: under bfloat16 the same autocast, its attention
+backend kept in float32 as the training recipe runs it, GPTConfig.attention_fp32). Alternating A/B steps (the
+order flipped every step) cancels machine drift; the ratio of the medians is the figure. The nanoGPT file is
+never part of this project: its path is given by the user.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ class SideBySide:
     attnbench_ms: float  # median milliseconds of one reference-GPT training step
     first_step_s: float  # the reference GPT's first step (includes torch.compile's compile time when compiled)
     compile: bool
+    dtype: str  # float32, or bfloat16: both forwards under the same bf16 autocast
     threads: int
 
     @property
@@ -64,11 +67,15 @@ def side_by_side(
     theirs = nanogpt.GPT(nanogpt.GPTConfig(**ng_cfg, bias=False))
     their_opt = theirs.configure_optimizers(tcfg.weight_decay, tcfg.learning_rate, (tcfg.beta1, tcfg.beta2), "cpu")
     torch.manual_seed(seed)
-    ours = GPT(GPTConfig(**ng_cfg, bias=False, backend="sdpa"))
-    our_step = TrainStep(ours, make_optimizer(ours, tcfg), grad_clip=tcfg.grad_clip, compile=tcfg.compile)
+    ours = GPT(GPTConfig(**ng_cfg, bias=False, backend="sdpa", attention_fp32=tcfg.dtype == "bfloat16"))
+    our_step = TrainStep(
+        ours, make_optimizer(ours, tcfg), grad_clip=tcfg.grad_clip, compile=tcfg.compile, autocast=tcfg.autocast()
+    )
+    their_autocast = tcfg.autocast()  # the same bf16 autocast (or none) around nanoGPT's forward
 
     def their_step(x, y):
-        _, loss = theirs(x, y)
+        with their_autocast:
+            _, loss = theirs(x, y)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(theirs.parameters(), tcfg.grad_clip)
         their_opt.step()
@@ -100,5 +107,6 @@ def side_by_side(
         statistics.median(times["ours"]),
         first_step_s,
         tcfg.compile,
+        tcfg.dtype,
         torch.get_num_threads(),
     )

@@ -123,13 +123,22 @@ FAST_RECIPE = dataclasses.replace(
     SPINE_RECIPE,
     n_layer=3,  # same steps to 1.88 as 4 layers (val 1.866 vs 1.875 at step 700), ~25% less time per step
     batch_size=32,  # fewer, larger steps: per-step overhead amortized, better CPU matmul efficiency
-    # AdamW, not Muon: Muon needs 325 steps to AdamW's 700, but its step costs 6.5x on CPU (0.764 s against
-    # 0.117 s alternated, search: start vs muon_lr6), so it takes ~3x the seconds to the target
-    learning_rate=3e-3,  # a sub-1M-parameter model tolerates a high peak lr; 1e-3 is far too cautious for ~1 epoch
-    min_lr=3e-4,
+    # bf16 matmuls (weights and optimizer state float32), the attention backend in float32: a step costs 0.6 of a
+    # float32 one on a CPU with native bf16 (AVX512-BF16 or AMX; 47 against 73 ms, search: bf16_lr8_h600 vs start)
+    dtype="bfloat16",
+    attention_fp32=True,  # every backend is still trained and judged in float32 (GPTConfig.attention_fp32)
+    # Muon on the blocks' matrices (AdamW on the rest): 250 steps to AdamW's 550-700, at 1.2x the step (57 against
+    # 47 ms; search: bf16_muon_lr12_h300_e25 vs bf16_lr8_h600)
+    optimizer="muon",
+    learning_rate=1.2e-2,  # Muon's update is scaled to AdamW's RMS (optim.py), and a sub-1M model takes a high peak
+    min_lr=1.2e-3,
     warmup_iters=50,
-    max_iters=1000,  # the cosine horizon sits just beyond the crossing, so the lr is low when it matters
+    max_iters=300,  # the cosine horizon sits just beyond the crossing (250), so the lr is low when it matters
+    eval_interval=25,  # a cheap estimate every 25 steps: a ~250-step run needs a finer watch than every 100
 )
+# The fast recipe in float32 throughout, for a CPU without native bf16 matmuls (250 steps, 1.4x the step here:
+# search muon_lr12_h300_e25).
+FLOAT32_RECIPE = dataclasses.replace(FAST_RECIPE, dtype="float32", attention_fp32=False)
 
 # A few-second variant for smoke runs (`--ttt-quick`): a smaller model to a loose target.
 QUICK_RECIPE = dataclasses.replace(
@@ -139,23 +148,15 @@ QUICK_RECIPE = dataclasses.replace(
     batch_size=16,
     target=2.5,
     max_iters=400,
-    eval_interval=25,
     leak_check_iters=25,
 )
 
 # The attention current LLMs run: grouped-query attention (2 query heads per key/value head) with a sliding window
 # of 16 characters (3 layers reach 46 back), on the fast recipe. Only backends with both features train it.
 GQA_WINDOW_RECIPE = dataclasses.replace(FAST_RECIPE, n_kv_head=2, window=16)
-# The fast recipe on bfloat16 matmuls (AMX on this CPU), the attention backend still in float32: a step costs
-# 0.68 of a float32 one (63.7 against 94.2 ms, alternated, 2 threads), and a higher peak lr over a shorter
-# horizon reaches the target in 550 steps (recipe search: bf16_lr8_h600). Not yet the default: not every
-# backend has been trained with it.
-BF16_RECIPE = dataclasses.replace(
-    FAST_RECIPE, dtype="bfloat16", attention_fp32=True, learning_rate=8e-3, min_lr=8e-4, max_iters=600
-)
 RECIPES = {
     "fast": FAST_RECIPE,
-    "bf16": BF16_RECIPE,
+    "float32": FLOAT32_RECIPE,
     "spine": SPINE_RECIPE,
     "quick": QUICK_RECIPE,
     "gqa_window": GQA_WINDOW_RECIPE,

@@ -348,7 +348,17 @@ def side_by_side_table(df: pd.DataFrame) -> pd.DataFrame:
     if "kind" not in df:
         return df.iloc[0:0]
     rows = df[df["kind"] == "nanogpt_side_by_side"]
-    cols = ["steps", "threads", "nanogpt_ms", "attnbench_ms", "ratio", "first_step_s", "compile", "load_avg_1m"]
+    cols = [
+        "dtype",
+        "compile",
+        "steps",
+        "threads",
+        "nanogpt_ms",
+        "attnbench_ms",
+        "ratio",
+        "first_step_s",
+        "load_avg_1m",
+    ]
     return rows[[c for c in cols if c in rows]].round(3).rename(columns={"ratio": "ratio attnbench/nanoGPT"})
 
 

@@ -1,6 +1,8 @@
 """Model level: tokens/s of one GPT training step (forward, backward, AdamW) and of generation (with and without
 the KV cache), per backend, on the spine's CPU config: 4 layers, 4 heads, width 128, block 64, batch 12; and,
-given nanoGPT's model.py (--nanogpt PATH), its training step against this GPT's, alternated in one process.
+given nanoGPT's model.py (--nanogpt PATH), its training step against this GPT's, alternated in one process, in
+float32 and under a bf16 autocast (both models alike), this GPT's step eager and compiled (first_step_s holds
+the compile time).
 
 Data are random token ids (throughput does not depend on the text). On a dtype other than float32 the model
 keeps float32 parameters and runs under autocast to that dtype, as attnbench.gpt.train does for bf16.
@@ -100,19 +102,22 @@ def test_generate(benchmark, generate_case, bench_state):
 SIDE_BY_SIDE_STEPS = {"full": 300, "quick": 60}  # timed steps of each model, alternated
 
 
-def test_nanogpt_side_by_side(benchmark, pytestconfig, bench_state):
-    path = pytestconfig.getoption("nanogpt")
+@pytest.mark.parametrize("compile", [False, True], ids=["eager", "compiled"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_nanogpt_side_by_side(benchmark, bench_state, dtype, compile):
+    path = bench_state.settings.config.nanogpt  # --nanogpt PATH, of pytest or of attnbench run
     if not path:
         pytest.skip("no --nanogpt PATH: give nanoGPT's model.py (or its folder) to time its step against this GPT's")
     nanogpt = load_nanogpt(path)
     steps = SIDE_BY_SIDE_STEPS["quick" if bench_state.settings.quick else "full"]
-    r = benchmark.pedantic(side_by_side, args=(nanogpt, steps), rounds=1)
+    tcfg = TrainConfig(dtype=dtype, compile=compile)  # both models under this precision; compile: ours only
+    r = benchmark.pedantic(side_by_side, args=(nanogpt, steps), kwargs=dict(train_cfg=tcfg), rounds=1)
     benchmark.extra_info.update(
         {
             "kind": "nanogpt_side_by_side",
             "backend": "sdpa",
             "device": "cpu",
-            "dtype": "float32",
+            "dtype": r.dtype,
             "B": BATCH,
             "T": SPINE.block_size,
             "threads": r.threads,

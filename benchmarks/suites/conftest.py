@@ -262,6 +262,7 @@ def run_config(config) -> RunConfig:
         device=config.getoption("bench_device", None),
         quick=config.getoption("bench_quick", False),
         target=config.getoption("ttt_target", None),
+        nanogpt=config.getoption("nanogpt", None),
     )
 
 
