@@ -163,7 +163,7 @@ def build_in_place(run_dir: Path) -> Path:
 
     doc.h(2, "Model level: training step and generation")
     doc.table(model_table(df), "(no model-level rows)")
-    doc.table(side_by_side_table(df), "(no nanoGPT side-by-side: run bench_model.py with --nanogpt PATH)")
+    doc.table(side_by_side_table(df), "(no nanoGPT side-by-side: attnbench run --nanogpt PATH to add it)")
 
     doc.h(2, "Training to target")
     doc.table(ttt_table(df), "(no training-to-target rows)")
