@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--T", help="sequence lengths: 128,256,512 or a power-of-two range 128:2048 (default: sweep's)")
     r.add_argument("--dtype", help="dtypes for the op benchmarks, e.g. float32 or bfloat16,float16")
     r.add_argument("--device", choices=DEVICE_CHOICES, help="default: cpu, plus cuda when available")
-    r.add_argument("--quick", action="store_true", help="a small sweep, about 2 minutes on a 2-core CPU")
+    r.add_argument("--quick", action="store_true", help="a small sweep, about 5 minutes on a 2-core CPU")
     r.add_argument("--target", type=float, help="validation loss for the training-to-target check")
     r.add_argument("--name", help="report directory name under --out-dir (default: a timestamp)")
     r.add_argument("--out-dir", default="reports", help="where reports go (default: reports)")

@@ -107,7 +107,7 @@ class RunConfig:
     T: list[int] | None = None  # None: the benchmarks' default sweep
     dtype: list[str] | None = None  # dtypes of the op benchmarks; None: the benchmarks' default per device
     device: str | None = None  # cpu | cuda | all; None: cpu, plus cuda when available
-    quick: bool = False  # the small sweep (quick op sizes, the quick training recipe): about 2 minutes on 2 cores
+    quick: bool = False  # the small sweep (quick op sizes, the quick training recipe): about 5 minutes on 2 cores
     target: float | None = None  # training-to-target loss; None: that benchmark's default
     name: str | None = None  # reports/<name>; None: a timestamp
     out_dir: str = "reports"
