@@ -72,13 +72,9 @@ CANDIDATES: dict[str, dict] = {
         dtype="bfloat16", attention_fp32=True, learning_rate=5e-3, min_lr=5e-4, batch_size=48, max_iters=450
     ),
     # Muon on bfloat16 matmuls: Muon's fewer steps at bf16's cheaper step
-    "bf16_muon_lr6": dict(dtype="bfloat16", attention_fp32=True, optimizer="muon", learning_rate=6e-3, min_lr=6e-4),
-    "bf16_muon_lr6_h450": dict(
-        dtype="bfloat16", attention_fp32=True, optimizer="muon", learning_rate=6e-3, min_lr=6e-4, max_iters=450
-    ),
-    "bf16_muon_lr12_h400": dict(
-        dtype="bfloat16", attention_fp32=True, optimizer="muon", learning_rate=1.2e-2, min_lr=1.2e-3, max_iters=400
-    ),
+    "bf16_muon_lr6": dict(BF16_MUON, learning_rate=6e-3, min_lr=6e-4),
+    "bf16_muon_lr6_h450": dict(BF16_MUON, learning_rate=6e-3, min_lr=6e-4, max_iters=450),
+    "bf16_muon_lr12_h400": dict(BF16_MUON, learning_rate=1.2e-2, min_lr=1.2e-3, max_iters=400),
     # the same with a cheap estimate every 25 steps: the crossing to within 25 steps, not 100
     "bf16_muon_lr12_h400_e25": dict(BF16_MUON, learning_rate=1.2e-2, min_lr=1.2e-3, max_iters=400, eval_interval=25),
     "bf16_muon_lr12_h300_e25": dict(BF16_MUON, learning_rate=1.2e-2, min_lr=1.2e-3, max_iters=300, eval_interval=25),
