@@ -166,7 +166,7 @@ def table() -> str:
         s, t = steps.get(name), times.get(name)
         return s["steps"] * t["step_s"] if s and t and s["reached"] else float("inf")
 
-    for name in sorted(steps.keys() | times.keys(), key=est):
+    for name in sorted(steps.keys() | times.keys(), key=lambda n: (est(n), n)):  # ties (no estimate) by name
         s, t = steps.get(name, {}), times.get(name, {})
         changes = ", ".join(f"{k}={v}" for k, v in CANDIDATES.get(name, s.get("changes", {})).items()) or "—"
         step_ms = f"{t['step_s'] * 1e3:.1f}" if t else "—"
