@@ -5,8 +5,7 @@
     with use_backend("sdpa_flash"):                  # or by context manager
         out = attend(q, k, v)
 
-Note: PyPI has an unrelated package also called `kernels`; run from the repository root or an editable
-install so that this one is imported.
+This folder installs as the package `attnbench` (pyproject.toml); import it by that name.
 """
 
 from . import (  # noqa: F401  (importing a backend module registers it)

@@ -28,7 +28,6 @@ import torch
 from .registry import FEATURES, default_scale, register_backend
 
 CUDA_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-CPU_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # what the compiled CPU forward accepts
 
 
 @functools.cache

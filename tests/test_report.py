@@ -511,3 +511,17 @@ def test_run_checks_the_nanogpt_path_first_and_passes_it_on_absolute(tmp_path, m
     (tmp_path / "ng" / "model.py").write_text("class GPT: ...\nclass GPTConfig: ...\n")
     assert cli(["run", "--nanogpt", "ng"]) == 0
     assert seen[0].nanogpt == str(tmp_path / "ng")  # the stages run in another directory
+
+
+def test_progress_without_a_terminal_is_one_short_line_per_tenth_of_a_stage(tmp_path, capsys):
+    """In a CI log the bar is off: a stage of 40 tests prints 10 lines of progress, none of them a redrawn bar."""
+    from attnbench.bench.job.main_job import Follower
+    from tqdm.auto import tqdm
+
+    progress = tmp_path / "stage.progress"
+    records = [{"total": 40}] + [{"test": f"test_{i}[{'x' * 300}]", "outcome": "passed"} for i in range(40)]
+    progress.write_text("".join(json.dumps(r) + "\n" for r in records))
+    with tqdm([], disable=True) as bar:
+        Follower(progress, None).update(bar, "bench_ops")
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [f"  [bench_ops] {n}/40 tests done" for n in range(4, 41, 4)]

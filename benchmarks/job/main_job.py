@@ -228,9 +228,13 @@ class Job:
             cfg.write(self.dir / schema.CONFIG)
             (self.dir / schema.ENV).write_text(json.dumps(envinfo.collect(), indent=1))
             plan = self.plan()
-            with tqdm(plan, desc="attnbench run", unit="stage", dynamic_ncols=True) as bar:
-                for spec in bar:
+            # a terminal gets a live bar; a CI log (no terminal) one line per step instead of a redrawn bar
+            live = sys.stderr.isatty()
+            with tqdm(plan, desc="attnbench run", unit="stage", dynamic_ncols=True, disable=not live) as bar:
+                for i, spec in enumerate(bar):
                     bar.set_description(f"attnbench run: {spec.name}")
+                    if not live:
+                        bar.write(f"attnbench run: stage {i + 1}/{len(plan)} {spec.name} started")
                     t0 = time.time()
                     try:
                         status, detail = spec.run(spec.name, bar)
@@ -303,6 +307,7 @@ class Follower:
         return complete.decode("utf-8", errors="replace").splitlines()
 
     def update(self, bar: tqdm, stage: str) -> None:
+        """A live bar shows every test done; without a terminal (bar disabled) one line per tenth of the stage."""
         if self.log is not None:
             for line in self._new_lines(self.log):
                 bar.write(f"  [{stage}] {line}")
@@ -313,4 +318,7 @@ class Follower:
                 continue
             self.done += 1
             of = f"/{self.total}" if self.total else ""
-            bar.set_postfix_str(f"{self.done}{of} {record['test'][:50]} {record['outcome']}", refresh=True)
+            if not bar.disable:
+                bar.set_postfix_str(f"{self.done}{of} {record['test'][:50]} {record['outcome']}", refresh=True)
+            elif self.total and self.done * 10 // self.total > (self.done - 1) * 10 // self.total:
+                bar.write(f"  [{stage}] {self.done}{of} tests done")

@@ -39,10 +39,6 @@ CHECK_SCORE_BYTES = 2**28  # float64 score bytes one reference check may hold: b
 FRESH_SEED = 10_000  # seeds of the post-timing inputs: far from the pool's, so never a timed set
 
 
-class IntegrityError(AssertionError):
-    """A timed row the integrity layer rejects; the message lists every reason."""
-
-
 @dataclass
 class LiveInputs:
     """The tensors a timed call reads, q: (B, H, Tq, D), k, v: (B, H, Tk, D), do like q, and the pool of

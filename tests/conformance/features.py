@@ -28,7 +28,6 @@ MASK_MODS = {  # named mask_mods on absolute positions, tensor ops only (FlexAtt
     "local": lambda b, h, q, kv: (q - kv).abs() <= 2,  # a bidirectional band
 }
 SOFTCAPS = (0.5, 5.0, 30.0)  # 0.5 squashes every logit; 30 is Gemma 2's attention cap
-MASK_FEATURES = ("window", "mask_mod", "document_ids")
 
 
 @dataclass(frozen=True)
