@@ -1,6 +1,6 @@
 """`attnbench` command line.
 
-attnbench check mypkg.attn:fn [--profile ci|dev|thorough] [--quick] [-- PYTEST_ARGS]
+attnbench check mypkg.attn:fn [--profile ci|dev|thorough] [--quick] [--timeout S] [-- PYTEST_ARGS]
 attnbench run [--quick] [--backends a,b] [--T 128:2048] [--dtype float32] [--device cpu] [--name N]
               [--profile gpu-short]
 attnbench regen reports/NAME
@@ -11,6 +11,7 @@ attnbench train ... | attnbench sample ...      (attnbench.gpt.cli)
 from __future__ import annotations
 
 import argparse
+import math
 import shlex
 import sys
 from pathlib import Path
@@ -57,10 +58,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--profile",
         choices=["ci", "dev", "thorough"],
         default="ci",
-        help="hypothesis profile: ci = 50 derandomized examples per property (default), dev = 50 random, "
-        "thorough = 500",
+        help=f"hypothesis profile: ci = {examples('ci')} derandomized drawn examples per property (default), dev = "
+        f"{examples('dev')} random, thorough = {examples('thorough')}; the fixed kernel-size examples run in each",
     )
     k.add_argument("--quick", action="store_true", help="only the equivalence and causality properties")
+    k.add_argument(
+        "--timeout",
+        type=float,
+        metavar="SECONDS",
+        help="seconds the suite may go without progress (no backend call, no test ending) before the test in "
+        "flight fails as hung (default: ci and dev 300, thorough 1800)",
+    )
     k.epilog = "Arguments after -- go to pytest, e.g. attnbench check mod:fn -- -x -k equivalence"
 
     r = sub.add_parser("run", help="the main job: benchmarks, speed-ups, training to target, correctness, report")
@@ -122,7 +130,12 @@ def main(argv=None) -> int:
 
     try:
         if args.command == "check":
-            return check(args.backends, args.profile, args.quick, pytest_args)
+            from .check import check
+
+            if args.timeout is not None and not (math.isfinite(args.timeout) and args.timeout > 0):
+                raise ValueError(f"--timeout must be a number of seconds > 0, got {args.timeout!r}")
+            resolve_specs(args.backends)
+            return check(args.backends, args.profile, args.quick, pytest_args, args.timeout)
         if args.command == "run":
             from attnbench.bench.job.main_job import Job
 
@@ -167,32 +180,29 @@ def main(argv=None) -> int:
     return 2
 
 
-def check(specs: list[str], profile: str, quick: bool, pytest_args: list[str]) -> int:
-    """The conformance suite on `specs`, in a pytest subprocess in a scratch directory; pytest's exit code."""
+def examples(profile: str) -> int:
+    """Drawn examples per property under a hypothesis profile of the conformance suite (its plugin registers them)."""
+    import attnbench.conformance.plugin  # noqa: F401
+    from hypothesis import settings
+
+    return settings.get_profile(profile).max_examples
+
+
+def resolve_specs(specs: list[str]) -> None:
+    """Every spec resolves to a backend, or one line naming it and why (exit 2): an unknown name, a module that
+    fails (or exits) on import. A module:function spec may name a module of the current directory."""
     import os
-    import subprocess
-    import tempfile
 
-    from attnbench import get_backend
-    from attnbench.bench import suites
+    from attnbench import UnknownBackendError, get_backend
 
-    sys.path.insert(0, os.getcwd())  # a module:function spec may name a module of the current directory
+    sys.path.insert(0, os.getcwd())
     for spec in specs:
-        get_backend(spec)  # an unknown name or a broken spec is one clear line (exit 2), before pytest starts
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))}
-    with tempfile.TemporaryDirectory(prefix="attnbench-check-") as scratch:
-        cmd = suites.pytest_command(
-            [
-                *suites.conformance_paths(quick),
-                *(f"--backend={s}" for s in specs),
-                f"--hypothesis-profile={profile}",
-                "-q",
-                *pytest_args,
-            ],
-            rootdir=scratch,
-        )
-        rc = subprocess.run(cmd, cwd=scratch, env=env).returncode
-    return rc
+        try:
+            get_backend(spec)
+        except UnknownBackendError:
+            raise
+        except BaseException as e:  # SystemExit or any error while importing the user's module
+            raise ValueError(f"{spec}: importing it raised {type(e).__name__}: {e}") from None
 
 
 if __name__ == "__main__":

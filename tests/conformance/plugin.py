@@ -41,12 +41,7 @@ settings.register_profile("thorough", max_examples=500, **_common)  # before a r
 # HYPOTHESIS_PROFILE (tox passes it through) or CI pick the default; --hypothesis-profile overrides both.
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "dev"))
 
-# (backend, property) -> {"passed"|"failed"|"skipped"|"declared": count, "reasons": set}; one per pytest process.
-# "declared": an expected failure, the backend's declared departure seen (the rest of the property held).
-_verdicts: dict[tuple[str, str], dict] = defaultdict(
-    lambda: {"passed": 0, "failed": 0, "skipped": 0, "declared": 0, "reasons": set()}
-)
-_largest: dict[str, dict[str, int]] = defaultdict(lambda: {"T": 0, "D": 0, "BH": 0})  # property -> sizes run
+_outcomes: list[dict] = []  # the verdict cells of this pytest process (outcome_of), in the order the tests ran
 
 
 def pytest_addoption(parser):
@@ -64,26 +59,48 @@ def pytest_configure(config):
     backends.configure(config.getoption("--backend"))
 
 
-def pytest_runtest_logreport(report):
-    """Count each conformance test's outcome under the (backend, property) it recorded."""
+def outcome_of(report) -> dict | None:
+    """The verdict cell a conformance test's report counts for, or None (not a conformance test, or a phase
+    that decides nothing): {backend, property, outcome: passed|failed|skipped|declared, reason, largest}.
+    "declared": an expected failure, the backend's declared departure seen (the rest of the property held)."""
     props = dict(report.user_properties)
     if "backend" not in props or "property" not in props:
-        return
+        return None
     if report.when != "call" and not (report.skipped or report.failed):
-        return
-    cell = _verdicts[(props["backend"], props["property"])]
-    if report.passed:
-        sizes = _largest[props["property"]]
-        for name in sizes:
-            sizes[name] = max(sizes[name], int(props.get(f"largest_{name}", 0)))
+        return None
+    cell = {"backend": props["backend"], "property": props["property"], "reason": None, "largest": {}}
     if hasattr(report, "wasxfail"):
-        cell["declared"] += 1
-        cell["reasons"].add(report.wasxfail)
+        cell.update(outcome="declared", reason=report.wasxfail)
     elif report.skipped:
-        cell["skipped"] += 1
-        cell["reasons"].add(str(report.longrepr[2]) if isinstance(report.longrepr, tuple) else "skipped")
+        reason = str(report.longrepr[2]) if isinstance(report.longrepr, tuple) else "skipped"
+        cell.update(outcome="skipped", reason=reason)
     else:
-        cell["passed" if report.passed else "failed"] += 1
+        cell["outcome"] = "passed" if report.passed else "failed"
+    if report.passed:
+        cell["largest"] = {n: int(props.get(f"largest_{n}", 0)) for n in ("T", "D", "BH")}
+    return cell
+
+
+def pytest_runtest_logreport(report):
+    if (cell := outcome_of(report)) is not None:
+        _outcomes.append(cell)
+
+
+def tally(outcomes: list[dict]) -> tuple[dict, dict]:
+    """(verdicts, largest) of verdict cells: (backend, property) -> {passed|failed|skipped|declared: count,
+    "reasons": set, "causes": set}, and property -> the largest T, D and B*H it passed on."""
+    verdicts: dict[tuple[str, str], dict] = defaultdict(
+        lambda: {"passed": 0, "failed": 0, "skipped": 0, "declared": 0, "reasons": set(), "causes": set()}
+    )
+    largest: dict[str, dict[str, int]] = defaultdict(lambda: {"T": 0, "D": 0, "BH": 0})
+    for o in outcomes:
+        cell = verdicts[(o["backend"], o["property"])]
+        cell[o["outcome"]] += 1
+        if o["reason"]:  # a failure's cause (a crash, a hang) apart from the reasons for a skip or a departure
+            cell["causes" if o["outcome"] == "failed" else "reasons"].add(o["reason"])
+        for name, n in o["largest"].items():
+            largest[o["property"]][name] = max(largest[o["property"]][name], n)
+    return verdicts, largest
 
 
 def verdict_table(verdicts: dict) -> list[str]:
@@ -104,6 +121,8 @@ def verdict_table(verdicts: dict) -> list[str]:
         lines.append(f"{backend}: {verdict}  ({counts})")
         if failed:
             lines.append(f"    failed: {', '.join(failed)}")
+        for p in failed:  # a cause known without reading the log: a crash, a hang (attnbench check)
+            lines += [f"    failed {p}: {cause}" for cause in sorted(cells[p]["causes"])]
         for p, reasons in sorted(declared.items()):
             lines.append(f"    declared {p}: {'; '.join(sorted(reasons))}")
         for p, reasons in sorted(skipped.items()):
@@ -116,14 +135,19 @@ def largest_sizes(largest: dict[str, dict[str, int]]) -> list[str]:
     return [f"{p}: T={s['T']} D={s['D']} B*H={s['BH']}" for p, s in sorted(largest.items()) if any(s.values())]
 
 
+VERDICT_TITLE = "attnbench conformance verdict (per backend)"
+SIZES_TITLE = "largest sizes passed, per property (T = longest sequence)"
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
-    lines = verdict_table(_verdicts)
-    if lines:
-        terminalreporter.write_sep("=", "attnbench conformance verdict (per backend)")
-        for line in lines:
-            terminalreporter.write_line(line)
-    sizes = largest_sizes(_largest)
-    if sizes:
-        terminalreporter.write_sep("-", "largest sizes passed, per property (T = longest sequence)")
-        for line in sizes:
-            terminalreporter.write_line(line)
+    if config.pluginmanager.hasplugin("attnbench.conformance.supervised"):
+        return  # `attnbench check` prints the verdict of all its pytest processes together
+    verdicts, largest = tally(_outcomes)
+    for sep, title, lines in (
+        ("=", VERDICT_TITLE, verdict_table(verdicts)),
+        ("-", SIZES_TITLE, largest_sizes(largest)),
+    ):
+        if lines:
+            terminalreporter.write_sep(sep, title)
+            for line in lines:
+                terminalreporter.write_line(line)
