@@ -114,7 +114,9 @@ def probe_alignment(backend: Backend, dtype, device) -> Finding:
         "no mask": _uniform(torch.ones(tq, tk, dtype=torch.bool)),
     }
     fixes = {UNKNOWN: ALIGN_FIX, "top-left": ALIGN_FIX, "no mask": "the kernel ignores causal: " + ALIGN_FIX}
-    return identify("causal alignment (Tq < Tk)", out, candidates, "bottom-right", fixes, _tolerance(dtype), _keys_seen(out))
+    return identify(
+        "causal alignment (Tq < Tk)", out, candidates, "bottom-right", fixes, _tolerance(dtype), _keys_seen(out)
+    )
 
 
 def probe_window(backend: Backend, dtype, device) -> Finding:
@@ -166,7 +168,9 @@ def probe_gqa(backend: Backend, dtype, device) -> Finding:
     candidates = {name: c.expand(1, hq, t, 2) for name, c in candidates.items()}
     fix = "give the kernel kv heads repeated per group: k, v = (x.repeat_interleave(Hq // Hkv, dim=1) for x in (k, v))"
     note = "kv head read per query head " + str((out[0, :, 0, 0].double().round() - 1).long().tolist())
-    return identify("GQA head mapping", out, candidates, "h // (Hq // Hkv)", {UNKNOWN: fix, "h % Hkv": fix}, _tolerance(dtype), note)
+    return identify(
+        "GQA head mapping", out, candidates, "h // (Hq // Hkv)", {UNKNOWN: fix, "h % Hkv": fix}, _tolerance(dtype), note
+    )
 
 
 def _hide_row_0(b, h, q_idx, kv_idx):
@@ -180,7 +184,14 @@ def probe_empty_rows(backend: Backend, dtype, device) -> Finding:
     candidates = {"zeros": torch.zeros(1, 1, 1, d), "mean(v)": v.double().mean(-2, keepdim=True)}
     candidates["NaN"] = torch.full((1, 1, 1, d), math.nan)
     fix = "zero the rows that see no key: out = out.masked_fill(~visible.any(-1, keepdim=True), 0.0)"
-    return identify("empty rows (a row that sees no key)", out, candidates, "zeros", dict.fromkeys(candidates, fix), _tolerance(dtype))
+    return identify(
+        "empty rows (a row that sees no key)",
+        out,
+        candidates,
+        "zeros",
+        dict.fromkeys(candidates, fix),
+        _tolerance(dtype),
+    )
 
 
 def probe_computed_dtype(backend: Backend, given: torch.dtype, device) -> Finding:
@@ -189,19 +200,24 @@ def probe_computed_dtype(backend: Backend, given: torch.dtype, device) -> Findin
         return Finding(convention, f"n/a: {reason}", "", "")
     t, d = 16, 8  # 1/sqrt(8) is not a float32: a scale rounded to float32 shows
     q, k, v = (_random((1, 2, t, d), seed, given, device) for seed in (8, 9, 10))
-    out = backend(q, k, v, causal=True)
-    ref = masked_attention_formula(q.double(), k.double(), v.double(), causal=True, scale=None, f=Features())
+    scale = d**-0.5  # given explicitly: this probe is about precision, not about the default scale
+    out = backend(q, k, v, causal=True, scale=scale)
+    ref = masked_attention_formula(q.double(), k.double(), v.double(), causal=True, scale=scale, f=Features())
     err = distance(out, ref)
-    a = abs_logit_bound(q, k)
+    a = abs_logit_bound(q, k, scale)
     noise = {dt: rounding_noise(dt, float(v.abs().max()), a, n_terms=t) for dt in NOISE_DTYPES}
     found = next((str(dt).removeprefix("torch.") for dt in NOISE_DTYPES if err <= noise[dt]), UNKNOWN)
     contract = str(given).removeprefix("torch.")
     evidence = f"max|out - float64| {err:.2g}; rounding noise " + ", ".join(
         f"{str(dt).removeprefix('torch.')} {n:.2g}" for dt, n in noise.items()
     )
-    fix = "" if found == contract else (
-        f"declare {contract} unsupported (unsupported_reason: 'computes in {found}'), or do the {contract} parts "
-        "in torch (onnx_attention applies the scale to q in float64 and passes scale=1)"
+    fix = (
+        ""
+        if found == contract
+        else (
+            f"declare {contract} unsupported (unsupported_reason: 'computes in {found}'), or do the {contract} parts "
+            "in torch (onnx_attention applies the scale to q in float64 and passes scale=1)"
+        )
     )
     return Finding(convention, found, contract, evidence, fix)
 
@@ -269,7 +285,9 @@ def probe(backend: Backend, device: str = "cpu") -> list[Finding]:
     """Every convention of `backend` on `device`, a Finding each."""
     dtype = next((dt for dt in PROBE_DTYPES if backend.supports(device, dt)), None)
     if dtype is None:
-        raise ValueError(f"{backend.name} runs no floating dtype on {device}: {backend.why_unsupported(device, torch.float32)}")
+        raise ValueError(
+            f"{backend.name} runs no floating dtype on {device}: {backend.why_unsupported(device, torch.float32)}"
+        )
     wrapped = dataclasses.replace(backend, fn=_output_only(backend.fn))
     runs: list[tuple[str, Callable[[], Finding]]] = [
         ("causal alignment (Tq < Tk)", lambda: probe_alignment(wrapped, dtype, device)),
