@@ -8,7 +8,7 @@ import math
 import attnbench
 import pytest
 import torch
-from attnbench import Backend, FEATURES
+from attnbench import FEATURES, Backend
 from attnbench.bench.cli import main
 from attnbench.conformance.probe import native_call, probe
 from attnbench.registry import NAN_IN_FUTURE_VALUE
@@ -84,10 +84,10 @@ def test_the_contract_is_followed_everywhere():
 
 
 def test_a_match_to_no_candidate_is_unknown_with_the_distances():
-    def half_scale_twice(q, k, v, **kw):  # each row sees its keys and the next one: no candidate alignment
+    def sees_one_future_key(q, k, v, **kw):  # each row sees its keys and the next one: no candidate alignment
         return _manual(q, k, v, causal=False, mask_mod=lambda b, h, qi, kv: kv <= qi + 1)
 
-    finding = probe(_planted("shifted", half_scale_twice))[0]
+    finding = probe(_planted("sees_one_future_key", sees_one_future_key))[0]
     assert finding.found == "unknown" and finding.status == "DEPARTS"
     assert "bottom-right 0." in finding.evidence and "top-left 0." in finding.evidence
 
