@@ -4,8 +4,9 @@ The base, `invariant_attention`, reduces with elementwise products and sums over
 element is summed in the same order whatever the batch size or the number of query rows (PyTorch's matmul is
 not: it picks its kernel by the matrix sizes). Each mutant breaks that in one way real kernels do:
 - split_kv_by_batch: a split-KV heuristic choosing its splits from the batch size (flash-attention's
-  num_splits heuristic, Dao-AILab/flash-attention#1897): small batches split the keys in two and combine the
-  halves by their log-sum-exp. Equal in exact arithmetic, not in the last bits.
+  num_splits heuristic, Dao-AILab/flash-attention#1897): small batches split the keys in two and sum each
+  half's weighted values apart, normalized by the halves' combined log-sum-exp. Right by every other property
+  (the full kill table: batch_invariance alone kills it), equal in exact arithmetic, not in the last bits.
 - racing_atomics: weights @ values summed in a random key order on one call in 16, as atomic adds that race
   do now and then; two calls usually agree.
 """
@@ -13,6 +14,7 @@ not: it picks its kernel by the matrix sizes). Each mutant breaks that in one wa
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from attnbench import bottom_right_causal_mask, default_scale
 from mutants import Mutant
 
@@ -34,23 +36,22 @@ def _weighted_sum(p, v) -> torch.Tensor:
 
 
 def invariant_attention(q, k, v, *, causal=True, dropout_p=0.0, scale=None):
-    return _weighted_sum(_scores(q, k, causal=causal, scale=scale).softmax(-1), v)
+    p = F.dropout(_scores(q, k, causal=causal, scale=scale).softmax(-1), p=dropout_p)  # (B, H, Tq, Tk)
+    return _weighted_sum(p, v)
 
 
 def split_kv_by_batch(q, k, v, *, causal=True, dropout_p=0.0, scale=None):
     s = _scores(q, k, causal=causal, scale=scale)  # (B, H, Tq, Tk)
     half = s.size(-1) // 2
     if q.size(0) >= SPLIT_BELOW_BATCH or half == 0:
-        return _weighted_sum(s.softmax(-1), v)
-    parts = [(s[..., :half], v[..., :half, :]), (s[..., half:], v[..., half:, :])]
-    lse = torch.stack([part.logsumexp(-1) for part, _ in parts])  # (2, B, H, Tq), -inf for a fully masked half
-    weights = (lse - lse.logsumexp(0)).exp().nan_to_num()  # (2, B, H, Tq): each half's share of the row
-    outs = [_weighted_sum(part.softmax(-1).nan_to_num(), vals) for part, vals in parts]  # (B, H, Tq, D) each
-    return weights[0][..., None] * outs[0] + weights[1][..., None] * outs[1]
+        return _weighted_sum(F.dropout(s.softmax(-1), p=dropout_p), v)
+    halves = torch.stack([s[..., :half].logsumexp(-1), s[..., half:].logsumexp(-1)])  # (2, B, H, Tq)
+    p = F.dropout((s - halves.logsumexp(0)[..., None]).exp(), p=dropout_p)  # (B, H, Tq, Tk), by the halves' LSE
+    return _weighted_sum(p[..., :half], v[..., :half, :]) + _weighted_sum(p[..., half:], v[..., half:, :])
 
 
 def racing_atomics(q, k, v, *, causal=True, dropout_p=0.0, scale=None):
-    p = _scores(q, k, causal=causal, scale=scale).softmax(-1)  # (B, H, Tq, Tk)
+    p = F.dropout(_scores(q, k, causal=causal, scale=scale).softmax(-1), p=dropout_p)  # (B, H, Tq, Tk)
     if int(torch.randint(RACE_ODDS, ())) == 0:
         order = torch.randperm(k.size(-2), device=q.device)  # this call's (racing) order of the key sum
         p, v = p[..., order], v[..., order, :]
