@@ -129,3 +129,9 @@ def test_exit_codes(argv, code, capsys, monkeypatch):
 def test_native_on_a_backend_without_it_is_bad_input(capsys):
     assert main(["probe", "manual", "--native"]) == 2
     assert "takes no native= argument" in capsys.readouterr().err
+
+
+def test_an_undeclared_nan_departure_departs_with_its_declaration():
+    finding = next(f for f in probe(Backend("undeclared", _manual, "manual")) if f.convention.startswith("NaN"))
+    assert (finding.found, finding.status) == ("spreads a NaN in value", "DEPARTS")
+    assert "NanDeparture('<why>', spreads={'value'})" in finding.fix

@@ -37,7 +37,6 @@ from attnbench.conformance.reference import abs_logit_bound, rounding_noise
 UNKNOWN = "unknown"
 PROBE_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)  # the first the kernel runs is used
 NOISE_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)  # by increasing rounding noise
-MASK_FIX = "mask = attnbench.visible_mask(q, k, causal=True, ...)  # (1, 1, Tq, Tk), True = attend; pass it as the mask"
 
 
 @dataclass(frozen=True)
@@ -100,7 +99,10 @@ def _keys_seen(out: torch.Tensor) -> str:
     return "keys seen per row " + str((out[0, 0] > 1e-3).sum(-1).tolist())
 
 
-ALIGN_FIX = "for Tq < Tk give the kernel the contract's mask instead of its causal flag:\n    " + MASK_FIX
+ALIGN_FIX = (
+    "for Tq < Tk give the kernel the contract's mask instead of its causal flag:\n"
+    "    mask = attnbench.bottom_right_causal_mask(q.size(-2), k.size(-2), q.device)  # (Tq, Tk), True = attend"
+)
 
 
 def probe_alignment(backend: Backend, dtype, device) -> Finding:
@@ -133,7 +135,8 @@ def probe_window(backend: Backend, dtype, device) -> Finding:
     fixes = {
         f"{w + 1} keys": "the kernel counts the query apart (flash-attn's window_size_left): pass window - 1",
         f"{w - 1} keys": "pass window + 1",
-        UNKNOWN: MASK_FIX.replace("...", "window=window"),
+        UNKNOWN: "give the kernel the contract's mask instead of its window:\n"
+        "    mask = attnbench.visible_mask(q, k, causal=True, window=window)  # (1, 1, Tq, Tk), True = attend",
     }
     fixes[f"{w} keys before the query (itself excluded)"] = fixes[UNKNOWN]
     contract = f"{w} keys ending at the query"
@@ -183,7 +186,10 @@ def probe_empty_rows(backend: Backend, dtype, device) -> Finding:
     out = backend(q, k, v, causal=False, mask_mod=_hide_row_0)[..., :1, :]  # (1, 1, 1, D): the empty row
     candidates = {"zeros": torch.zeros(1, 1, 1, d), "mean(v)": v.double().mean(-2, keepdim=True)}
     candidates["NaN"] = torch.full((1, 1, 1, d), math.nan)
-    fix = "zero the rows that see no key: out = out.masked_fill(~visible.any(-1, keepdim=True), 0.0)"
+    fix = (
+        "zero the rows that see no key:\n    visible = attnbench.visible_mask(q, k, causal=causal, mask_mod=mask_mod)\n"
+        "    out = out.masked_fill(~visible.any(-1, keepdim=True), 0.0)"
+    )
     return identify(
         "empty rows (a row that sees no key)",
         out,
@@ -229,7 +235,7 @@ def probe_nan(backend: Backend, dtype, device) -> Finding:
     kinds = {kind: sorted({v.where for v in found if v.kind == kind}) for kind in ("spreads", "hides")}
     what = "; ".join(f"{kind} a NaN in {', '.join(w)}" for kind, w in kinds.items() if w)
     declared = backend.nan_deviation is not None and all(backend.nan_deviation.excuses(v.kind, v.where) for v in found)
-    sets = ", ".join(f"{kind}={set(w)}" for kind, w in kinds.items() if w)
+    sets = ", ".join(f"{kind}={{{', '.join(map(repr, w))}}}" for kind, w in kinds.items() if w)
     fix = f"declare it: nan_deviation=attnbench.NanDeparture('<why>', {sets})"
     evidence = "; ".join(v.message.split(" [")[0] + f" (NaN in {v.where})" for v in found)
     return Finding("NaN in q, key, value", what, "contract", evidence, "" if declared else fix, declared)
