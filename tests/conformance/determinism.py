@@ -11,7 +11,8 @@
   repetition flash-attention's determinism tests run, on sizes cheap on a CPU); a race between atomic adds shows
   on some calls, not on every second one. Skipped for a backend declaring `nondeterministic = True`.
 - cuda_graph_replay: a graph captured on one set of inputs and document layout (the lengths a varlen kernel
-  takes as metadata), its output poisoned with NaN, replayed on other values copied into the same buffers,
+  takes as metadata) into a memory pool poisoned with NaN (and its output poisoned too), replayed on other
+  values and layout copied into the same buffers,
   matches float64 by the pass rule (Dao-AILab/flash-attention#1164, facebookresearch/xformers#968: metadata
   read at capture time, outputs written only in part). CUDA only; on CPU it skips with the reason.
 """
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import torch
 from attnbench import Backend
+from attnbench.bench.measuring.timers import cuda_graph
 from attnbench.conformance.contract import NAMES, _bit_identical
 from attnbench.conformance.core import Property, has_backward, register
 from attnbench.conformance.masked_reference import Features, masked_attention_formula
@@ -87,28 +89,36 @@ def _graph_features(backend: Backend, case: Case, device: str) -> tuple[Features
     return Features(document_ids=one), Features(document_ids=two)
 
 
+def _poisoned_pool(case: Case, device: str):
+    """(pool, poison): a graph pool holding a freed block the size of a few score matrices, and the graph that
+    fills it with NaN. A graph captured into the pool afterwards reuses that memory for its output and
+    intermediates; replaying `poison` first leaves NaN wherever the next replay reads before it writes."""
+    pool, poison = torch.cuda.graph_pool_handle(), torch.cuda.CUDAGraph()
+    with torch.cuda.graph(poison, pool=pool):
+        block = torch.full(
+            (4 * case.B * case.H * case.Tq * (case.Tk + case.D),), float("nan"), dtype=case.dtype, device=device
+        )
+        del block  # freed into the pool, NaN at every replay of `poison`
+    return pool, poison
+
+
 def cuda_graph_replay(backend: Backend, case: Case, device: str):
-    """Capture on case's inputs, poison the output, replay on another seed's: the pass rule against float64."""
+    """Capture on case's inputs into a poisoned pool, replay on another seed's inputs and metadata: the pass rule
+    against float64."""
     capture_f, replay_f = _graph_features(backend, case, device)
     static = [t.clone() for t in case.tensors(device)]  # q, k, v: the buffers the graph reads
     meta = capture_f.kwargs()  # document_ids: the metadata buffer the graph reads
-    kw = dict(causal=case.causal, scale=case.scale, **meta)
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):  # warm-up off the capture stream (compiles, workspaces)
-        backend(*static, **kw)
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = backend(*static, **kw)  # (B, H, Tq, D), in the graph's pool
+    pool, poison = _poisoned_pool(case, device)
+    replay, out = cuda_graph(lambda: backend(*static, causal=case.causal, scale=case.scale, **meta), device, pool)
     new = case.with_(seed=case.seed + 1).tensors(device)
     for buffer, value in zip(static, new, strict=True):
         buffer.copy_(value)
     for name, value in replay_f.kwargs().items():
         meta[name].copy_(value)
+    poison.replay()
     out.fill_(float("nan"))  # a replay that leaves any element unwritten fails the rule
-    graph.replay()
-    torch.cuda.synchronize()
+    replay()
+    torch.cuda.synchronize(device)
     q, k, v = new
     ref = masked_attention_formula(q.double(), k.double(), v.double(), causal=case.causal, scale=case.scale, f=replay_f)
     naive = masked_attention_formula(q, k, v, causal=case.causal, scale=case.scale, f=replay_f)
