@@ -3,6 +3,7 @@
 attnbench check mypkg.attn:fn [--profile ci|dev|thorough] [--quick] [--timeout S] [-- PYTEST_ARGS]
 attnbench run [--quick] [--backends a,b] [--T 128:2048] [--dtype float32] [--device cpu] [--name N]
               [--profile gpu-short]
+attnbench probe mypkg.attn:fn [--device cpu] [--native]
 attnbench regen reports/NAME
 attnbench compare reports/A reports/B [--threshold 0.1] [--fail-on-regression]
 attnbench train ... | attnbench sample ...      (attnbench.gpt.cli)
@@ -93,6 +94,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--force", action="store_true", help="replace an existing report of the same name")
     r.add_argument("-v", "--verbose", action="store_true", help="stream every line of the pytest subprocesses")
 
+    pr = sub.add_parser(
+        "probe",
+        help="name the conventions a kernel follows (causal alignment, window edge, scale, GQA mapping, empty rows, "
+        "dtype, NaN, LSE), with the evidence and the adapter lines; exit 1 where it departs from the contract",
+    )
+    pr.add_argument("backend", help="a registered backend name or package.module:function")
+    pr.add_argument("--device", default="cpu", help="device to probe on (default: cpu)")
+    pr.add_argument("--native", action="store_true", help="a foreign adapter's kernel in its own convention")
+
     g = sub.add_parser("regen", help="rebuild report.md/html/csv and plots of a saved run from its JSON")
     g.add_argument("dir", help="a report directory, e.g. reports/2026-01-01_120000")
 
@@ -161,6 +171,10 @@ def main(argv=None) -> int:
                 force=args.force,
             )
             return Job(cfg, "attnbench " + shlex.join(argv)).run()
+        if args.command == "probe":
+            from attnbench.conformance.probe import probe_command
+
+            return probe_command(args.backend, args.device, args.native)
         if args.command == "regen":
             from attnbench.bench.report.build import regen
 

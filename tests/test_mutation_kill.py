@@ -20,6 +20,7 @@ from attnbench import Backend
 from attnbench.conformance.properties import PROPERTIES, missing_feature, run_property
 from hypothesis import Phase
 from mutants import CATALOGUE, KILL_ROW, Mutant
+from mutants_determinism import MUTANTS as DETERMINISM
 from mutants_features import MUTANTS as FEATURE_MUTANTS
 from mutants_kernel_scale import MUTANTS as KERNEL_SCALE
 from mutants_online_softmax import MUTANTS as ONLINE_SOFTMAX
@@ -68,11 +69,13 @@ KILLED_BY = {  # mutant -> the property designed to catch it (the full table sho
     "softcap_no_rescale": "softcap_huge",
     "empty_row_nan": "empty_rows",
     "empty_row_uniform": "empty_rows",
+    "split_kv_by_batch": "batch_invariance",
+    "racing_atomics": "repeatable",
 }
 
 
 def all_mutants() -> list[Mutant]:
-    return CATALOGUE + ONLINE_SOFTMAX + KERNEL_SCALE + FEATURE_MUTANTS
+    return CATALOGUE + ONLINE_SOFTMAX + KERNEL_SCALE + FEATURE_MUTANTS + DETERMINISM
 
 
 def _verdict(prop_name: str, backend: Backend) -> str:
@@ -105,7 +108,12 @@ def _only_assertions(e: BaseException) -> bool:
 @pytest.mark.parametrize("mutant", all_mutants(), ids=lambda m: m.name)
 def test_mutant_is_killed(mutant: Mutant, record_property, request):
     backend = Backend(  # never registered
-        f"mutant:{mutant.name}", mutant.fn, mutant.bug, features=mutant.features, nan_deviation=mutant.nan_deviation
+        f"mutant:{mutant.name}",
+        mutant.fn,
+        mutant.bug,
+        features=mutant.features,
+        nan_deviation=mutant.nan_deviation,
+        batch_invariant=mutant.batch_invariant,
     )
     named = KILLED_BY[mutant.name]
     full = request.config.getoption("--full-kill-table")

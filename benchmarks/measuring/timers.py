@@ -121,9 +121,10 @@ def warm_up(
     return WarmUp(first, calls, prev)
 
 
-def cuda_graph(call: Callable[[], object], device: torch.device | str) -> tuple[Callable[[], None], object]:
+def cuda_graph(call: Callable[[], object], device: torch.device | str, pool=None) -> tuple[Callable[[], None], object]:
     """Capture `call` once into a CUDA graph; returns (replay, what the captured call returned). The graph
-    reads and writes the same memory at every replay: refill the inputs in place to give it new values."""
+    reads and writes the same memory at every replay: refill the inputs in place to give it new values.
+    `pool` (torch.cuda.graph_pool_handle()) shares a memory pool with graphs captured into it before."""
     device = torch.device(device)
     if device.type != "cuda":
         raise ValueError(f"CUDA graphs need a CUDA device, not {device.type}")
@@ -133,7 +134,7 @@ def cuda_graph(call: Callable[[], object], device: torch.device | str) -> tuple[
         call()
     torch.cuda.current_stream(device).wait_stream(side)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    with torch.cuda.graph(graph, pool=pool):
         captured = call()
     synchronize(device)
     return graph.replay, captured

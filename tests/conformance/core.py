@@ -34,6 +34,8 @@ class Property:
     # The fixed kernel-size examples run in every profile (dtype -> cases): tile boundaries are always hit.
     examples: Callable[[torch.dtype], list] = boundary_examples
     features: tuple[str, ...] = ()  # contract features it needs; skipped, with the reason, where one is missing
+    # (backend, device) -> why the property does not apply there (e.g. nothing declared to hold it to), or None
+    applies: Callable[[Backend, str], str | None] | None = None
 
 
 PROPERTIES: dict[str, Property] = {}  # name -> property, in registration order (the kill table's columns)
@@ -53,8 +55,9 @@ def example_dtype(dtypes) -> torch.dtype:
 
 
 def missing_feature(prop: Property, backend: Backend, device: str) -> str | None:
-    """Why `backend` cannot run `prop` on `device` for want of a feature, or None."""
+    """Why `backend` cannot run `prop` on `device` for want of a feature (or of what `prop.applies` asks), or None."""
     reasons = [r for f in prop.features if (r := backend.why_no_feature(f, device))]
+    reasons += [r] if prop.applies and (r := prop.applies(backend, device)) else []
     return "; ".join(reasons) or None
 
 
