@@ -4,6 +4,8 @@
     out = attend(q, k, v, backend="manual")          # by name
     with use_backend("sdpa_flash"):                  # or by context manager
         out = attend(q, k, v)
+    out = attend_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_q, max_k)   # a ragged batch (attnbench.layouts)
+    out = attend_paged(q, k_cache, v_cache, block_table, cache_seqlens)     # a paged KV cache
 
 Note: PyPI has an unrelated package also called `kernels`; run from the repository root or an editable
 install so that this one is imported.
@@ -23,6 +25,7 @@ from . import (  # noqa: F401  (importing a backend module registers it)
     triton_flash,
     xformers_mea,
 )
+from .layouts import attend_paged, attend_varlen
 from .registry import (
     DEFAULT_BACKEND,
     ENTRY_POINT_GROUP,
@@ -58,6 +61,8 @@ __all__ = [
     "UnknownBackendError",
     "all_backends",
     "attend",
+    "attend_paged",
+    "attend_varlen",
     "backend_names",
     "bottom_right_causal_mask",
     "check_inputs",

@@ -169,6 +169,10 @@ class Backend:
     working_set: Callable[[torch.Tensor, torch.Tensor], int] | None = None
     # how the backend departs from the non-finite-input contract (see attnbench.conformance.nan_contract), if it does
     nan_deviation: NanDeparture | None = None
+    # the backend's own ragged-batch and paged-cache implementations (attnbench.layouts), None: the exact default
+    # built on its dense call runs; each takes that layout's arguments, already checked, and returns q's shape
+    varlen: Callable[..., torch.Tensor] | None = None
+    paged: Callable[..., torch.Tensor] | None = None
 
     def __post_init__(self):
         if self.nan_deviation is not None and not isinstance(self.nan_deviation, NanDeparture):
@@ -449,6 +453,8 @@ def register_backend(
     no_backward_reason: str | Callable[[torch.device], str | None] | None = None,
     working_set: Callable[[torch.Tensor, torch.Tensor], int] | None = None,
     nan_deviation: NanDeparture | None = None,
+    varlen: Callable[..., torch.Tensor] | None = None,
+    paged: Callable[..., torch.Tensor] | None = None,
     replace: bool = False,
 ) -> Backend:
     """Register `fn` under `name`; returns the Backend. Re-registering a name needs replace=True."""
@@ -465,6 +471,8 @@ def register_backend(
         no_backward_reason=no_backward_reason,
         working_set=working_set,
         nan_deviation=nan_deviation,
+        varlen=varlen,
+        paged=paged,
     )
     _REGISTRY[name] = backend
     return backend
