@@ -43,6 +43,8 @@ class Mutant:
     # Built on weights @ values like `manual`, a mutant spreads a NaN in a future value as `manual` does, and says
     # so: the NaN contract excuses that departure and no other, so it kills a mutant only for an undeclared one.
     nan_deviation: NanDeparture | None = NAN_IN_FUTURE_VALUE
+    varlen: Callable | None = None  # its own ragged-batch implementation (Backend.varlen), None: the default
+    paged: Callable | None = None  # its own paged-cache implementation (Backend.paged), None: the default
 
 
 def _attend(q, k, v, *, causal, dropout_p, scale, mask_fn=None, scale_fn=None, softmax_dim=-1, after=None):

@@ -23,6 +23,7 @@ from mutants import CATALOGUE, KILL_ROW, Mutant
 from mutants_features import MUTANTS as FEATURE_MUTANTS
 from mutants_kernel_scale import MUTANTS as KERNEL_SCALE
 from mutants_online_softmax import MUTANTS as ONLINE_SOFTMAX
+from mutants_serving import MUTANTS as SERVING
 
 KILL_EXAMPLES = 8  # drawn examples per (mutant, property), after the property's fixed kernel-size examples
 
@@ -68,11 +69,16 @@ KILLED_BY = {  # mutant -> the property designed to catch it (the full table sho
     "softcap_no_rescale": "softcap_huge",
     "empty_row_nan": "empty_rows",
     "empty_row_uniform": "empty_rows",
+    "stale_block_table_tail": "paged_poison",
+    "zero_length_nan": "varlen_empty",
+    "large_page_off_by_one": "paged_poison",
+    "cu_seqlens_off_by_one": "varlen_alone",
+    "varlen_top_left": "varlen_alone",
 }
 
 
 def all_mutants() -> list[Mutant]:
-    return CATALOGUE + ONLINE_SOFTMAX + KERNEL_SCALE + FEATURE_MUTANTS
+    return CATALOGUE + ONLINE_SOFTMAX + KERNEL_SCALE + FEATURE_MUTANTS + SERVING
 
 
 def _verdict(prop_name: str, backend: Backend) -> str:
@@ -105,7 +111,13 @@ def _only_assertions(e: BaseException) -> bool:
 @pytest.mark.parametrize("mutant", all_mutants(), ids=lambda m: m.name)
 def test_mutant_is_killed(mutant: Mutant, record_property, request):
     backend = Backend(  # never registered
-        f"mutant:{mutant.name}", mutant.fn, mutant.bug, features=mutant.features, nan_deviation=mutant.nan_deviation
+        f"mutant:{mutant.name}",
+        mutant.fn,
+        mutant.bug,
+        features=mutant.features,
+        nan_deviation=mutant.nan_deviation,
+        varlen=mutant.varlen,
+        paged=mutant.paged,
     )
     named = KILLED_BY[mutant.name]
     full = request.config.getoption("--full-kill-table")
