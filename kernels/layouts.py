@@ -162,26 +162,28 @@ def attend_varlen(
 ) -> torch.Tensor:
     """Attention over a ragged batch of packed sequences (module docstring) with `backend` (a name or a Backend;
     default: the one chosen by `use_backend`)."""
-    impl = backend if isinstance(backend, Backend) else get_backend(backend)
     args = (q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
     check_varlen_inputs(*args, causal=causal)
-    if impl.varlen is None:
-        return varlen_by_sequence(impl, *args, causal=causal, scale=scale)
-    _run_checks(impl, q, k)
-    out = impl.varlen(*args, causal=causal, scale=scale)
-    _check_layout_output(impl.name, out, q)
-    return out
+    return _dispatch(backend, "varlen", varlen_by_sequence, args, causal=causal, scale=scale)
 
 
 def attend_paged(q, k_cache, v_cache, block_table, cache_seqlens, *, causal=True, scale=None, backend=None):
     """Attention of the last Tq positions of each sequence over its paged KV cache (module docstring)."""
-    impl = backend if isinstance(backend, Backend) else get_backend(backend)
     args = (q, k_cache, v_cache, block_table, cache_seqlens)
     check_paged_inputs(*args, causal=causal)
-    if impl.paged is None:
-        return paged_by_gather(impl, *args, causal=causal, scale=scale)
-    _run_checks(impl, q, k_cache)
-    out = impl.paged(*args, causal=causal, scale=scale)
+    return _dispatch(backend, "paged", paged_by_gather, args, causal=causal, scale=scale)
+
+
+def _dispatch(backend, layout: str, default, args, **kw) -> torch.Tensor:
+    """The backend's own implementation of `layout` ("varlen" or "paged") if it declares one, refused and its
+    output checked as a dense call would be; else `default` over its dense call."""
+    impl = backend if isinstance(backend, Backend) else get_backend(backend)
+    native = getattr(impl, layout)
+    if native is None:
+        return default(impl, *args, **kw)
+    q, k = args[:2]
+    _run_checks(impl, q, k)
+    out = native(*args, **kw)
     _check_layout_output(impl.name, out, q)
     return out
 

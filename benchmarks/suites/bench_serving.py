@@ -85,6 +85,19 @@ BACKENDS = ["sdpa", "manual", "chunked", "flash_attn", "flash_attn_kvcache"]  # 
 DECODE_CASES = [(device, B, L) for device, grid in DECODE_SIZES.items() for B, L in grid]
 
 
+def _record(benchmark, bench_state, kind: str, backend, device: str, dtype, median: float, flops, moved, **fields):
+    """The row: what was measured (make_row's identity fields among `fields`), its median, the roofline of its
+    FLOPs and bytes moved, and the fraction of that roofline reached."""
+    name = str(dtype).removeprefix("torch.")
+    roof = roofline(flops, moved, bench_state.peak_flop_per_s(device, name), bench_state.bandwidth_bytes_per_s(device))
+    threads = torch.get_num_threads()
+    row = make_row(
+        kind, backend=backend.name, device=device, dtype=name, Hq=HQ, Hkv=HKV, D=D, threads=threads, **fields
+    )
+    benchmark.extra_info.update(row, median_s=median, fraction_of_roofline=roof.roofline_min_s / median)
+    benchmark.extra_info.update(roof.as_row())
+
+
 @pytest.mark.parametrize("device, B, L", DECODE_CASES, ids=[f"{d}-B{B}-L{L}" for d, B, L in DECODE_CASES])
 @pytest.mark.parametrize("backend_name", BACKENDS)
 def test_paged_decode(benchmark, bench_state, backend_name, device, B, L):
@@ -93,33 +106,12 @@ def test_paged_decode(benchmark, bench_state, backend_name, device, B, L):
     with torch.no_grad():
         median = _time(benchmark, lambda: attend_paged(*inputs, backend=backend), device)
     per_token = decode_bytes_per_token(L, HQ, HKV, D, dtype)
-    roof = roofline(
-        pairs_flops(B * HQ * L, D),  # one query row per sequence sees its L keys
-        B * per_token,
-        bench_state.peak_flop_per_s(device, str(dtype).removeprefix("torch.")),
-        bench_state.bandwidth_bytes_per_s(device),
-    )
-    benchmark.extra_info.update(
-        make_row(
-            "paged_decode",
-            backend=backend.name,
-            device=device,
-            dtype=str(dtype).removeprefix("torch."),
-            B=B,
-            L=L,
-            Hq=HQ,
-            Hkv=HKV,
-            D=D,
-            page_size=PAGE_SIZE,
-            threads=torch.get_num_threads(),
-        ),  # fmt: skip
-        native=backend.paged is not None,
-        median_s=median,
-        tokens_per_s=B / median,
+    flops = pairs_flops(B * HQ * L, D)  # one query row per sequence sees its L keys
+    _record(
+        benchmark, bench_state, "paged_decode", backend, device, dtype, median, flops, B * per_token,
+        B=B, L=L, page_size=PAGE_SIZE, native=backend.paged is not None, tokens_per_s=B / median,
         bytes_per_token=per_token,
-        fraction_of_memory_roof=roof.memory_min_s / median,
-        **roof.as_row(),
-    )
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize("device", ["cpu", "cuda"])
@@ -132,29 +124,8 @@ def test_varlen_prefill(benchmark, bench_state, backend_name, device):
         median = _time(benchmark, lambda: attend_varlen(*inputs, backend=backend), device)
     pairs = varlen_visible_pairs(lengths, HQ)
     moved = sum(attention_bytes(1, HQ, n, 0, D, dtype) + attention_bytes(1, HKV, 0, n, D, dtype) for n in lengths)
-    roof = roofline(
-        pairs_flops(pairs, D),
-        moved,
-        bench_state.peak_flop_per_s(device, str(dtype).removeprefix("torch.")),
-        bench_state.bandwidth_bytes_per_s(device),
-    )
-    benchmark.extra_info.update(
-        make_row(
-            "varlen_prefill",
-            backend=backend.name,
-            device=device,
-            dtype=str(dtype).removeprefix("torch."),
-            B=len(lengths),
-            tokens=sum(lengths),
-            Hq=HQ,
-            Hkv=HKV,
-            D=D,
-            threads=torch.get_num_threads(),
-        ),  # fmt: skip
-        native=backend.varlen is not None,
-        median_s=median,
-        visible_pairs=pairs,
-        flop_per_s=pairs_flops(pairs, D) / median,
-        tokens_per_s=sum(lengths) / median,
-        **roof.as_row(),
-    )
+    _record(
+        benchmark, bench_state, "varlen_prefill", backend, device, dtype, median, pairs_flops(pairs, D), moved,
+        B=len(lengths), tokens=sum(lengths), native=backend.varlen is not None, visible_pairs=pairs,
+        flop_per_s=pairs_flops(pairs, D) / median, tokens_per_s=sum(lengths) / median,
+    )  # fmt: skip
