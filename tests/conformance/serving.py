@@ -13,7 +13,9 @@ Kernel-sized draws reach many sequences, long ones, page sizes 1, 16 and 256 and
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import torch
@@ -188,10 +190,11 @@ def _big(draw) -> bool:
 @st.composite
 def varlen_cases(draw, dtypes, *, empty: bool = False) -> VarlenCase:
     """Toy ragged batches, and one draw in 4 at kernel sizes: many short sequences, or a few long ones.
-    empty=True: at least one sequence without queries, and often without keys either."""
+    empty=True: at least one sequence without queries, and often without keys either; kernel-sized draws are then
+    many short sequences."""
     big = _big(draw)
-    if big and draw(st.booleans()):
-        n, lengths = draw(st.integers(16, 48)), MANY_LENGTHS
+    if big and (empty or draw(st.booleans())):  # batches of empty sequences: many short ones beside them
+        n, lengths = draw(st.integers(8, 24)), MANY_LENGTHS
     elif big:
         n, lengths = draw(st.integers(1, 3)), LONG_LENGTHS
     else:
@@ -230,12 +233,18 @@ def paged_cases(draw, dtypes) -> PagedCase:
 
 def _varlen_examples(dtype: torch.dtype) -> list[VarlenCase]:
     base = dict(dtype=dtype, magnitude=1.0, seed=4321, causal=True)
-    many_q = tuple([0, 1, 17, 65, 0, 64] * 7)  # 42 sequences: empty ones, one token, a 64-tile and one past it
-    many_k = tuple([0, 3, 17, 65, 2, 127] * 7)
+    many_q = tuple([0, 1, 17, 65, 0, 64] * 4)  # 24 sequences: empty ones, one token, a 64-tile and one past it
+    many_k = tuple([0, 3, 17, 65, 2, 127] * 4)
     return [
         VarlenCase((1, 0, 129, 65, 1025), (1025, 0, 129, 128, 1025), hq=2, hkv=1, D=64, pad=2, **base),
         VarlenCase(many_q, many_k, hq=4, hkv=2, D=16, **{**base, "causal": False}),
     ]
+
+
+def _empty_examples(dtype: torch.dtype) -> list[VarlenCase]:
+    """Empty sequences first, last, in a row, with keys and without, beside a 64-tile and one past it."""
+    base = dict(dtype=dtype, magnitude=1.0, seed=77, causal=True, hq=4, hkv=2, D=64, pad=1)
+    return [VarlenCase((0, 0, 64, 1, 0, 65, 0), (0, 5, 64, 1, 0, 65, 3), **base)]
 
 
 def _paged_examples(dtype: torch.dtype) -> list[PagedCase]:
@@ -258,10 +267,15 @@ def _ctx(backend: Backend, device: str, case) -> str:
     return f"[{backend.name} on {device}: {case}]"
 
 
-def _assert_close(name: str, got, want, bound: float, ctx: str) -> None:
+def _assert_close(name: str, got, want, bounds: Callable[[], dict[str, float]], ctx: str) -> None:
+    """got (out, dq, dk or dv: `name`'s first word) is within its bound of want; the bounds (_alone_bounds) are
+    computed only where the two differ at all: the defaults repeat the dense call exactly, and the bounds cost
+    float64 matmuls per sequence."""
+    if torch.equal(got, want):
+        return
     err = float((got.detach().double() - want.detach().double()).abs().max()) if got.numel() else 0.0
-    if not (torch.isfinite(got).all() and err <= bound):
-        raise AssertionError(f"{name}: differs from the sequence run alone by {err:.3e} > {bound:.3e} {ctx}")
+    if not (torch.isfinite(got).all() and err <= (limit := bounds()[name.split()[0]])):
+        raise AssertionError(f"{name}: differs from the sequence run alone by {err:.3e} > {limit:.3e} {ctx}")
 
 
 def _alone_bounds(case, q, k, v, dout, lq: int, lk: int) -> dict[str, float]:
@@ -301,13 +315,13 @@ def varlen_alone(backend: Backend, case: VarlenCase, device: str) -> None:
         )
         dout_b = dout[rows_q].transpose(0, 1)[None]  # (1, Hq, Lq, D)
         want = backend(*alone, causal=case.causal, scale=case.scale)  # (1, Hq, Lq, D)
-        bounds = _alone_bounds(case, *alone, dout_b, lq, lk)
-        _assert_close(f"out of sequence {b}", out[rows_q], want[0].transpose(0, 1), bounds["out"], ctx)
+        bounds = functools.cache(functools.partial(_alone_bounds, case, *alone, dout_b, lq, lk))
+        _assert_close(f"out of sequence {b}", out[rows_q], want[0].transpose(0, 1), bounds, ctx)
         if grads is None:
             continue
         want_grads = torch.autograd.grad(want, alone, dout_b)
         for name, g, w, rows in zip(("dq", "dk", "dv"), grads, want_grads, (rows_q, rows_k, rows_k), strict=True):
-            _assert_close(f"{name} of sequence {b}", g[rows], w[0].transpose(0, 1), bounds[name], ctx)
+            _assert_close(f"{name} of sequence {b}", g[rows], w[0].transpose(0, 1), bounds, ctx)
     if grads is not None and any(g[n:].any() for g, n in zip(grads, (cu_q[-1], cu_k[-1], cu_k[-1]), strict=True)):
         raise AssertionError(f"padding rows got a gradient {ctx}")
 
@@ -334,8 +348,8 @@ def paged_contiguous(backend: Backend, case: PagedCase, device: str) -> None:
         for b, (k, v) in enumerate(zip(ks, vs, strict=True)):
             dense = [t.transpose(0, 1)[None] for t in (q[b], k, v)]  # (1, H, T, D)
             want = backend(*dense, causal=case.causal, scale=case.scale)[0].transpose(0, 1)  # (Tq, Hq, D)
-            bound = _alone_bounds(case, *dense, torch.zeros_like(dense[0]), case.tq, len(k))["out"]
-            _assert_close(f"out of sequence {b}", out[b], want, bound, _ctx(backend, device, case))
+            bounds = functools.partial(_alone_bounds, case, *dense, torch.zeros_like(dense[0]), case.tq, len(k))
+            _assert_close(f"out of sequence {b}", out[b], want, bounds, _ctx(backend, device, case))
 
 
 def paged_poison(backend: Backend, case: PagedCase, device: str) -> None:
@@ -363,7 +377,7 @@ register(
         varlen_alone,
         lambda d: varlen_cases(d, empty=True),
         "empty sequences: no rows, no key gradient, no NaN elsewhere",
-        examples=_varlen_examples,
+        examples=_empty_examples,
     ),
     Property(
         "varlen_padding",
