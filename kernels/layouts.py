@@ -30,6 +30,8 @@ arguments, already checked); otherwise the exact defaults below run each sequenc
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .registry import AttentionInputError, Backend, BackendOutputError, get_backend
@@ -66,10 +68,19 @@ def _check_packed(q, k, v, layout: str) -> None:
         raise AttentionInputError(f"q, k, v devices differ: {q.device}, {k.device}, {v.device}")
 
 
-def check_varlen_inputs(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal=True) -> None:
-    """Raise AttentionInputError naming the first argument that breaks the varlen layout."""
-    if not isinstance(causal, bool):
+def _check_flags(causal, scale) -> None:
+    """causal and scale as the dense contract takes them (a backend's own layout path never sees the dense check)."""
+    if not isinstance(causal, bool):  # a string such as 'no' is truthy: it would silently mean causal
         raise AttentionInputError(f"causal must be True or False, got {causal!r}")
+    if scale is not None and not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
+        raise AttentionInputError(f"scale must be a positive finite number or None, got {scale!r}")
+
+
+def check_varlen_inputs(
+    q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal=True, scale=None
+) -> None:
+    """Raise AttentionInputError naming the first argument that breaks the varlen layout."""
+    _check_flags(causal, scale)
     _check_packed(q, k, v, "varlen")
     if k.dim() != 3:
         raise AttentionInputError(f"k must have 3 dimensions for varlen, got {tuple(k.shape)}")
@@ -91,10 +102,9 @@ def check_varlen_inputs(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_s
             )
 
 
-def check_paged_inputs(q, k_cache, v_cache, block_table, cache_seqlens, causal=True) -> None:
+def check_paged_inputs(q, k_cache, v_cache, block_table, cache_seqlens, causal=True, scale=None) -> None:
     """Raise AttentionInputError naming the first argument that breaks the paged-cache layout."""
-    if not isinstance(causal, bool):
-        raise AttentionInputError(f"causal must be True or False, got {causal!r}")
+    _check_flags(causal, scale)
     _check_packed(q, k_cache, v_cache, "paged")
     if k_cache.dim() != 4 or k_cache.size(1) == 0:
         raise AttentionInputError(f"k_cache must be (num_pages, page_size >= 1, Hkv, D), got {tuple(k_cache.shape)}")
@@ -163,14 +173,14 @@ def attend_varlen(
     """Attention over a ragged batch of packed sequences (module docstring) with `backend` (a name or a Backend;
     default: the one chosen by `use_backend`)."""
     args = (q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
-    check_varlen_inputs(*args, causal=causal)
+    check_varlen_inputs(*args, causal=causal, scale=scale)
     return _dispatch(backend, "varlen", varlen_by_sequence, args, causal=causal, scale=scale)
 
 
 def attend_paged(q, k_cache, v_cache, block_table, cache_seqlens, *, causal=True, scale=None, backend=None):
     """Attention of the last Tq positions of each sequence over its paged KV cache (module docstring)."""
     args = (q, k_cache, v_cache, block_table, cache_seqlens)
-    check_paged_inputs(*args, causal=causal)
+    check_paged_inputs(*args, causal=causal, scale=scale)
     return _dispatch(backend, "paged", paged_by_gather, args, causal=causal, scale=scale)
 
 

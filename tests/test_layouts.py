@@ -42,6 +42,12 @@ def paged_args(**over) -> dict:
     return {**args, **over}
 
 
+def _zeros(q, *args, **kw):
+    return torch.zeros_like(q)
+
+
+# its own layouts, which never reach a dense call's checks: the layout checks alone must catch each bad argument
+NATIVE = Backend("native", manual_attention, "zeros in both layouts", features={"gqa"}, varlen=_zeros, paged=_zeros)
 VARLEN_BAD = [
     ("q", dict(q=torch.randn(1, 6, 4, 8))),
     ("cu_seqlens_q", dict(cu_seqlens_q=torch.tensor([0.0, 3.0, 5.0]))),
@@ -54,6 +60,7 @@ VARLEN_BAD = [
     ("max_seqlen_k", dict(max_seqlen_k=4.0)),
     ("the query heads", dict(k=torch.randn(7, 3, 8), v=torch.randn(7, 3, 8))),
     ("causal", dict(causal="yes")),
+    ("scale", dict(scale=-1.0)),
 ]
 PAGED_BAD = [
     ("k_cache", dict(k_cache=torch.randn(4, 2, 8), v_cache=torch.randn(4, 2, 8))),
@@ -69,15 +76,16 @@ PAGED_BAD = [
 
 @pytest.mark.parametrize("name, bad", VARLEN_BAD, ids=[f"{n}-{i}" for i, (n, _) in enumerate(VARLEN_BAD)])
 def test_varlen_names_the_bad_argument(name, bad):
-    args = varlen_args(**{k: v for k, v in bad.items() if k != "causal"})
+    bad = dict(bad)
+    flags = {"causal": bad.pop("causal", True), "scale": bad.pop("scale", None)}
     with pytest.raises(AttentionInputError, match=f"^{name}"):
-        attend_varlen(**args, causal=bad.get("causal", True), backend="manual")
+        attend_varlen(**varlen_args(**bad), **flags, backend=NATIVE)
 
 
 @pytest.mark.parametrize("name, bad", PAGED_BAD, ids=[f"{n}-{i}" for i, (n, _) in enumerate(PAGED_BAD)])
 def test_paged_names_the_bad_argument(name, bad):
     with pytest.raises(AttentionInputError, match=f"^{name}"):
-        attend_paged(**paged_args(**bad), backend="manual")
+        attend_paged(**paged_args(**bad), backend=NATIVE)
 
 
 def test_block_table_tail_is_never_read():
