@@ -9,7 +9,8 @@ Ragged batch (flash-attn's `flash_attn_varlen_func` convention):
 Sequence b owns query rows cu_seqlens_q[b] .. cu_seqlens_q[b + 1] - 1 and key rows cu_seqlens_k[b] ..
 cu_seqlens_k[b + 1] - 1, and attends to its own keys only. A sequence may be empty (its length 0); it needs
 Lq <= Lk like the dense contract. Causal is aligned to the bottom right per sequence: query i of a sequence sits
-at position Lk - Lq + i. Rows past cu_seqlens[-1] are padding: never read, and their output is 0.
+at position Lk - Lq + i. Rows past cu_seqlens[-1] are padding: never read (the default writes 0 there; a
+backend's own kernel may leave them unwritten, as flash-attn does).
 max_seqlen_q/k bound the lengths (kernels size their grid with them).
 
 Paged KV cache (flash-attn's `flash_attn_with_kvcache(..., block_table=...)`, FlashInfer's page table):
@@ -138,16 +139,16 @@ def _run_checks(backend: Backend, q, k) -> None:
 
 
 def varlen_by_sequence(backend: Backend, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, **kw):
-    """The exact default: each non-empty sequence through `backend`'s dense call; empty ones and padding rows
-    give zeros. q: (total_q, Hq, D); k, v: (total_k, Hkv, D) -> (total_q, Hq, D)."""
-    out = q.new_zeros(q.shape)  # (total_q, Hq, D): padding rows stay 0
-    for (q0, q1), (k0, k1) in zip(
-        cu_seqlens_q.unfold(0, 2, 1).tolist(), cu_seqlens_k.unfold(0, 2, 1).tolist(), strict=True
-    ):
+    """The exact default: each non-empty sequence through `backend`'s dense call, in packing order (an empty one
+    adds no row), then zeros for the padding rows. q: (total_q, Hq, D); k, v: (total_k, Hkv, D) -> (total_q, Hq, D)."""
+    pieces = []
+    bounds_q, bounds_k = cu_seqlens_q.unfold(0, 2, 1).tolist(), cu_seqlens_k.unfold(0, 2, 1).tolist()  # (B, 2) each
+    for (q0, q1), (k0, k1) in zip(bounds_q, bounds_k, strict=True):
         if q1 > q0:
             dense = [t[a:b].transpose(0, 1)[None] for t, a, b in ((q, q0, q1), (k, k0, k1), (v, k0, k1))]
-            out = out.index_copy(0, torch.arange(q0, q1, device=q.device), backend(*dense, **kw)[0].transpose(0, 1))
-    return out
+            pieces.append(backend(*dense, **kw)[0].transpose(0, 1))  # (Lq, Hq, D)
+    pieces.append(q.new_zeros(q.size(0) - bounds_q[-1][1], *q.shape[1:]))  # (padding rows, Hq, D)
+    return torch.cat(pieces)
 
 
 def contiguous_cache(k_cache, block_table_row: torch.Tensor, length: int) -> torch.Tensor:
