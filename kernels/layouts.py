@@ -151,6 +151,20 @@ def varlen_by_sequence(backend: Backend, q, k, v, cu_seqlens_q, cu_seqlens_k, ma
     return torch.cat(pieces)
 
 
+def varlen_as_documents(dense, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, **kw):
+    """A varlen implementation for a dense call that runs document_ids and skips what they mask (chunked): a batch
+    whose sequences each have Lq = Lk (prefill, one cu_seqlens) is one call over the packed tokens, the documents
+    keeping sequences apart; causal within a document is then each sequence's own (query i sees its keys 0..i).
+    Any other batch goes through varlen_by_sequence."""
+    n = int(cu_seqlens_q[-1])
+    if n == 0 or not torch.equal(cu_seqlens_q, cu_seqlens_k):
+        return varlen_by_sequence(dense, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, **kw)
+    docs = torch.repeat_interleave(torch.arange(cu_seqlens_q.numel() - 1, device=q.device), cu_seqlens_q.diff())
+    packed = [t[:n].transpose(0, 1)[None] for t in (q, k, v)]  # (1, H, n, D): padding rows left out
+    out = dense(*packed, document_ids=docs[None], **kw)[0].transpose(0, 1)  # (n, Hq, D)
+    return torch.cat([out, q.new_zeros(q.size(0) - n, *q.shape[1:])])  # padding rows: 0
+
+
 def contiguous_cache(k_cache, block_table_row: torch.Tensor, length: int) -> torch.Tensor:
     """(length, Hkv, D): one sequence's keys (or values) gathered from its pages, in position order."""
     page_size = k_cache.size(1)

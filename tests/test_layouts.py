@@ -7,6 +7,7 @@ import attnbench
 import pytest
 import torch
 from attnbench import AttentionInputError, Backend, BackendOutputError, attend_paged, attend_varlen
+from attnbench.layouts import varlen_as_documents
 from attnbench.manual import manual_attention
 
 
@@ -131,3 +132,18 @@ def test_use_backend_picks_the_layout_backend():
     with attnbench.use_backend("manual"):
         by_context = attend_varlen(**varlen_args())
     assert torch.equal(by_context, attend_varlen(**varlen_args(), backend="manual"))
+
+
+def test_documents_path_packs_a_prefill_batch_into_one_dense_call():
+    calls = []
+
+    def dense(q, k, v, **kw):
+        calls.append(q.size(-2))
+        return manual_attention(q, k, v, **kw)
+
+    prefill = varlen_args(k=torch.randn(6, 2, 8), v=torch.randn(6, 2, 8), cu_seqlens_k=i32(0, 3, 5))
+    varlen_as_documents(dense, *prefill.values())
+    assert calls == [5]  # the 5 packed tokens at once, the padding row left out
+    calls.clear()
+    varlen_as_documents(dense, *varlen_args().values())  # 3 queries over 4 keys: sequence by sequence
+    assert calls == [3, 2]

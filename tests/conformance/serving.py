@@ -200,7 +200,8 @@ def varlen_cases(draw, dtypes, *, empty: bool = False) -> VarlenCase:
     else:
         n, lengths = draw(st.integers(1, 5)), tuple(range(0, 25))
     lk = draw(st.lists(st.sampled_from(lengths), min_size=n, max_size=n))
-    lq = [draw(st.sampled_from([t for t in (0, 1, k) if t <= k])) for k in lk]
+    prefill = draw(st.integers(0, 2)) == 0  # every Lq = Lk: one cu_seqlens (a packed prefill) one draw in three
+    lq = list(lk) if prefill else [draw(st.sampled_from([t for t in (0, 1, k) if t <= k])) for k in lk]
     if empty:
         at = draw(st.integers(0, n))
         lq.insert(at, 0)
@@ -238,6 +239,7 @@ def _varlen_examples(dtype: torch.dtype) -> list[VarlenCase]:
     return [
         VarlenCase((1, 0, 129, 65, 1025), (1025, 0, 129, 128, 1025), hq=2, hkv=1, D=64, pad=2, **base),
         VarlenCase(many_q, many_k, hq=4, hkv=2, D=16, **{**base, "causal": False}),
+        VarlenCase((129, 0, 64, 1, 513), (129, 0, 64, 1, 513), hq=4, hkv=2, D=32, pad=1, **base),  # a prefill
     ]
 
 
