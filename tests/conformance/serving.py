@@ -239,7 +239,7 @@ def _varlen_examples(dtype: torch.dtype) -> list[VarlenCase]:
     return [
         VarlenCase((1, 0, 129, 65, 1025), (1025, 0, 129, 128, 1025), hq=2, hkv=1, D=64, pad=2, **base),
         VarlenCase(many_q, many_k, hq=4, hkv=2, D=16, **{**base, "causal": False}),
-        VarlenCase((129, 0, 64, 1, 513), (129, 0, 64, 1, 513), hq=4, hkv=2, D=32, pad=1, **base),  # a prefill
+        VarlenCase((129, 0, 64, 1, 257), (129, 0, 64, 1, 257), hq=4, hkv=2, D=32, pad=1, **base),  # a prefill
     ]
 
 
