@@ -74,6 +74,8 @@ ROW_KINDS = {
     "train_step": ("backend", "device", "dtype", "B", "T", "threads"),
     "generate": ("backend", "device", "dtype", "B", "T", "threads", "use_cache"),
     "train_to_target": ("backend", "device", "dtype", "target"),
+    "paged_decode": ("backend", "device", "dtype", "B", "L", "Hq", "Hkv", "D", "page_size", "threads"),
+    "varlen_prefill": ("backend", "device", "dtype", "B", "tokens", "Hq", "Hkv", "D", "threads"),
 }
 STAT_COLUMNS = ("min", "max", "mean", "stddev", "median", "iqr", "q1", "q3", "rounds", "iterations")
 

@@ -1,9 +1,11 @@
 """attnbench attention backends: a registry of interchangeable implementations of one contract.
 
-    from attnbench import attend, get_backend, backend_names, use_backend
+    from attnbench import attend, attend_paged, attend_varlen, get_backend, backend_names, use_backend
     out = attend(q, k, v, backend="manual")          # by name
     with use_backend("sdpa_flash"):                  # or by context manager
         out = attend(q, k, v)
+    out = attend_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_q, max_k)   # a ragged batch (attnbench.layouts)
+    out = attend_paged(q, k_cache, v_cache, block_table, cache_seqlens)     # a paged KV cache
 
 This folder installs as the package `attnbench` (pyproject.toml); import it by that name.
 """
@@ -22,6 +24,7 @@ from . import (  # noqa: F401  (importing a backend module registers it)
     triton_flash,
     xformers_mea,
 )
+from .layouts import attend_paged, attend_varlen
 from .registry import (
     DEFAULT_BACKEND,
     ENTRY_POINT_GROUP,
@@ -57,6 +60,8 @@ __all__ = [
     "UnknownBackendError",
     "all_backends",
     "attend",
+    "attend_paged",
+    "attend_varlen",
     "backend_names",
     "bottom_right_causal_mask",
     "check_inputs",

@@ -35,11 +35,13 @@ Low-precision inputs (fp16/bf16) are computed in fp32 and the output is cast bac
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
+from .layouts import varlen_as_documents
 from .registry import (
     FEATURES,
     NAN_IN_FUTURE_VALUE,
@@ -272,4 +274,5 @@ register_backend(
     "flash-attention algorithm in plain PyTorch: online softmax over key blocks, recomputing backward, O(T) memory",
     features=FEATURES,
     nan_deviation=NanDeparture(f"{NAN_IN_FUTURE_VALUE} (within its key block)", spreads={"value"}),
+    varlen=functools.partial(varlen_as_documents, chunked_attention),  # a prefill batch in one call (layouts.py)
 )

@@ -11,6 +11,11 @@ The mapping from the contract, written once here (install the `flash-attn` packa
   (no cache_seqlens): query i sits at absolute position Tk - Tq + i.
 - Scale: `softmax_scale` (the contract's 1/sqrt(D) by default, flash-attn's default too).
 - dtypes: fp16 and bf16 on sm80+ (flash-attn 2); dropout through flash_attn_func only.
+- Serving layouts (attnbench.layouts): `flash_attn` runs a ragged batch through `flash_attn_varlen_func`
+  (the same packed (total, H, D) tensors and int32 cu_seqlens, causal bottom right per sequence), and
+  `flash_attn_kvcache` a paged cache through `flash_attn_with_kvcache(..., cache_seqlens=, block_table=)`, the
+  same (num_pages, page_size, Hkv, D) pages. flash-attn 2 takes pages of a multiple of 256 tokens only; other
+  page sizes go through the gather default over its dense call.
 - flash_attn is imported on the first call; registration only checks that the package is installed.
 """
 
@@ -19,7 +24,8 @@ from __future__ import annotations
 import torch
 
 from .foreign import bthd, missing_package_reason
-from .registry import default_scale, register_backend
+from .layouts import paged_by_gather
+from .registry import default_scale, get_backend, register_backend
 
 DTYPES = (torch.float16, torch.bfloat16)
 
@@ -45,6 +51,45 @@ def flash_attn_kvcache_attention(q, k, v, *, causal=True, dropout_p=0.0, scale=N
     return out.transpose(1, 2)  # (B, Tq, H, D) -> (B, H, Tq, D)
 
 
+def flash_attn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *, causal=True, scale=None):
+    # q: (total_q, Hq, D); k, v: (total_k, Hkv, D): flash-attn's own packed layout -> (total_q, Hq, D)
+    from flash_attn import flash_attn_varlen_func
+
+    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+    return flash_attn_varlen_func(
+        q,
+        k,
+        v,
+        cu_seqlens_q,
+        cu_seqlens_k,
+        max_seqlen_q,
+        max_seqlen_k,
+        softmax_scale=default_scale(q, scale),
+        causal=causal,
+    )
+
+
+PAGE_MULTIPLE = 256  # flash-attn 2's paged kernel: page_block_size must be a multiple of 256
+
+
+def flash_attn_paged(q, k_cache, v_cache, block_table, cache_seqlens, *, causal=True, scale=None):
+    # q: (B, Tq, Hq, D); k_cache, v_cache: (num_pages, page_size, Hkv, D) -> (B, Tq, Hq, D)
+    from flash_attn import flash_attn_with_kvcache
+
+    if k_cache.size(1) % PAGE_MULTIPLE:
+        kvcache = get_backend("flash_attn_kvcache")
+        return paged_by_gather(kvcache, q, k_cache, v_cache, block_table, cache_seqlens, causal=causal, scale=scale)
+    return flash_attn_with_kvcache(
+        q if q.stride(-1) == 1 else q.contiguous(),
+        k_cache,
+        v_cache,
+        cache_seqlens=cache_seqlens,
+        block_table=block_table,
+        softmax_scale=default_scale(q, scale),
+        causal=causal,
+    )
+
+
 def _reason(device: torch.device, dtype: torch.dtype) -> str | None:
     if reason := missing_package_reason("flash_attn", "pip install flash-attn, on a CUDA machine"):
         return reason
@@ -60,6 +105,7 @@ register_backend(
     flash_attn_attention,
     "flash-attn's flash_attn_func (CUDA, bottom-right causal), layout (B, T, H, D)",
     _reason,
+    varlen=flash_attn_varlen,
 )
 register_backend(
     "flash_attn_kvcache",
@@ -68,4 +114,5 @@ register_backend(
     _reason,
     no_dropout_reason=lambda device: "flash_attn_with_kvcache has no dropout",
     no_backward_reason="flash_attn_with_kvcache is an inference kernel: it has no backward",
+    paged=flash_attn_paged,
 )

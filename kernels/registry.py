@@ -172,6 +172,10 @@ class Backend:
     # a row's output is bit-identical whatever the batch size, its place in the batch and the query rows computed
     # beside it (what batch-invariant inference needs); the batch_invariance property holds a backend to it
     batch_invariant: bool = False
+    # the backend's own ragged-batch and paged-cache implementations (attnbench.layouts), None: the exact default
+    # built on its dense call runs; each takes that layout's arguments, already checked, and returns q's shape
+    varlen: Callable[..., torch.Tensor] | None = None
+    paged: Callable[..., torch.Tensor] | None = None
 
     def __post_init__(self):
         if self.nan_deviation is not None and not isinstance(self.nan_deviation, NanDeparture):
@@ -453,6 +457,8 @@ def register_backend(
     working_set: Callable[[torch.Tensor, torch.Tensor], int] | None = None,
     nan_deviation: NanDeparture | None = None,
     batch_invariant: bool = False,
+    varlen: Callable[..., torch.Tensor] | None = None,
+    paged: Callable[..., torch.Tensor] | None = None,
     replace: bool = False,
 ) -> Backend:
     """Register `fn` under `name`; returns the Backend. Re-registering a name needs replace=True."""
@@ -470,6 +476,8 @@ def register_backend(
         working_set=working_set,
         nan_deviation=nan_deviation,
         batch_invariant=batch_invariant,
+        varlen=varlen,
+        paged=paged,
     )
     _REGISTRY[name] = backend
     return backend

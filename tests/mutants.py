@@ -44,6 +44,8 @@ class Mutant:
     # so: the NaN contract excuses that departure and no other, so it kills a mutant only for an undeclared one.
     nan_deviation: NanDeparture | None = NAN_IN_FUTURE_VALUE
     batch_invariant: bool = False  # declared, the batch_invariance property holds it to that
+    varlen: Callable | None = None  # its own ragged-batch implementation (Backend.varlen), None: the default
+    paged: Callable | None = None  # its own paged-cache implementation (Backend.paged), None: the default
 
 
 def _attend(q, k, v, *, causal, dropout_p, scale, mask_fn=None, scale_fn=None, softmax_dim=-1, after=None):

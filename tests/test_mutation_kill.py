@@ -24,6 +24,7 @@ from mutants_determinism import MUTANTS as DETERMINISM
 from mutants_features import MUTANTS as FEATURE_MUTANTS
 from mutants_kernel_scale import MUTANTS as KERNEL_SCALE
 from mutants_online_softmax import MUTANTS as ONLINE_SOFTMAX
+from mutants_serving import MUTANTS as SERVING
 
 KILL_EXAMPLES = 8  # drawn examples per (mutant, property), after the property's fixed kernel-size examples
 
@@ -71,11 +72,16 @@ KILLED_BY = {  # mutant -> the property designed to catch it (the full table sho
     "empty_row_uniform": "empty_rows",
     "split_kv_by_batch": "batch_invariance",
     "racing_atomics": "repeatable",
+    "stale_block_table_tail": "paged_poison",
+    "zero_length_nan": "varlen_empty",
+    "large_page_off_by_one": "paged_poison",
+    "cu_seqlens_off_by_one": "varlen_alone",
+    "varlen_top_left": "varlen_alone",
 }
 
 
 def all_mutants() -> list[Mutant]:
-    return CATALOGUE + ONLINE_SOFTMAX + KERNEL_SCALE + FEATURE_MUTANTS + DETERMINISM
+    return CATALOGUE + ONLINE_SOFTMAX + KERNEL_SCALE + FEATURE_MUTANTS + DETERMINISM + SERVING
 
 
 def _verdict(prop_name: str, backend: Backend) -> str:
@@ -114,6 +120,8 @@ def test_mutant_is_killed(mutant: Mutant, record_property, request):
         features=mutant.features,
         nan_deviation=mutant.nan_deviation,
         batch_invariant=mutant.batch_invariant,
+        varlen=mutant.varlen,
+        paged=mutant.paged,
     )
     named = KILLED_BY[mutant.name]
     full = request.config.getoption("--full-kill-table")
