@@ -169,6 +169,9 @@ class Backend:
     working_set: Callable[[torch.Tensor, torch.Tensor], int] | None = None
     # how the backend departs from the non-finite-input contract (see attnbench.conformance.nan_contract), if it does
     nan_deviation: NanDeparture | None = None
+    # two identical calls may differ by rounding (atomic adds in a backward, say): the determinism property then
+    # holds it to rounding instead of bit-identity
+    nondeterministic: bool = False
 
     def __post_init__(self):
         if self.nan_deviation is not None and not isinstance(self.nan_deviation, NanDeparture):
@@ -449,6 +452,7 @@ def register_backend(
     no_backward_reason: str | Callable[[torch.device], str | None] | None = None,
     working_set: Callable[[torch.Tensor, torch.Tensor], int] | None = None,
     nan_deviation: NanDeparture | None = None,
+    nondeterministic: bool = False,
     replace: bool = False,
 ) -> Backend:
     """Register `fn` under `name`; returns the Backend. Re-registering a name needs replace=True."""
@@ -465,6 +469,7 @@ def register_backend(
         no_backward_reason=no_backward_reason,
         working_set=working_set,
         nan_deviation=nan_deviation,
+        nondeterministic=nondeterministic,
     )
     _REGISTRY[name] = backend
     return backend
