@@ -645,7 +645,7 @@ def check_examples(name: str, backend: Backend, device: str, record_property=Non
     return len(fixed)
 
 
-from attnbench.conformance import contract, metamorphic  # noqa: E402,F401  (importing registers their properties)
+from attnbench.conformance import contract, global_state, metamorphic  # noqa: E402,F401  (importing registers their properties)
 
 
 def property_tests(names: list[str]):
