@@ -21,6 +21,7 @@ from attnbench.conformance.properties import PROPERTIES, missing_feature, run_pr
 from hypothesis import Phase
 from mutants import CATALOGUE, KILL_ROW, Mutant
 from mutants_features import MUTANTS as FEATURE_MUTANTS
+from mutants_global_state import MUTANTS as GLOBAL_STATE
 from mutants_kernel_scale import MUTANTS as KERNEL_SCALE
 from mutants_online_softmax import MUTANTS as ONLINE_SOFTMAX
 
@@ -68,11 +69,15 @@ KILLED_BY = {  # mutant -> the property designed to catch it (the full table sho
     "softcap_no_rescale": "softcap_huge",
     "empty_row_nan": "empty_rows",
     "empty_row_uniform": "empty_rows",
+    "seeds_global_rng": "global_state",
+    "sets_default_dtype": "global_state",
+    "enables_deterministic": "global_state",
+    "pins_one_thread": "global_state",
 }
 
 
 def all_mutants() -> list[Mutant]:
-    return CATALOGUE + ONLINE_SOFTMAX + KERNEL_SCALE + FEATURE_MUTANTS
+    return CATALOGUE + ONLINE_SOFTMAX + KERNEL_SCALE + FEATURE_MUTANTS + GLOBAL_STATE
 
 
 def _verdict(prop_name: str, backend: Backend) -> str:

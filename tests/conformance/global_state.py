@@ -15,6 +15,20 @@ from attnbench.conformance.core import Property, has_backward, register
 from attnbench.conformance.strategies import Case, cases
 
 AUTOCAST_DEVICES = ("cpu", "cuda")
+# The float32 precision of each math backend (TF32, bf16 passes): `torch.set_float32_matmul_precision` and the
+# `allow_tf32` flags set these too, and they are read here because torch refuses the old getters once both
+# APIs have been used in a process.
+FP32_PRECISION = {
+    "generic": torch.backends,
+    "cuda.matmul": torch.backends.cuda.matmul,
+    "cudnn": torch.backends.cudnn,
+    "cudnn.conv": torch.backends.cudnn.conv,
+    "cudnn.rnn": torch.backends.cudnn.rnn,
+    "mkldnn": torch.backends.mkldnn,
+    "mkldnn.matmul": torch.backends.mkldnn.matmul,
+    "mkldnn.conv": torch.backends.mkldnn.conv,
+    "mkldnn.rnn": torch.backends.mkldnn.rnn,
+}
 
 
 def snapshot() -> dict[str, object]:
@@ -26,8 +40,6 @@ def snapshot() -> dict[str, object]:
         "deterministic algorithms warn_only": torch.is_deterministic_algorithms_warn_only_enabled(),
         "grad mode": torch.is_grad_enabled(),
         "thread count": torch.get_num_threads(),
-        "float32 matmul precision": torch.get_float32_matmul_precision(),
-        "cuda.matmul.allow_tf32": torch.backends.cuda.matmul.allow_tf32,
         "cuda.matmul.allow_fp16_reduced_precision_reduction": (
             torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction
         ),
@@ -37,8 +49,9 @@ def snapshot() -> dict[str, object]:
         "cudnn.enabled": torch.backends.cudnn.enabled,
         "cudnn.benchmark": torch.backends.cudnn.benchmark,
         "cudnn.deterministic": torch.backends.cudnn.deterministic,
-        "cudnn.allow_tf32": torch.backends.cudnn.allow_tf32,
     }
+    for name, backend in FP32_PRECISION.items():
+        state[f"{name} fp32_precision"] = backend.fp32_precision
     for device in AUTOCAST_DEVICES:
         state[f"{device} autocast"] = torch.is_autocast_enabled(device)
         state[f"{device} autocast dtype"] = torch.get_autocast_dtype(device)
@@ -65,14 +78,14 @@ def restore(state: dict[str, object]) -> None:
     )
     torch.set_grad_enabled(state["grad mode"])
     torch.set_num_threads(state["thread count"])
-    torch.set_float32_matmul_precision(state["float32 matmul precision"])
     matmul = torch.backends.cuda.matmul
-    matmul.allow_tf32 = state["cuda.matmul.allow_tf32"]
     matmul.allow_fp16_reduced_precision_reduction = state["cuda.matmul.allow_fp16_reduced_precision_reduction"]
     matmul.allow_bf16_reduced_precision_reduction = state["cuda.matmul.allow_bf16_reduced_precision_reduction"]
     cudnn = torch.backends.cudnn
     cudnn.enabled, cudnn.benchmark = state["cudnn.enabled"], state["cudnn.benchmark"]
-    cudnn.deterministic, cudnn.allow_tf32 = state["cudnn.deterministic"], state["cudnn.allow_tf32"]
+    cudnn.deterministic = state["cudnn.deterministic"]
+    for name, backend in FP32_PRECISION.items():
+        backend.fp32_precision = state[f"{name} fp32_precision"]
     for device in AUTOCAST_DEVICES:
         torch.set_autocast_enabled(device, state[f"{device} autocast"])
         torch.set_autocast_dtype(device, state[f"{device} autocast dtype"])
