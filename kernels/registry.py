@@ -36,6 +36,7 @@ import dataclasses
 import importlib
 import importlib.metadata
 import math
+import numbers
 import os
 import re
 from collections.abc import Callable, Iterator
@@ -176,6 +177,9 @@ class Backend:
     # built on its dense call runs; each takes that layout's arguments, already checked, and returns q's shape
     varlen: Callable[..., torch.Tensor] | None = None
     paged: Callable[..., torch.Tensor] | None = None
+    # two identical calls may differ by rounding (atomic adds in a backward, say): the determinism property then
+    # holds it to rounding instead of bit-identity
+    nondeterministic: bool = False
 
     def __post_init__(self):
         if self.nan_deviation is not None and not isinstance(self.nan_deviation, NanDeparture):
@@ -352,8 +356,8 @@ def check_inputs(
         raise AttentionInputError(f"q, k, v devices differ: {q.device}, {k.device}, {v.device}")
     if not (0.0 <= dropout_p < 1.0):
         raise AttentionInputError(f"dropout_p must be in [0, 1), got {dropout_p}")
-    if scale is not None and not (math.isfinite(scale) and scale > 0):
-        raise AttentionInputError(f"scale must be a positive finite number or None, got {scale}")
+    if scale is not None and not (_is_real(scale) and math.isfinite(scale) and scale > 0):
+        raise AttentionInputError(f"scale must be a positive finite number or None, got {scale!r}")
     _check_features(q, k, causal, window, mask_mod, document_ids, softcap)
 
 
@@ -363,8 +367,8 @@ def _check_features(q, k, causal, window, mask_mod, document_ids, softcap) -> No
             raise AttentionInputError(f"window must be an int >= 1 or None, got {window!r}")
         if not causal:
             raise AttentionInputError("window needs causal=True (a sliding window looks back from each query)")
-    if mask_mod is not None and not callable(mask_mod):
-        raise AttentionInputError(f"mask_mod must be callable (b, h, q_idx, kv_idx) -> bool, got {mask_mod!r}")
+    if mask_mod is not None:
+        _check_mask_mod(mask_mod, q, k)
     if document_ids is not None:
         if not isinstance(document_ids, torch.Tensor):
             raise AttentionInputError(f"document_ids must be a torch.Tensor, got {type(document_ids).__name__}")
@@ -376,9 +380,45 @@ def _check_features(q, k, causal, window, mask_mod, document_ids, softcap) -> No
             raise AttentionInputError(f"document_ids must be an integer tensor, got {dt}")
         if document_ids.device != q.device:
             raise AttentionInputError(f"document_ids is on {document_ids.device}, q on {q.device}")
-    is_number = isinstance(softcap, (int, float)) and not isinstance(softcap, bool)
-    if softcap is not None and not (is_number and math.isfinite(softcap) and softcap > 0):
+    if softcap is not None and not (_is_real(softcap) and math.isfinite(softcap) and softcap > 0):
         raise AttentionInputError(f"softcap must be a positive finite number or None, got {softcap!r}")
+    if softcap is not None and softcap > torch.finfo(q.dtype).max:  # softcap * tanh(.) would overflow to inf, NaN
+        raise AttentionInputError(
+            f"softcap {float(softcap)} exceeds the largest {q.dtype} ({torch.finfo(q.dtype).max:.6g}): "
+            "the capped logits would overflow"
+        )
+
+
+def _is_real(x) -> bool:
+    """A real number (numpy scalars included), not a bool: True would silently mean 1.0."""
+    return isinstance(x, numbers.Real) and not isinstance(x, (bool, torch.Tensor))
+
+
+def _check_mask_mod(mask_mod, q: torch.Tensor, k: torch.Tensor) -> None:
+    """Call mask_mod on a 2 x 2 x 2 x 2 grid of valid indices (FlexAttention's broadcasting convention): it must
+    return a bool tensor that broadcasts to the grid, or the error would surface inside the backend."""
+    if not callable(mask_mod):
+        raise AttentionInputError(f"mask_mod must be callable (b, h, q_idx, kv_idx) -> bool, got {mask_mod!r}")
+    (b, hq, tq, _), tk, dev = q.shape, k.size(-2), q.device
+    grid = [
+        torch.arange(min(2, n), device=dev).view([-1 if d == i else 1 for d in range(4)])
+        for i, n in enumerate((b, hq, tq, tk))
+    ]
+    grid[2] = grid[2] + (tk - tq)  # absolute query positions
+    m = mask_mod(*grid)
+    if not isinstance(m, torch.Tensor) or m.dtype != torch.bool:
+        got = m.dtype if isinstance(m, torch.Tensor) else (None if m is None else type(m).__name__)
+        raise AttentionInputError(f"mask_mod must return a bool tensor, got {got}")
+    shape = torch.broadcast_shapes(*(g.shape for g in grid))  # (<=2, <=2, <=2, <=2)
+    try:
+        fits = torch.broadcast_shapes(m.shape, shape) == shape
+    except RuntimeError:
+        fits = False
+    if not fits:
+        raise AttentionInputError(
+            f"mask_mod returned shape {tuple(m.shape)} for index tensors broadcasting to {tuple(shape)}: it must "
+            "broadcast b, h, q_idx and kv_idx elementwise"
+        )
 
 
 def default_scale(q: torch.Tensor, scale: float | None) -> float:
@@ -459,6 +499,7 @@ def register_backend(
     batch_invariant: bool = False,
     varlen: Callable[..., torch.Tensor] | None = None,
     paged: Callable[..., torch.Tensor] | None = None,
+    nondeterministic: bool = False,
     replace: bool = False,
 ) -> Backend:
     """Register `fn` under `name`; returns the Backend. Re-registering a name needs replace=True."""
@@ -478,6 +519,7 @@ def register_backend(
         batch_invariant=batch_invariant,
         varlen=varlen,
         paged=paged,
+        nondeterministic=nondeterministic,
     )
     _REGISTRY[name] = backend
     return backend

@@ -26,7 +26,14 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from .registry import NAN_IN_FUTURE_KEY_OR_VALUE, NAN_IN_FUTURE_VALUE, NanDeparture, register_backend, visible_mask
+from .registry import (
+    NAN_IN_FUTURE_KEY_OR_VALUE,
+    NAN_IN_FUTURE_VALUE,
+    NanDeparture,
+    register_backend,
+    score_matrix_bytes,
+    visible_mask,
+)
 
 FEATURES = frozenset({"gqa", "window", "mask_mod", "document_ids"})
 MASKS = ("window", "mask_mod", "document_ids")  # the features SDPA receives as a boolean attn_mask
@@ -152,6 +159,7 @@ register_backend(
     functools.partial(sdpa_attention, kernel=SDPBackend.MATH),
     "SDPA pinned to the math (reference, materialized) kernel",
     features=FEATURES,
+    working_set=score_matrix_bytes,  # scores and weights, (B, H, Tq, Tk) each, like manual
     nan_deviation=NAN_IN_FUTURE_KEY_OR_VALUE.said_of("PyTorch's math kernel"),
 )
 register_backend(

@@ -2,11 +2,14 @@
 
 import math
 
+import cheaters
 import pytest
 import torch
-from attnbench import get_backend
+from attnbench import Backend, get_backend
+from attnbench.bench.measuring import op_timing, timers
 from attnbench.bench.measuring.integrity import (
     IMPOSSIBLE_FRACTION,
+    POOL_SIZE,
     LiveInputs,
     check_results,
     check_time,
@@ -15,7 +18,7 @@ from attnbench.bench.measuring.integrity import (
 )
 from attnbench.bench.measuring.measure import attention_call, matmul_peak_flop_per_s
 from attnbench.bench.measuring.op_timing import OpShape, time_op
-from attnbench.bench.measuring.roofline import copy_bandwidth_bytes_per_s, roofline
+from attnbench.bench.measuring.roofline import attention_bytes, attention_flops, copy_bandwidth_bytes_per_s, roofline
 from attnbench.bench.measuring.timers import CacheFlush
 from cheaters import early_return_on_repeat, memoize_by_content, memoize_by_pointer, side_stream
 
@@ -80,14 +83,52 @@ def test_early_return_on_repeat_is_rejected_in_fwd_bwd(roofs):
     assert any("returned no result" in p for p in t.problems), t.problems  # the cached output reaches no input
 
 
-def test_memoize_by_content_is_rejected_as_impossible(roofs):
-    """Right on every input (the fresh-input check passes), but a repeated input costs three sums: the time
-    falls far below the roofline, and that alone rejects it."""
-    # T = 1024: the roof ~30x above the sums. Each input set of the pool misses once (a full attention): the
-    # budget gives enough rounds that the cache hits make the median even when a busy machine slows the misses.
-    t = timed(memoize_by_content(), "fwd", roofs, T=1024, budget_s=0.5)
+class AttentionClock:
+    """The timer, injected: a timed call takes the roofline time once per attention it really computed (what
+    the fastest honest kernel would take) and nothing otherwise, whatever the machine's load."""
+
+    def __init__(self, roof_s: float):
+        self.roof_s, self.computed, self.calls = roof_s, 0, 0
+
+    def count(self, attention):
+        def counted(*args, **kwargs):
+            self.computed += 1
+            return attention(*args, **kwargs)
+
+        return counted
+
+    def time_calls(self, call, device, n, before=None):
+        times = []
+        for _ in range(n):
+            if before:
+                before()
+            computed = self.computed
+            call()
+            self.calls += 1
+            times.append((self.computed - computed) * self.roof_s)
+        return times
+
+
+@pytest.mark.parametrize("cheats", [True, False], ids=["memoize_by_content", "honest"])
+def test_memoize_by_content_is_rejected_as_impossible(cheats, roofs, monkeypatch):
+    """Right on every input (the fresh-input check passes), but a repeated input costs three sums: most timed
+    calls compute no attention, the median is one of them, and that alone rejects it. The same clock passes a
+    backend that computes every call."""
+    B, H, T, D = 1, 4, 256, 64  # what timed() runs
+    flops, nbytes = attention_flops(B, H, T, T, D, "fwd"), attention_bytes(B, H, T, T, D, torch.float32, "fwd")
+    clock = AttentionClock(roofline(flops, nbytes, *roofs["cpu"]).roofline_min_s)
+    monkeypatch.setattr(cheaters, "manual", clock.count(cheaters.manual))
+    monkeypatch.setattr(op_timing, "time_calls", clock.time_calls)
+    monkeypatch.setattr(timers, "time_calls", clock.time_calls)  # warm-up too
+    backend = memoize_by_content() if cheats else Backend("counted_manual", cheaters.manual, "manual, counted")
+    t = timed(backend, "fwd", roofs)
     assert not any(p.startswith(WRONG) for p in t.problems), t.problems
-    assert any(p.startswith(IMPOSSIBLE) for p in t.problems), t.problems
+    if cheats:
+        assert clock.computed <= POOL_SIZE + 1, clock.computed  # each pool set once, and one fresh input set
+        assert clock.calls > 2 * clock.computed  # the cache hits are the median
+        assert any(p.startswith(IMPOSSIBLE) for p in t.problems), t.problems
+    else:
+        assert clock.computed >= clock.calls and t.problems == [], t.problems
 
 
 @needs_cuda

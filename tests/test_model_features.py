@@ -8,7 +8,7 @@ import pytest
 import torch
 from attnbench import Backend, manual
 from attnbench.conformance.model_features import PARITY_CASES
-from attnbench.conformance.properties import PROPERTIES, run_property
+from attnbench.conformance.properties import PROPERTIES, property_dtypes, run_property
 from attnbench.gpt.model import GPTConfig
 from hypothesis import Phase
 from spine_helpers import one_thread, tiny_model  # noqa: F401  (autouse: one torch thread)
@@ -110,3 +110,15 @@ def test_the_model_properties_catch_wrong_gqa_and_window(prop, wrong):
 
 def test_parity_cases_exercise_both_features():
     assert all(mc.n_kv_head < mc.n_head and mc.window < mc.T for mc in PARITY_CASES)
+
+
+@pytest.mark.parametrize("prop", ["model_parity", "model_gqa_window_parity"])
+def test_forward_only_backends_skip_the_model_parity_properties(prop):
+    # Both compare gradients and an AdamW step: a forward-only backend that declares gqa + window skips them with
+    # its reason (model_gqa_window_parity used to run, and error, on a correct forward-only kernel).
+    forward_only = Backend(
+        "forward_only_manual", manual.manual_attention, "manual, forward-only", features={"gqa", "window"},
+        no_backward_reason="an inference runtime",
+    )  # fmt: skip
+    with pytest.raises(pytest.skip.Exception, match="has no backward: an inference runtime"):
+        property_dtypes(PROPERTIES[prop], forward_only, "cpu")

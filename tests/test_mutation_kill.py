@@ -22,6 +22,7 @@ from hypothesis import Phase
 from mutants import CATALOGUE, KILL_ROW, Mutant
 from mutants_determinism import MUTANTS as DETERMINISM
 from mutants_features import MUTANTS as FEATURE_MUTANTS
+from mutants_global_state import MUTANTS as GLOBAL_STATE
 from mutants_kernel_scale import MUTANTS as KERNEL_SCALE
 from mutants_online_softmax import MUTANTS as ONLINE_SOFTMAX
 from mutants_serving import MUTANTS as SERVING
@@ -77,11 +78,15 @@ KILLED_BY = {  # mutant -> the property designed to catch it (the full table sho
     "large_page_off_by_one": "paged_poison",
     "cu_seqlens_off_by_one": "varlen_alone",
     "varlen_top_left": "varlen_alone",
+    "seeds_global_rng": "global_state",
+    "sets_default_dtype": "global_state",
+    "enables_deterministic": "global_state",
+    "pins_one_thread": "global_state",
 }
 
 
 def all_mutants() -> list[Mutant]:
-    return CATALOGUE + ONLINE_SOFTMAX + KERNEL_SCALE + FEATURE_MUTANTS + DETERMINISM + SERVING
+    return CATALOGUE + ONLINE_SOFTMAX + KERNEL_SCALE + FEATURE_MUTANTS + DETERMINISM + SERVING + GLOBAL_STATE
 
 
 def _verdict(prop_name: str, backend: Backend) -> str:

@@ -23,6 +23,7 @@ from attnbench.conformance.reference import attention_formula, keep_rows_, row_s
 from attnbench.conformance.strategies import MAX_T, Case, toy_sizes_only
 from mutants import softmax_over_queries, top_left_causal
 from mutants_features import MUTANTS as FEATURE_MUTANTS
+from mutants_kernel_scale import nondeterministic_dq
 from mutants_online_softmax import drops_tail_block
 
 CORRECT = ["manual", "chunked"]
@@ -243,3 +244,13 @@ def test_forward_only_backends_get_the_feature_output_checks(prop):
     PROPERTIES[prop].check(right, case, "cpu")
     with pytest.raises(AssertionError):
         PROPERTIES[prop].check(wrong, case, "cpu")
+
+
+def test_a_declared_nondeterministic_backend_is_held_to_rounding():
+    # Pass criterion: dq that differs by one ulp between identical calls fails `deterministic` undeclared and
+    # passes it declared nondeterministic (the declared branch, held to two runs' rounding noise).
+    undeclared = Backend("planted:atomic_dq", nondeterministic_dq, "dq with atomic adds")
+    with pytest.raises(AssertionError, match="not bit-identical"):
+        PROPERTIES["deterministic"].check(undeclared, TILE_CASE, "cpu")
+    declared = Backend("planted:atomic_dq_declared", nondeterministic_dq, "dq with atomic adds", nondeterministic=True)
+    PROPERTIES["deterministic"].check(declared, TILE_CASE, "cpu")

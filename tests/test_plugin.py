@@ -39,6 +39,12 @@ def top_left(q, k, v, *, causal=True, dropout_p=0.0, scale=None):
     """SDPA's own is_causal: aligned top-left when Tq != Tk, which the contract forbids."""
     return F.scaled_dot_product_attention(q, k, v, is_causal=causal, dropout_p=dropout_p, scale=scale)
 '''
+DTYPE_SETTER = '''
+def float64_accumulators(q, k, v, *, causal=True, dropout_p=0.0, scale=None):
+    """attention right in every call, but sets the process-wide default dtype and leaves it."""
+    torch.set_default_dtype(torch.float64)
+    return attention(q, k, v, causal=causal, dropout_p=dropout_p, scale=scale)
+'''
 
 
 @needs_toy
@@ -147,3 +153,12 @@ def test_verdict_table_counts_a_declared_departure_as_run_not_skipped():
         "manual: PASS  (0 properties passed, 0 failed, 0 skipped, 1 declared departures)",
         "    declared nan_contract: manual (declared; seen: ...)",
     ]
+
+
+def test_check_fails_a_backend_that_changes_the_default_dtype(tmp_path):
+    """A plug-in that sets float64 as the default dtype in every call: FAIL naming global_state, exit 1."""
+    (tmp_path / "dtypeattn.py").write_text(textwrap.dedent(CORRECT) + DTYPE_SETTER)
+    proc = _check(tmp_path, "dtypeattn:float64_accumulators", "--", "-k", "cpu and global_state")
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert "dtypeattn:float64_accumulators: FAIL" in proc.stdout and "failed: global_state" in proc.stdout
+    assert "default dtype: torch.float32 -> torch.float64" in proc.stdout

@@ -154,6 +154,15 @@ BAD_INPUTS = {
     "softcap_neg": (qkv, {"softcap": -1.0}, "softcap must be"),
     "softcap_inf": (qkv, {"softcap": float("inf")}, "softcap must be"),
     "softcap_str": (qkv, {"softcap": "30"}, "softcap must be"),
+    "softcap_past_dtype": (lambda: tuple(t.half() for t in qkv()), {"softcap": 1e5}, "softcap 100000.0 exceeds"),
+    "scale_bool": (qkv, {"scale": True}, "scale must be a positive finite number or None, got True"),
+    "scale_str": (qkv, {"scale": "0.5"}, "scale must be"),
+    "scale_complex": (qkv, {"scale": 0.5j}, "scale must be"),
+    "scale_inf": (qkv, {"scale": float("inf")}, "scale must be"),
+    "scale_neg": (qkv, {"scale": -0.5}, "scale must be"),
+    "mask_mod_none": (qkv, {"mask_mod": lambda b, h, q, kv: None}, "mask_mod must return a bool tensor, got None"),
+    "mask_mod_shape": (qkv, {"mask_mod": lambda b, h, q, kv: torch.ones(3, 5, dtype=torch.bool)}, "mask_mod returned"),
+    "mask_mod_float": (qkv, {"mask_mod": lambda b, h, q, kv: (q >= kv).float()}, "bool tensor, got torch.float32"),
     "causal_str": (qkv, {"causal": "no"}, "causal must be True or False, got 'no'"),
     "causal_int": (qkv, {"causal": 0}, "causal must be True or False, got 0"),
     "no_heads": (lambda: qkv(H=0), {}, "no heads"),
@@ -325,7 +334,7 @@ def test_a_spec_that_fails_on_import_or_is_not_callable_is_an_unknown_backend(tm
         get_backend("math:pi")
 
 
-@pytest.mark.parametrize("name", ["manual", "per_head_loop", "compiled_manual"])
+@pytest.mark.parametrize("name", ["manual", "per_head_loop", "compiled_manual", "sdpa_math"])
 def test_a_score_matrix_too_big_for_memory_is_refused_up_front(name):
     """Tq = Tk = 200,000: 160 GB of float32 scores per copy; the inputs themselves are 3 x 800 kB."""
     q = torch.zeros(1, 1, 200_000, 1)

@@ -4,6 +4,7 @@ import pytest
 import torch
 from attnbench.bench.measuring import roofline as rl
 from attnbench.bench.measuring.roofline import attention_bytes, attention_flops, roofline, visible_pairs
+from attnbench.bench.measuring.timers import FLUSH_FACTOR, last_level_cache_bytes
 
 
 def test_visible_pairs():
@@ -50,8 +51,10 @@ def test_copy_bandwidth_counts_read_and_write_of_the_best_copy(monkeypatch):
     assert rl.copy_bandwidth_bytes_per_s("cpu", nbytes=2**20, reps=3) == 2 * 2**20 / 0.25
 
 
-def test_measured_bandwidth_is_below_a_cache_resident_copy():
-    """The measuring copy streams through memory: a copy that fits in the caches moves bytes faster."""
-    memory = rl.copy_bandwidth_bytes_per_s("cpu", reps=3)
-    cached = rl.copy_bandwidth_bytes_per_s("cpu", nbytes=2**18, reps=20)
-    assert cached > memory
+def test_measured_bandwidth_streams_through_memory(monkeypatch):
+    """The measuring copy streams through memory: its buffer is at least what the benchmark's own cache flush
+    writes to evict the caches (FLUSH_FACTOR x the last-level cache), so no timed copy is served from a cache.
+    The timer is injected (each copy takes 1 s), so the bandwidth returned gives the bytes copied."""
+    monkeypatch.setattr(rl, "time_call", lambda fn, device: 1.0)
+    nbytes = rl.copy_bandwidth_bytes_per_s("cpu", reps=1) / 2  # read + write of the buffer per second
+    assert nbytes >= FLUSH_FACTOR * last_level_cache_bytes("cpu")

@@ -6,8 +6,8 @@
   bit-identical forward and backward). B is the full prefill (Tq = Tk) of A's keys when A has Tq < Tk (a cache
   keyed by the key length goes stale), else 65 more queries and keys (a longer call, on another tile phase);
 - deterministic: the same call twice is bit-identical in forward and backward. A backend that is
-  nondeterministic on purpose (atomic adds in a backward, say) declares `nondeterministic = True` on its
-  Backend object; the property then checks the two runs agree within rounding instead.
+  nondeterministic on purpose (atomic adds in a backward, say) declares it (`Backend(..., nondeterministic=True)`
+  or `register_backend(..., nondeterministic=True)`); the property then checks the two runs agree within rounding.
 The upstream gradient comes in q's layout (contiguous, transposed or strided) in every gradient check.
 """
 
@@ -85,7 +85,7 @@ def deterministic(backend: Backend, case: Case, device: str) -> None:
     backward = has_backward(backend, device)
     first, again = _run(backend, case, device, backward), _run(backend, case, device, backward)
     ctx = _ctx(backend, case, device)
-    if not getattr(backend, "nondeterministic", False):
+    if not backend.nondeterministic:
         return _bit_identical("two identical calls differ", first, again, NAMES, ctx)
     q, k, v = case.tensors(device)
     bounds = two_run_bounds(case, q, k, v, case.upstream(device))

@@ -109,6 +109,7 @@ MODEL_FEATURE_PROPERTIES = (
         lambda d: st.sampled_from(PARITY_CASES),
         "GQA + windowed GPT logits/loss/grads/AdamW step vs float64",
         level="model",
+        needs_backward=True,
         features=("gqa", "window"),
         examples=lambda dtype: list(PARITY_CASES),
     ),

@@ -8,6 +8,9 @@ Loaded with `-p attnbench.conformance.plugin` (the repository's pytest config an
                          dev (the default otherwise), thorough (>= 500 examples per property);
                          the HYPOTHESIS_PROFILE environment variable also picks one
 
+Every test runs with an autouse fixture that restores torch's process-wide state (default dtype, RNG, threads,
+deterministic and matmul flags: conformance/global_state.py) after it.
+
 At the end of the run a verdict table shows, per backend and property, how many tests passed, failed or
 were skipped (with the skip reasons), from the `backend` and `property` each conformance test records, and
 the largest sequence length T, head dim D and number of programs B*H each property ran on.
@@ -18,7 +21,9 @@ from __future__ import annotations
 import os
 from collections import defaultdict
 
+import pytest
 from attnbench.conformance import backends, model_features  # noqa: F401  (model_features registers its properties)
+from attnbench.conformance.global_state import restore, snapshot
 from hypothesis import HealthCheck, settings
 
 # Deadlines are off: the machines are shared and noisy, and a slow example is not a wrong one.
@@ -57,6 +62,15 @@ def pytest_addoption(parser):
 
 def pytest_configure(config):
     backends.configure(config.getoption("--backend"))
+
+
+@pytest.fixture(autouse=True)
+def restore_global_torch_state():
+    """Every test ends with torch's process-wide state (global_state.snapshot) as it began, whatever the backend
+    it ran did: one backend's default dtype, seed or thread count never reaches the tests after it."""
+    state = snapshot()
+    yield
+    restore(state)
 
 
 def outcome_of(report) -> dict | None:

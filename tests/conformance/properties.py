@@ -645,7 +645,7 @@ def check_examples(name: str, backend: Backend, device: str, record_property=Non
     return len(fixed)
 
 
-from attnbench.conformance import contract, determinism, metamorphic, serving  # noqa: E402,F401  (registers their properties)
+from attnbench.conformance import contract, determinism, global_state, metamorphic, serving  # noqa: E402,F401  (registers)
 
 
 def property_tests(names: list[str]):
