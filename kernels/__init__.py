@@ -15,6 +15,7 @@ from . import (  # noqa: F401  (importing a backend module registers it)
     compiled_manual,
     flash_attn_cuda,
     flex,
+    hf_attention,
     jax_dpa,
     manual,
     onnx_attention,

@@ -1,0 +1,111 @@
+"""`hf_sdpa`, `hf_eager`: Hugging Face transformers' own attention functions, the code its models call, judged as
+backends (install with `pip install 'attnbench[transformers]'`).
+
+transformers' attention-function interface (`transformers.integrations.sdpa_attention.sdpa_attention_forward`,
+`transformers.models.llama.modeling_llama.eager_attention_forward`):
+
+    out, weights = fn(module, query, key, value, attention_mask, scaling=..., dropout=..., is_causal=...)
+    # query (B, Hq, Tq, D), key/value (B, Hkv, Tk, D): the contract's layout; out (B, Tq, Hq, D)
+
+- GQA: through `module.num_key_value_groups` (query head h reads kv head h // groups: the contract's mapping).
+- The mask: a model builds it with transformers' masking utilities (bool for sdpa, additive float for eager, -inf
+  replaced by the dtype's minimum); here the adapter builds the same kinds from the contract's visible mask
+  (bottom-right causal, window, documents, mask_mod), so every mask feature reaches the function as a model's
+  mask does. sdpa with plain causal prefill (Tq == Tk) gets no mask and `is_causal`, as the models pass it.
+- eager: the softmax runs in float32 whatever the input (`softmax(..., dtype=torch.float32)`), and a row that sees
+  no key gets uniform weights over its masked keys (the dtype's minimum is finite): mean(v), not the contract's 0.
+- Dropout: applied by both when the module is in training mode; the adapter passes `training` from dropout_p > 0.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+
+import torch
+
+from .foreign import missing_package_reason
+from .registry import NAN_IN_FUTURE_KEY_OR_VALUE, default_scale, register_backend, visible_mask
+from .sdpa import SDPA_CPU_NAN
+
+INSTALL = "pip install 'attnbench[transformers]'"
+MASK_FEATURES = {"gqa", "window", "mask_mod", "document_ids"}
+# eager's softmax runs in float32 whatever the input: float64 is refused rather than judged as what it is not
+EAGER_FLOAT64 = "transformers' eager_attention_forward computes the softmax in float32 (softmax(..., dtype=float32))"
+
+
+class _Module(torch.nn.Module):
+    """What transformers' attention functions read from the attention layer that calls them."""
+
+    def __init__(self, groups: int, causal: bool, training: bool):
+        super().__init__()
+        self.num_key_value_groups, self.is_causal = groups, causal
+        self.train(training)
+
+
+@functools.cache
+def _functions():
+    """transformers' attention functions, imported with this checkout's root off sys.path: its `kernels/` folder
+    (installed as `attnbench`) would otherwise shadow Hugging Face's `kernels` package, which transformers imports
+    (the root is on sys.path under `python -m` from it, and in pytest's rootdir)."""
+    root = Path(__file__).resolve().parents[1]
+    saved_path, ours = sys.path[:], sys.modules.get("kernels")
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != root]
+    if ours is not None and Path(getattr(ours, "__file__", "") or "").resolve().parent == Path(__file__).parent:
+        del sys.modules["kernels"]
+    try:
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+        from transformers.models.llama.modeling_llama import eager_attention_forward
+    finally:
+        sys.path[:] = saved_path
+    return {"sdpa": sdpa_attention_forward, "eager": eager_attention_forward}
+
+
+def _call(kind: str, q, k, v, *, causal=True, dropout_p=0.0, scale=None, window=None, mask_mod=None, document_ids=None):
+    """q: (B, Hq, Tq, D), k, v: (B, Hkv, Tk, D) -> (B, Hq, Tq, D) through transformers' `kind` attention function."""
+    module = _Module(q.size(1) // k.size(1), causal, training=dropout_p > 0)
+    vis = visible_mask(q, k, causal=causal, window=window, mask_mod=mask_mod, document_ids=document_ids)
+    plain_causal = causal and window is None and mask_mod is None and document_ids is None
+    if kind == "sdpa" and plain_causal and q.size(2) == k.size(2):
+        mask = None  # what a model passes sdpa for plain causal prefill: is_causal, no mask (eager always gets one)
+    elif vis is None:
+        mask, module.is_causal = None, False
+    elif kind == "sdpa":
+        mask = vis.expand(q.size(0), 1 if vis.size(1) == 1 else q.size(1), q.size(2), k.size(2))  # bool, True: see
+    else:
+        mask = torch.zeros(vis.shape, dtype=q.dtype, device=q.device).masked_fill(~vis, torch.finfo(q.dtype).min)
+    if mask is not None:
+        module.is_causal = False
+    out, _ = _functions()[kind](
+        module, q, k, v, mask, scaling=default_scale(q, scale), dropout=dropout_p, is_causal=module.is_causal
+    )
+    return out.transpose(1, 2)  # (B, Tq, Hq, D) -> (B, Hq, Tq, D)
+
+
+def _reason(device: torch.device, dtype: torch.dtype) -> str | None:
+    return missing_package_reason("transformers", INSTALL)
+
+
+def _eager_reason(device: torch.device, dtype: torch.dtype) -> str | None:
+    return _reason(device, dtype) or (EAGER_FLOAT64 if dtype == torch.float64 else None)
+
+
+register_backend(
+    "hf_sdpa",
+    functools.partial(_call, "sdpa"),
+    "transformers' sdpa_attention_forward (the attention of its models' attn_implementation='sdpa')",
+    _reason,
+    features=MASK_FEATURES,
+    nan_deviation=SDPA_CPU_NAN.said_of("transformers' sdpa_attention_forward (PyTorch's SDPA underneath)"),
+)
+register_backend(
+    "hf_eager",
+    functools.partial(_call, "eager"),
+    "transformers' Llama eager_attention_forward (matmul, additive mask, float32 softmax)",
+    _eager_reason,
+    # the masks a model gives it are finite (the dtype's minimum): a row that sees no key averages the values
+    # (mean(v), not the contract's 0), so only the features that leave every row a key are declared
+    features={"gqa", "window"},
+    nan_deviation=NAN_IN_FUTURE_KEY_OR_VALUE.said_of("transformers' eager_attention_forward"),
+)
