@@ -45,20 +45,28 @@ class _Module(torch.nn.Module):
 
 
 @functools.cache
-def _functions():
-    """transformers' attention functions, imported with this checkout's root off sys.path: its `kernels/` folder
-    (installed as `attnbench`) would otherwise shadow Hugging Face's `kernels` package, which transformers imports
-    (the root is on sys.path under `python -m` from it, and in pytest's rootdir)."""
+def import_transformers():
+    """transformers, imported with this checkout's root off sys.path: its `kernels/` folder (installed as
+    `attnbench`) would otherwise shadow Hugging Face's `kernels` package, which transformers looks up (the root is
+    on sys.path under `python -m` from it, and in pytest's rootdir). Importing hub_kernels here settles that
+    look-up (transformers caches it) before any lazily imported model module asks again."""
     root = Path(__file__).resolve().parents[1]
-    saved_path, ours = sys.path[:], sys.modules.get("kernels")
+    saved = sys.path[:]
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != root]
-    if ours is not None and Path(getattr(ours, "__file__", "") or "").resolve().parent == Path(__file__).parent:
-        del sys.modules["kernels"]
     try:
-        from transformers.integrations.sdpa_attention import sdpa_attention_forward
-        from transformers.models.llama.modeling_llama import eager_attention_forward
+        import transformers
+        import transformers.integrations.hub_kernels  # noqa: F401
     finally:
-        sys.path[:] = saved_path
+        sys.path[:] = saved
+    return transformers
+
+
+@functools.cache
+def _functions():
+    import_transformers()
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.models.llama.modeling_llama import eager_attention_forward
+
     return {"sdpa": sdpa_attention_forward, "eager": eager_attention_forward}
 
 
