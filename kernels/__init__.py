@@ -26,6 +26,7 @@ from . import (  # noqa: F401  (importing a backend module registers it)
 from .registry import (
     DEFAULT_BACKEND,
     ENTRY_POINT_GROUP,
+    BASE_FEATURES,
     FEATURES,
     AttendFn,
     AttentionInputError,
@@ -49,6 +50,7 @@ from .registry import (
 __all__ = [
     "DEFAULT_BACKEND",
     "ENTRY_POINT_GROUP",
+    "BASE_FEATURES",
     "FEATURES",
     "AttendFn",
     "AttentionInputError",

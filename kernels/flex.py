@@ -25,7 +25,7 @@ import functools
 
 import torch
 
-from .registry import FEATURES, default_scale, register_backend
+from .registry import BASE_FEATURES, default_scale, register_backend
 
 CUDA_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 CPU_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # what the compiled CPU forward accepts
@@ -134,5 +134,5 @@ register_backend(
     "torch.nn.attention.flex_attention with a bottom-right causal mask_mod, torch.compile'd, cached BlockMask",
     _reason,
     no_dropout_reason=lambda device: "FlexAttention has no dropout",
-    features=FEATURES,
+    features=BASE_FEATURES,
 )

@@ -26,10 +26,10 @@ import math
 
 import torch
 import torch.nn.functional as F
-from attnbench import FEATURES
+from attnbench import BASE_FEATURES
 from mutants import Mutant
 
-ALL = frozenset(FEATURES)
+ALL = frozenset(BASE_FEATURES)
 
 
 def _visible(q, k, *, causal, window, mask_mod, document_ids, bug, group):
