@@ -24,9 +24,9 @@ from . import (  # noqa: F401  (importing a backend module registers it)
     xformers_mea,
 )
 from .registry import (
+    BASE_FEATURES,
     DEFAULT_BACKEND,
     ENTRY_POINT_GROUP,
-    BASE_FEATURES,
     FEATURES,
     AttendFn,
     AttentionInputError,

@@ -168,7 +168,7 @@ def _slab_scores(qs, kb, plan: Plan, i0, i1, j0, j1, softcap, need_back: bool = 
         with torch.enable_grad():
             raw = s.detach().requires_grad_(need_back)
             mod = _softcapped(raw, softcap)
-            mod = plan.score_mod(mod.view(as5), *idx).reshape(s.shape)
+            mod = plan.score_mod(mod.view(as5), *idx).to(s.dtype).reshape(s.shape)
         if need_back:
             back = lambda ds: torch.autograd.grad(mod, raw, ds)[0]  # noqa: E731
         s = mod.detach().clone()  # masked in place below; `mod` stays as autograd saved it

@@ -269,7 +269,7 @@ class Backend:
             check_output(self.name, out, q, v)
             return out
         if not (isinstance(out, tuple) and len(out) == 2):
-            raise BackendOutputError(f"backend {self.name!r} was asked for return_lse=True and did not return (out, lse)")
+            raise BackendOutputError(f"backend {self.name!r} was asked for return_lse=True and returned no (out, lse)")
         check_output(self.name, out[0], q, v)
         check_lse(self.name, out[1], q)
         return out
@@ -379,7 +379,9 @@ def check_inputs(
                 f"{name} must have rank 4 (B, H, T, D), got rank {t.dim()} with shape {tuple(t.shape)}"
             )
     if k.shape[:-1] != v.shape[:-1] or v.size(-1) == 0:
-        raise AttentionInputError(f"k and v must agree on (B, Hkv, Tk), v on Dv > 0: k {tuple(k.shape)}, v {tuple(v.shape)}")
+        raise AttentionInputError(
+            f"k and v must agree on (B, Hkv, Tk) and Dv > 0: k {tuple(k.shape)}, v {tuple(v.shape)}"
+        )
     (bq, hq, tq, dq), (bk, hk, tk, dk) = q.shape, k.shape
     if (bq, dq) != (bk, dk):
         raise AttentionInputError(
@@ -412,7 +414,7 @@ def _check_score_features(q, score_mod, alibi_slopes, sinks, return_lse) -> None
     if not isinstance(return_lse, bool):
         raise AttentionInputError(f"return_lse must be True or False, got {return_lse!r}")
     if score_mod is not None and not callable(score_mod):
-        raise AttentionInputError(f"score_mod must be callable (score, b, h, q_idx, kv_idx) -> score, got {score_mod!r}")
+        raise AttentionInputError(f"score_mod must be callable (score, b, h, q_idx, kv_idx) -> score: {score_mod!r}")
     b, hq = q.size(0), q.size(1)
     for name, t, shapes in (("alibi_slopes", alibi_slopes, [(hq,), (b, hq)]), ("sinks", sinks, [(hq,)])):
         if t is None:
@@ -526,9 +528,9 @@ def shaped_scores(scores: torch.Tensor, q, k, *, softcap=None, score_mod=None, a
     if score_mod is not None or alibi_slopes is not None:
         bi, hi, pos, keys = score_indices(q, k)
         if score_mod is not None:
-            scores = score_mod(scores, bi, hi, pos, keys)
+            scores = score_mod(scores, bi, hi, pos, keys).to(scores.dtype)  # index arithmetic may promote
         if alibi_slopes is not None:
-            scores = scores + alibi_bias(alibi_slopes, q.size(1), pos, keys).to(scores.dtype)
+            scores = scores + alibi_bias(alibi_slopes.to(scores.dtype), q.size(1), pos, keys)
     return scores
 
 
