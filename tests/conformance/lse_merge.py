@@ -53,7 +53,7 @@ def merge_by_lse(outs: list[torch.Tensor], lses: list[torch.Tensor]) -> tuple[to
     empty = torch.isneginf(m)
     m = m.masked_fill(empty, 0.0).detach()
     w = torch.exp(lse_s - m)  # (S, B, Hq, Tq); 0 for a shard the row does not see
-    total = w.sum(0).clamp_min(torch.finfo(w.dtype).tiny)  # (B, Hq, Tq)
+    total = w.sum(0).clamp_min(1.0)  # (B, Hq, Tq); >= 1 (the largest shard's w is 1) unless the row is empty
     out = (w[..., None] * torch.stack(outs).to(w.dtype)).sum(0) / total[..., None]  # (B, Hq, Tq, Dv)
     return out, (m + total.log()).masked_fill(empty, float("-inf"))
 
