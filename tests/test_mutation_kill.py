@@ -23,6 +23,7 @@ from mutants import CATALOGUE, KILL_ROW, Mutant
 from mutants_features import MUTANTS as FEATURE_MUTANTS
 from mutants_kernel_scale import MUTANTS as KERNEL_SCALE
 from mutants_online_softmax import MUTANTS as ONLINE_SOFTMAX
+from mutants_scores import MUTANTS as SCORE_MUTANTS
 
 KILL_EXAMPLES = 8  # drawn examples per (mutant, property), after the property's fixed kernel-size examples
 
@@ -68,11 +69,21 @@ KILLED_BY = {  # mutant -> the property designed to catch it (the full table sho
     "softcap_no_rescale": "softcap_huge",
     "empty_row_nan": "empty_rows",
     "empty_row_uniform": "empty_rows",
+    "sink_no_grad": "feature_equiv",
+    "sink_bwd_without_sink": "feature_equiv",
+    "sink_grad_ignores_dlse": "feature_equiv",
+    "lse_base2": "lse_merge",
+    "lse_bthd_layout": "feature_equiv",
+    "lse_unscaled": "feature_equiv",
+    "lse_empty_row_zero": "lse_merge",
+    "mla_scale_from_v": "feature_equiv",
+    "alibi_top_left": "feature_equiv",
+    "score_mod_relative_q": "feature_equiv",
 }
 
 
 def all_mutants() -> list[Mutant]:
-    return CATALOGUE + ONLINE_SOFTMAX + KERNEL_SCALE + FEATURE_MUTANTS
+    return CATALOGUE + ONLINE_SOFTMAX + KERNEL_SCALE + FEATURE_MUTANTS + SCORE_MUTANTS
 
 
 def _verdict(prop_name: str, backend: Backend) -> str:

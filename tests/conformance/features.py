@@ -276,7 +276,8 @@ def run_checked(backend: Backend, case: FeatureCase, device: str) -> dict[str, R
         got = dict(zip(("out", "lse"), backend(*ins[:3], **kwargs, return_lse=True), strict=True))
     if ins[0].requires_grad:
         upstream = (dout, dlse)[: len(got)]
-        grads = torch.autograd.grad(tuple(got.values()), ins, upstream)
+        grads = torch.autograd.grad(tuple(got.values()), ins, upstream, allow_unused=True)  # a sink may get none
+        grads = [torch.zeros_like(x) if g is None else g for g, x in zip(grads, ins, strict=True)]
         got |= dict(zip(["dq", "dk", "dv", "dsinks"][: len(ins)], grads, strict=True))
     return against_reference(backend, case, device, got, ins, dout, dlse)
 
@@ -463,6 +464,14 @@ def feature_examples(dtype: torch.dtype) -> list[FeatureCase]:
         FeatureCase(Case(H=2, Tq=20, Tk=20, D=16, **base), hkv=2, softcap=5.0, row=10),  # softcap, then the mask
         FeatureCase(Case(H=2, Tq=12, Tk=12, D=8, **base), hkv=1, mask="empty_rows", row=4),  # rows that see nothing
         FeatureCase(Case(H=8, Tq=65, Tk=257, D=64, **base), hkv=2, window=128, softcap=30.0, row=64),  # kernel size
+        # the score features at kernel size, with real models' heads, in chunked prefill (Tq < Tk)
+        FeatureCase(  # gpt-oss: 64 query / 8 key-value heads, D 64, sinks, a 128 window
+            Case(H=64, Tq=65, Tk=257, D=64, **base), hkv=8, window=128, sinks=True, lse=True, row=64
+        ),
+        FeatureCase(Case(H=16, Tq=33, Tk=129, D=192, **base), hkv=16, dv=128, lse=True, row=7),  # DeepSeek MLA
+        FeatureCase(Case(H=32, Tq=33, Tk=257, D=128, **base), hkv=32, alibi=True, row=32),  # MPT-7B's ALiBi heads
+        FeatureCase(Case(H=16, Tq=33, Tk=129, D=256, **base), hkv=8, score="relative", lse=True, row=0),  # Gemma 2
+        FeatureCase(Case(H=2, Tq=12, Tk=12, D=8, **base), hkv=1, mask="empty_rows", lse=True, sinks=True, row=4),
     ]
 
 
