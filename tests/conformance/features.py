@@ -23,7 +23,7 @@ from attnbench.conformance.masked_reference import (
     reference_visible,
 )
 from attnbench.conformance.reference import RuleResult, abs_logit_bound, check_rule, rounding_noise
-from attnbench.conformance.strategies import MANY_HEADS, Case, cases
+from attnbench.conformance.strategies import Case, cases
 from hypothesis import strategies as st
 
 MASK_MODS = {  # named mask_mods on absolute positions, tensor ops only (FlexAttention traces them)
@@ -40,7 +40,6 @@ SCORE_MODS = {  # named score_mods (flex's convention), differentiable in the sc
     "relative": lambda s, b, h, q, kv: s + 0.25 * torch.sin(0.3 * (q - kv)),  # reads absolute q_idx and kv_idx
     "per_head": lambda s, b, h, q, kv: s * (1.0 + 0.25 * h) - 0.5 * b,  # reads the query head and batch item
 }
-REAL_KV_HEADS = (1, 4, 8)  # key/value heads under 16 or 32 query heads: MQA, and Llama 3's and gpt-oss's 8
 VALUE_DIMS = (8, 64, 128)  # Dv != D: 128 is DeepSeek MLA's value head dim (its query/key head dim is 192)
 
 
@@ -153,11 +152,7 @@ def feature_cases(draw, dtypes, *, need=(), contiguous_docs: bool = False, **kw)
     group, hkv = draw(st.integers(1, 4)), draw(st.integers(1, 2))
     if "window" in need:
         kw["causal"] = True
-    base = draw(cases(dtypes, max_h=1, **kw))
-    if base.H in MANY_HEADS:  # a kernel-sized draw with many programs keeps its 16 or 32 query heads
-        hkv = draw(st.sampled_from(REAL_KV_HEADS))
-    else:
-        base = base.with_(H=group * hkv)
+    base = draw(cases(dtypes, max_h=1, **kw)).with_(H=group * hkv)
     if "window" in need:
         base = base.with_(causal=True)  # the kernel-sized draws of `cases` pick causality themselves
     if "gqa" in need and group == 1:
@@ -464,7 +459,14 @@ def feature_examples(dtype: torch.dtype) -> list[FeatureCase]:
         FeatureCase(Case(H=2, Tq=20, Tk=20, D=16, **base), hkv=2, softcap=5.0, row=10),  # softcap, then the mask
         FeatureCase(Case(H=2, Tq=12, Tk=12, D=8, **base), hkv=1, mask="empty_rows", row=4),  # rows that see nothing
         FeatureCase(Case(H=8, Tq=65, Tk=257, D=64, **base), hkv=2, window=128, softcap=30.0, row=64),  # kernel size
-        # the score features at kernel size, with real models' heads, in chunked prefill (Tq < Tk)
+    ]
+
+
+def score_feature_examples(dtype: torch.dtype) -> list[FeatureCase]:
+    """Fixed cases of the score features (feature_equiv): kernel sizes with real models' heads, in chunked prefill
+    (Tq < Tk: a bias or score_mod anchored at the query index shows), and an empty row with an lse and a sink."""
+    base = dict(B=1, dtype=dtype, magnitude=1.0, seed=4321, causal=True, layout="contiguous")
+    return [
         FeatureCase(  # gpt-oss: 64 query / 8 key-value heads, D 64, sinks, a 128 window
             Case(H=64, Tq=65, Tk=257, D=64, **base), hkv=8, window=128, sinks=True, lse=True, row=64
         ),
@@ -475,7 +477,10 @@ def feature_examples(dtype: torch.dtype) -> list[FeatureCase]:
     ]
 
 
-FIXED_EXAMPLES = {"feature_equiv": feature_examples, "hidden_keys": feature_examples}  # property -> examples
+FIXED_EXAMPLES = {  # property -> examples
+    "feature_equiv": lambda dtype: feature_examples(dtype) + score_feature_examples(dtype),
+    "hidden_keys": feature_examples,
+}
 
 
 # (name, check, strategy, doc, features needed): properties.py registers each as a Property
