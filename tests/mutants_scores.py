@@ -27,7 +27,7 @@ import math
 import torch
 from attnbench import FEATURES
 from attnbench.registry import repeat_kv, score_indices, visible_mask
-from mutants import Mutant
+from mutants import Mutant, one_bug
 
 ALL = frozenset(FEATURES)
 
@@ -84,22 +84,16 @@ def _sink_softmax(s, vis, sinks, bug):
     return weights, torch.logsumexp(lse_full, dim=-1).masked_fill(~seen[..., 0], float("-inf"))
 
 
-def _mutant(bug: str, what: str) -> Mutant:
-    def fn(q, k, v, **kwargs):
-        return _attend(q, k, v, **kwargs, bug=bug)
-
-    return Mutant(bug, fn, what, features=ALL)
-
-
-MUTANTS: list[Mutant] = [
-    _mutant("sink_no_grad", "the sinks get no gradient"),
-    _mutant("sink_bwd_without_sink", "the backward ignores the sink (no-sink softmax gradient, dsink 0)"),
-    _mutant("sink_grad_ignores_dlse", "dsink misses the returned lse's share"),
-    _mutant("lse_base2", "the lse in base 2"),
-    _mutant("lse_bthd_layout", "the lse written (B, Tq, H), read as (B, H, Tq)"),
-    _mutant("lse_unscaled", "the lse of the unscaled logits"),
-    _mutant("lse_empty_row_zero", "a row that sees no key has lse 0, not -inf"),
-    _mutant("mla_scale_from_v", "the default scale from the value head dim"),
-    _mutant("alibi_top_left", "the ALiBi distance from the query index, not its absolute position"),
-    _mutant("score_mod_relative_q", "score_mod gets q_idx from 0, not the absolute position"),
-]
+BUGS = {  # mutant -> what is wrong
+    "sink_no_grad": "the sinks get no gradient",
+    "sink_bwd_without_sink": "the backward ignores the sink (no-sink softmax gradient, dsink 0)",
+    "sink_grad_ignores_dlse": "dsink misses the returned lse's share",
+    "lse_base2": "the lse in base 2",
+    "lse_bthd_layout": "the lse written (B, Tq, H), read as (B, H, Tq)",
+    "lse_unscaled": "the lse of the unscaled logits",
+    "lse_empty_row_zero": "a row that sees no key has lse 0, not -inf",
+    "mla_scale_from_v": "the default scale from the value head dim",
+    "alibi_top_left": "the ALiBi distance from the query index, not its absolute position",
+    "score_mod_relative_q": "score_mod gets q_idx from 0, not the absolute position",
+}
+MUTANTS: list[Mutant] = [one_bug(_attend, bug, what, ALL) for bug, what in BUGS.items()]
