@@ -28,7 +28,10 @@ def manual_attention(
     att = shaped_scores(att, q, k, softcap=softcap, score_mod=score_mod, alibi_slopes=alibi_slopes)
     vis = visible_mask(q, k, causal=causal, window=window, mask_mod=mask_mod, document_ids=document_ids)
     att = mask_scores(att, vis)  # (B, Hq, Tq, Tk), -inf where hidden
-    att, lse = sink_softmax(att, vis, sinks)  # (B, Hq, Tq, Tk), (B, Hq, Tq)
+    if sinks is None and not return_lse:
+        att = att.softmax(dim=-1)  # (B, Hq, Tq, Tk)
+    else:
+        att, lse = sink_softmax(att, vis, sinks)  # (B, Hq, Tq, Tk), (B, Hq, Tq)
     if dropout_p > 0.0:
         att = F.dropout(att, p=dropout_p)
     out = zero_empty_rows(att @ v, vis)  # (B, Hq, Tq, Dv); rows seeing no key are 0
