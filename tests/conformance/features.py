@@ -468,10 +468,10 @@ def score_feature_examples(dtype: torch.dtype) -> list[FeatureCase]:
     base = dict(B=1, dtype=dtype, magnitude=1.0, seed=4321, causal=True, layout="contiguous")
     return [
         FeatureCase(  # gpt-oss: 64 query / 8 key-value heads, D 64, sinks, a 128 window
-            Case(H=64, Tq=65, Tk=257, D=64, **base), hkv=8, window=128, sinks=True, lse=True, row=64
+            Case(H=64, Tq=33, Tk=257, D=64, **base), hkv=8, window=128, sinks=True, lse=True, row=32
         ),
         FeatureCase(Case(H=16, Tq=33, Tk=129, D=192, **base), hkv=16, dv=128, lse=True, row=7),  # DeepSeek MLA
-        FeatureCase(Case(H=32, Tq=33, Tk=257, D=128, **base), hkv=32, alibi=True, row=32),  # MPT-7B's ALiBi heads
+        FeatureCase(Case(H=32, Tq=33, Tk=129, D=128, **base), hkv=32, alibi=True, row=32),  # MPT-7B's ALiBi heads
         FeatureCase(Case(H=16, Tq=33, Tk=129, D=256, **base), hkv=8, score="relative", lse=True, row=0),  # Gemma 2
         FeatureCase(Case(H=2, Tq=12, Tk=12, D=8, **base), hkv=1, mask="empty_rows", lse=True, sinks=True, row=4),
     ]
