@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from attnbench import FEATURES
 from attnbench.registry import repeat_kv, score_indices, visible_mask
 from mutants import Mutant, one_bug
@@ -56,7 +57,7 @@ def _attend(q, k, v, *, causal=True, dropout_p=0.0, scale=None, window=None, mas
     if bug == "sink_bwd_without_sink":
         plain, _ = _sink_softmax(s.masked_fill(~vis, float("-inf")), vis, None, bug)
         weights = plain + (weights - plain).detach()  # the forward's weights, the no-sink softmax's gradient
-    out = weights @ v  # (B, Hq, Tq, Dv)
+    out = (F.dropout(weights, p=dropout_p) if dropout_p > 0 else weights) @ v  # (B, Hq, Tq, Dv)
     if not return_lse:
         return out
     if bug == "lse_base2":
