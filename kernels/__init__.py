@@ -27,6 +27,7 @@ from . import (  # noqa: F401  (importing a backend module registers it)
 )
 from .layouts import attend_paged, attend_varlen
 from .registry import (
+    BASE_FEATURES,
     DEFAULT_BACKEND,
     ENTRY_POINT_GROUP,
     FEATURES,
@@ -52,6 +53,7 @@ from .registry import (
 __all__ = [
     "DEFAULT_BACKEND",
     "ENTRY_POINT_GROUP",
+    "BASE_FEATURES",
     "FEATURES",
     "AttendFn",
     "AttentionInputError",

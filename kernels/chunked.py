@@ -28,7 +28,13 @@ key at all outputs 0.
 GQA: the Hq // Hkv query heads that read one key/value head are laid out as consecutive rows of that head's
 problem, (B * Hkv, Tq * group, D) with row i * group + g, so k and v are never repeated; dk and dv sum over the
 group by the same matmul that sums over queries. softcap s -> c * tanh(s / c) is applied to each slab before the
-mask, and its derivative 1 - tanh^2 is applied to dS in the backward.
+mask, and its derivative 1 - tanh^2 is applied to dS in the backward; a score_mod is applied to the slab too and
+differentiated by autograd on the recomputed slab; ALiBi adds a constant bias (no derivative to carry).
+
+Sinks: the sink logit of a row's head is one more term of the denominator with no value, so the loop simply starts
+from it: m = sink, l = exp(sink - m) = 1, acc = 0. Its gradient is dsink = sum_i P_sink,i (dlse_i - Dlt_i) with
+P_sink,i = exp(sink - lse_i), and a returned lse adds dlse_i to dS: dS = P * (dP - Dlt + dlse). The value head
+dim Dv may differ from D (MLA): only acc, out and dv are Dv wide.
 
 Low-precision inputs (fp16/bf16) are computed in fp32 and the output is cast back.
 """
@@ -73,6 +79,8 @@ class Plan:
     window: int | None = None
     mask_mod: Callable | None = None
     document_ids: torch.Tensor | None = None  # (B, Tk)
+    score_mod: Callable | None = None
+    alibi_slopes: torch.Tensor | None = None  # (B or 1, Hq)
     spans: list = field(default_factory=list)  # (j, j0, j1, i0, i1): query rows [i0, i1) see key block [j0, j1)
 
     def __post_init__(self):
@@ -138,29 +146,64 @@ def _dropout_keep(shape, p: float, seed: int, j: int, device) -> torch.Tensor:
     return keep.to(torch.float32) / (1.0 - p)
 
 
-def _slab_scores(qs, kb, plan: Plan, i0, i1, j0, j1, softcap):
-    """Scores of query rows [i0, i1) against key block [j0, j1), capped and masked: (BHkv, R, bk), plus
-    tanh(raw / softcap) (for the backward) or None."""
+def _slab_indices(plan: Plan, i0: int, i1: int, j0: int, j1: int, device) -> tuple[torch.Tensor, ...]:
+    """score_mod's index tensors for a slab seen as (B, Hkv, n, group, bk): batch, query head (kv_head * group +
+    g), absolute query position, key."""
+    g, off = plan.group, plan.tk - plan.tq
+    b = torch.arange(plan.batch, device=device).view(-1, 1, 1, 1, 1)
+    h = torch.arange(plan.hkv * g, device=device).view(1, plan.hkv, 1, g, 1)
+    pos = torch.arange(off + i0, off + i1, device=device).view(1, 1, -1, 1, 1)
+    return b, h, pos, torch.arange(j0, j1, device=device).view(1, 1, 1, 1, -1)
+
+
+def _slab_scores(qs, kb, plan: Plan, i0, i1, j0, j1, softcap, need_back: bool = False):
+    """Scores of query rows [i0, i1) against key block [j0, j1), transformed (softcap, score_mod, ALiBi) and
+    masked: (BHkv, R, bk), plus `back`, which takes dS with respect to them to dS with respect to the raw scores
+    (None: the identity), when need_back."""
     g = plan.group
     s = qs[:, i0 * g : i1 * g] @ kb.transpose(1, 2)  # (BHkv, R, bk), R = (i1 - i0) * group
-    t = None
-    if softcap is not None:
+    back = None
+    if plan.score_mod is not None or plan.alibi_slopes is not None:
+        idx = _slab_indices(plan, i0, i1, j0, j1, qs.device)
+        as5 = (plan.batch, plan.hkv, i1 - i0, g, j1 - j0)  # the slab as (B, Hkv, n, group, bk)
+    if plan.score_mod is not None:
+        with torch.enable_grad():
+            raw = s.detach().requires_grad_(need_back)
+            mod = _softcapped(raw, softcap)
+            mod = plan.score_mod(mod.view(as5), *idx).to(s.dtype).reshape(s.shape)
+        if need_back:
+            back = lambda ds: torch.autograd.grad(mod, raw, ds)[0]  # noqa: E731
+        s = mod.detach().clone()  # masked in place below; `mod` stays as autograd saved it
+    elif softcap is not None:
         t = s.div_(softcap).tanh_()
         s = t * softcap
+        back = lambda ds: ds.mul_(1.0 - t * t)  # noqa: E731  d(c tanh(s / c)) / ds = 1 - tanh^2
+    if plan.alibi_slopes is not None:
+        slopes = plan.alibi_slopes.view(-1, plan.hkv, 1, g, 1)  # (B or 1, Hkv, 1, group, 1)
+        s = s.view(as5).sub_(slopes * (idx[2] - idx[3]).abs()).view(s.shape)  # -slope * |p - j|
     n, hidden = plan.hidden(i0, i1, j0, j1, qs.device)
     if hidden is not None:
         s[:, : n * g].masked_fill_(hidden, float("-inf"))
-    return s, t
+    return s, back
 
 
-def online_softmax_forward(qs, k3, v3, plan: Plan, dropout_p: float = 0.0, seed: int = 0, softcap=None):
-    """The forward loop on the (BHkv, Tq * group, D) layout, qs already scaled. Returns out (BHkv, Tq * group,
-    D), the running max m and the denominator den (BHkv, Tq * group); lse = m + log(den)."""
-    bh, rows, d = qs.shape
+def _softcapped(s: torch.Tensor, softcap) -> torch.Tensor:
+    return s if softcap is None else softcap * torch.tanh(s / softcap)
+
+
+def online_softmax_forward(
+    qs, k3, v3, plan: Plan, dropout_p: float = 0.0, seed: int = 0, softcap=None, sink_rows=None
+):  # fmt: skip
+    """The forward loop on the (BHkv, Tq * group, D) layout, qs already scaled, v3 (BHkv, Tk, Dv). Returns out
+    (BHkv, Tq * group, Dv), the running max m and the denominator den (BHkv, Tq * group); lse = m + log(den).
+    sink_rows (BHkv, Tq * group): each row's sink logit, where the loop starts from."""
+    bh, rows, _ = qs.shape
     g = plan.group
     m = torch.full((bh, rows), float("-inf"), dtype=qs.dtype, device=qs.device)  # running max
     den = torch.zeros((bh, rows), dtype=qs.dtype, device=qs.device)  # running denominator
-    acc = torch.zeros((bh, rows, d), dtype=qs.dtype, device=qs.device)  # running numerator
+    if sink_rows is not None:
+        m, den = sink_rows.clone(), torch.ones_like(den)  # the sink's term: exp(sink - m) = 1
+    acc = torch.zeros((bh, rows, v3.size(-1)), dtype=qs.dtype, device=qs.device)  # running numerator
     for j, j0, j1, i0, i1 in plan.spans:
         r0, r1 = i0 * g, i1 * g
         s, _ = _slab_scores(qs, k3[:, j0:j1], plan, i0, i1, j0, j1, softcap)  # (BHkv, R, bk)
@@ -183,6 +226,17 @@ def log_sum_exp(m: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
     return torch.where(den > 0, m + torch.log(den), float("inf"))
 
 
+def public_lse(m: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
+    """The contract's lse: m + log(den), -inf for a row that sees no key (and has no sink)."""
+    return torch.where(den > 0, m + torch.log(den), float("-inf"))
+
+
+def sinks_as_rows(sinks: torch.Tensor, b: int, tq: int, hkv: int) -> torch.Tensor:
+    """(Hq,) -> (B * Hkv, Tq * group): each row's sink, in the to_rows layout."""
+    group = sinks.numel() // hkv
+    return sinks.view(1, hkv, 1, group).expand(b, hkv, tq, group).reshape(b * hkv, tq * group)
+
+
 def to_rows(x: torch.Tensor, hkv: int) -> torch.Tensor:
     """(B, Hq, T, D) -> (B * Hkv, T * group, D): the query heads of one key/value head as consecutive rows."""
     b, hq, t, d = x.shape
@@ -197,28 +251,33 @@ def from_rows(x3: torch.Tensor, b: int, hq: int, t: int) -> torch.Tensor:
 
 class _ChunkedAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, plan: Plan, scale: float, softcap, dropout_p: float):
+    def forward(ctx, q, k, v, sinks, plan: Plan, scale: float, softcap, dropout_p: float):
         in_dtype, cdt = q.dtype, _compute_dtype(q.dtype)
         b, hq, tq, d = q.shape
         hkv, tk = k.size(1), k.size(-2)
         q3 = to_rows(q, hkv).to(cdt)  # (BHkv, Tq * group, D)
         k3 = k.reshape(b * hkv, tk, d).to(cdt)  # (BHkv, Tk, D)
-        v3 = v.reshape(b * hkv, tk, d).to(cdt)  # (BHkv, Tk, D)
+        v3 = v.reshape(b * hkv, tk, v.size(-1)).to(cdt)  # (BHkv, Tk, Dv)
+        sink_rows = None if sinks is None else sinks_as_rows(sinks.to(cdt), b, tq, hkv)  # (BHkv, Tq * group)
         seed = int(torch.randint(0, 2**31 - 1, ())) if dropout_p > 0 else 0
-        out, m, den = online_softmax_forward(q3 * scale, k3, v3, plan, dropout_p, seed, softcap)  # scale in q
-        ctx.save_for_backward(q3, k3, v3, out, log_sum_exp(m, den))  # lse: (BHkv, Tq * group)
+        out, m, den = online_softmax_forward(q3 * scale, k3, v3, plan, dropout_p, seed, softcap, sink_rows)
+        ctx.save_for_backward(q3, k3, v3, out, log_sum_exp(m, den), sink_rows)  # lse: (BHkv, Tq * group)
         ctx.plan, ctx.scale, ctx.softcap, ctx.dropout_p, ctx.seed = plan, scale, softcap, dropout_p, seed
-        ctx.in_dtype, ctx.shapes = in_dtype, (q.shape, k.shape)
-        return from_rows(out, b, hq, tq).to(in_dtype)
+        ctx.in_dtype, ctx.shapes = in_dtype, (q.shape, k.shape, v.shape)
+        ctx.sinks_dtype = None if sinks is None else sinks.dtype
+        lse = from_rows(public_lse(m, den)[..., None], b, hq, tq)[..., 0]  # (B, Hq, Tq)
+        return from_rows(out, b, hq, tq).to(in_dtype), lse
 
     @staticmethod
-    def backward(ctx, dout):
-        q3, k3, v3, out, lse = ctx.saved_tensors
+    def backward(ctx, dout, dlse):
+        q3, k3, v3, out, lse, sink_rows = ctx.saved_tensors
         plan, scale, p_drop = ctx.plan, ctx.scale, ctx.dropout_p
-        (b, hq, tq, d), shape_k = ctx.shapes
+        (b, hq, tq, d), shape_k, shape_v = ctx.shapes
         g = plan.group
-        do = to_rows(dout, shape_k[1]).to(q3.dtype)  # (BHkv, Tq * group, D)
+        do = to_rows(dout, shape_k[1]).to(q3.dtype)  # (BHkv, Tq * group, Dv)
         delta = (do * out).sum(dim=-1)  # (BHkv, Tq * group) Dlt_i = sum_j P_ij dP_ij
+        dlse = to_rows(dlse[..., None], shape_k[1])[..., 0].to(q3.dtype)  # (BHkv, Tq * group)
+        delta = delta - dlse  # dS = P * (dP - Dlt + dlse)
         qs = q3 * scale
         dq = torch.zeros_like(q3)
         dk = torch.zeros_like(k3)  # a key block no query sees keeps a zero gradient
@@ -226,7 +285,7 @@ class _ChunkedAttention(torch.autograd.Function):
         for j, j0, j1, i0, i1 in plan.spans:
             r0, r1 = i0 * g, i1 * g
             kb, vb = k3[:, j0:j1], v3[:, j0:j1]  # (BHkv, bk, D)
-            s, t = _slab_scores(qs, kb, plan, i0, i1, j0, j1, ctx.softcap)  # (BHkv, R, bk)
+            s, back = _slab_scores(qs, kb, plan, i0, i1, j0, j1, ctx.softcap, need_back=True)  # (BHkv, R, bk)
             p = s.sub_(lse[:, r0:r1, None]).exp_()  # (BHkv, R, bk) normalized probabilities, in place
             dp = do[:, r0:r1] @ vb.transpose(1, 2)  # (BHkv, R, bk) gradient w.r.t. the dropped P
             if p_drop > 0:
@@ -235,14 +294,18 @@ class _ChunkedAttention(torch.autograd.Function):
                 dp = dp * keep
             else:
                 dv[:, j0:j1] = p.transpose(1, 2) @ do[:, r0:r1]  # (BHkv, bk, D)
-            ds = dp.sub_(delta[:, r0:r1, None]).mul_(p)  # (BHkv, R, bk) gradient w.r.t. the capped scores
-            if t is not None:
-                ds.mul_(1.0 - t * t)  # through softcap: d(c tanh(s / c)) / ds = 1 - tanh^2
+            ds = dp.sub_(delta[:, r0:r1, None]).mul_(p)  # (BHkv, R, bk) gradient w.r.t. the shaped scores
+            if back is not None:
+                ds = back(ds)  # through softcap and score_mod, to the raw scores
             dq[:, r0:r1] += ds @ kb  # (BHkv, R, D); the scale is applied once below
             dk[:, j0:j1] = ds.transpose(1, 2) @ qs[:, r0:r1]  # (BHkv, bk, D) = scale * dS^T Q, summed over the group
         dq = from_rows(dq * scale, b, hq, tq).to(ctx.in_dtype)
-        dk, dv = dk.reshape(shape_k).to(ctx.in_dtype), dv.reshape(shape_k).to(ctx.in_dtype)
-        return dq, dk, dv, None, None, None, None
+        dk, dv = dk.reshape(shape_k).to(ctx.in_dtype), dv.reshape(shape_v).to(ctx.in_dtype)
+        dsinks = None
+        if sink_rows is not None:  # dsink = sum_i P_sink,i (dlse_i - Dlt_i), over batch, rows and the group
+            p_sink = (sink_rows - lse).exp()  # (BHkv, Tq * group)
+            dsinks = (-p_sink * delta).view(b, shape_k[1], tq, g).sum((0, 2)).reshape(hq).to(ctx.sinks_dtype)
+        return dq, dk, dv, dsinks, None, None, None, None
 
 
 def chunked_attention(
@@ -257,15 +320,21 @@ def chunked_attention(
     mask_mod=None,
     document_ids=None,
     softcap=None,
+    score_mod=None,
+    alibi_slopes=None,
+    sinks=None,
+    return_lse=False,
     block: int = DEFAULT_BLOCK,
 ):
-    # q: (B, Hq, Tq, D); k, v: (B, Hkv, Tk, D) -> (B, Hq, Tq, D)
+    # q: (B, Hq, Tq, D); k: (B, Hkv, Tk, D); v: (B, Hkv, Tk, Dv) -> (B, Hq, Tq, Dv) [, lse (B, Hq, Tq)]
     if not (isinstance(block, int) and block > 0):
         raise AttentionInputError(f"block must be a positive int, got {block!r}")
     b, hq, tq, _ = q.shape
     hkv, tk = k.size(1), k.size(-2)
-    plan = Plan(tq, tk, b, hkv, hq // hkv, causal, block, window, mask_mod, document_ids)
-    return _ChunkedAttention.apply(q, k, v, plan, default_scale(q, scale), softcap, dropout_p)
+    slopes = None if alibi_slopes is None else alibi_slopes.to(_compute_dtype(q.dtype))
+    plan = Plan(tq, tk, b, hkv, hq // hkv, causal, block, window, mask_mod, document_ids, score_mod, slopes)
+    out, lse = _ChunkedAttention.apply(q, k, v, sinks, plan, default_scale(q, scale), softcap, dropout_p)
+    return (out, lse) if return_lse else out
 
 
 register_backend(

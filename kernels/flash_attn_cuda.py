@@ -16,6 +16,13 @@ The mapping from the contract, written once here (install the `flash-attn` packa
   `flash_attn_kvcache` a paged cache through `flash_attn_with_kvcache(..., cache_seqlens=, block_table=)`, the
   same (num_pages, page_size, Hkv, D) pages. flash-attn 2 takes pages of a multiple of 256 tokens only; other
   page sizes go through the gather default over its dense call.
+- Features of flash_attn_func (its docstring in flash_attn/flash_attn_interface.py): GQA (Hq a multiple of Hkv,
+  query head h reads h // group, as the contract); window as window_size = (window - 1, 0), its left reach being
+  the keys before the query, bottom-right aligned; softcap (0.0 means off); alibi_slopes, (Hq,) or (B, Hq) fp32,
+  the bias -slope * |i + Tk - Tq - j|, the contract's. Not declared: one head dim for q, k and v (no value_dim), no
+  mask_mod, document_ids, score_mod or sinks; and return_lse is refused: return_attn_probs=True returns
+  softmax_lse, but FlashAttnFunc.backward(ctx, dout, *args) drops its gradient, where the contract's lse is
+  differentiable.
 - flash_attn is imported on the first call; registration only checks that the package is installed.
 """
 
@@ -28,16 +35,32 @@ from .layouts import paged_by_gather
 from .registry import default_scale, get_backend, register_backend
 
 DTYPES = (torch.float16, torch.bfloat16)
+FLASH_ATTN_FEATURES = ("gqa", "window", "softcap", "alibi", "return_lse")
 
 
-def flash_attn_attention(q, k, v, *, causal=True, dropout_p=0.0, scale=None):
-    # q: (B, H, Tq, D); k, v: (B, H, Tk, D) -> (B, H, Tq, D)
+def flash_attn_attention(q, k, v, *, causal=True, dropout_p=0.0, scale=None, window=None, softcap=None,
+                         alibi_slopes=None):  # fmt: skip
+    # q: (B, Hq, Tq, D); k, v: (B, Hkv, Tk, D) -> (B, Hq, Tq, D)
     from flash_attn import flash_attn_func
 
     out = flash_attn_func(
-        bthd(q), bthd(k), bthd(v), dropout_p=dropout_p, softmax_scale=default_scale(q, scale), causal=causal
-    )  # (B, Tq, H, D)
+        bthd(q),
+        bthd(k),
+        bthd(v),
+        dropout_p=dropout_p,
+        softmax_scale=default_scale(q, scale),
+        causal=causal,
+        window_size=(-1, -1) if window is None else (window - 1, 0),  # keys p - (window - 1) .. p
+        softcap=0.0 if softcap is None else softcap,
+        alibi_slopes=None if alibi_slopes is None else alibi_slopes.float(),
+    )  # (B, Tq, Hq, D)
     return out.transpose(1, 2)
+
+
+def _no_feature(feature: str, device: torch.device) -> str | None:
+    if feature == "return_lse":
+        return "flash_attn_func's softmax_lse gets no gradient (FlashAttnFunc.backward drops it); the contract's does"
+    return None
 
 
 def flash_attn_kvcache_attention(q, k, v, *, causal=True, dropout_p=0.0, scale=None):
@@ -106,6 +129,8 @@ register_backend(
     "flash-attn's flash_attn_func (CUDA, bottom-right causal), layout (B, T, H, D)",
     _reason,
     varlen=flash_attn_varlen,
+    features=FLASH_ATTN_FEATURES,
+    no_feature_reason=_no_feature,
 )
 register_backend(
     "flash_attn_kvcache",

@@ -12,7 +12,8 @@ FlexAttention has no dropout: dropout_p > 0 raises.
 
 Features, all native: GQA through flex's `enable_gqa=True`; window, document_ids and a user mask_mod become one
 mask_mod (AND of them, on absolute positions: flex's own q_idx counts from 0, so it is shifted by Tk - Tq) and one
-BlockMask, whose block sparsity makes flex skip fully masked blocks; softcap is a score_mod. A BlockMask that
+BlockMask, whose block sparsity makes flex skip fully masked blocks; softcap is a score_mod, and a user score_mod
+follows it on absolute positions (q_idx shifted by Tk - Tq, like the mask). A BlockMask that
 depends only on (Tq, Tk, causal, window) is cached; one with documents or a mask_mod is built per call.
 On CPU the features are checked on eager flex's forward (tests/test_flex_triton_features.py); the compiled CPU
 forward gave a wrong output with a per-head mask_mod and GQA in torch 2.13, which the suite cannot cover (flex is
@@ -25,7 +26,9 @@ import functools
 
 import torch
 
-from .registry import FEATURES, default_scale, register_backend
+from .registry import BASE_FEATURES, default_scale, register_backend
+
+FLEX_FEATURES = (*BASE_FEATURES, "score_mod")
 
 CUDA_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -90,6 +93,21 @@ def softcap_score_mod(softcap: float, device: torch.device):
     return capped
 
 
+def call_score_mod(tq: int, tk: int, softcap, score_mod, device):
+    """flex's score_mod for a call: softcap, then the contract's score_mod on absolute positions; None for neither."""
+    cap = None if softcap is None else softcap_score_mod(float(softcap), device)
+    if score_mod is None:
+        return cap
+    off = tk - tq
+
+    def shaped(score, b, h, q_idx, kv_idx):
+        if cap is not None:
+            score = cap(score, b, h, q_idx, kv_idx)
+        return score_mod(score, b, h, q_idx + off, kv_idx)
+
+    return shaped
+
+
 def flex_attention_fn(
     q,
     k,
@@ -102,6 +120,7 @@ def flex_attention_fn(
     mask_mod=None,
     document_ids=None,
     softcap=None,
+    score_mod=None,
     compiled: bool = True,
 ):
     # q: (B, Hq, Tq, D); k, v: (B, Hkv, Tk, D) -> (B, Hq, Tq, D)
@@ -110,7 +129,7 @@ def flex_attention_fn(
     if q.device.type == "cpu" and torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
         raise NotImplementedError("flex: FlexAttention has no backward on CPU in this PyTorch; run it without grad")
     mask = block_mask(q, k, causal=causal, window=window, mask_mod=mask_mod, document_ids=document_ids)
-    score_mod = softcap_score_mod(float(softcap), q.device) if softcap is not None else None
+    score_mod = call_score_mod(q.size(-2), k.size(-2), softcap, score_mod, q.device)
     fn = _compiled_flex() if compiled else flex_attention
     gqa = q.size(1) != k.size(1)
     return fn(q, k, v, score_mod=score_mod, block_mask=mask, scale=default_scale(q, scale), enable_gqa=gqa)
@@ -133,5 +152,5 @@ register_backend(
     "torch.nn.attention.flex_attention with a bottom-right causal mask_mod, torch.compile'd, cached BlockMask",
     _reason,
     no_dropout_reason=lambda device: "FlexAttention has no dropout",
-    features=FEATURES,
+    features=FLEX_FEATURES,
 )

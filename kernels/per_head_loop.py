@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from .registry import (
-    FEATURES,
+    BASE_FEATURES,
     NAN_IN_FUTURE_VALUE,
     default_scale,
     mask_scores,
@@ -40,7 +40,7 @@ register_backend(
     "per_head_loop",
     per_head_loop_attention,
     "one head at a time in a Python loop, then stacked",
-    features=FEATURES,
+    features=BASE_FEATURES,
     working_set=lambda q, k: score_matrix_bytes(q[:, :1], k),  # one head's scores and weights at a time
     nan_deviation=NAN_IN_FUTURE_VALUE,
 )

@@ -3,9 +3,10 @@
 A backend computes multi-head attention on already-projected tensors:
 
     out = backend(q, k, v, *, causal=True, dropout_p=0.0, scale=None,
-                  window=None, mask_mod=None, document_ids=None, softcap=None)
-    q: (B, Hq, Tq, D); k, v: (B, Hkv, Tk, D) with Tq <= Tk and Hq % Hkv == 0; same dtype and device;
-    out: (B, Hq, Tq, D)
+                  window=None, mask_mod=None, document_ids=None, softcap=None,
+                  score_mod=None, alibi_slopes=None, sinks=None, return_lse=False)
+    q: (B, Hq, Tq, D); k: (B, Hkv, Tk, D); v: (B, Hkv, Tk, Dv) with Tq <= Tk and Hq % Hkv == 0; same dtype
+    and device; out: (B, Hq, Tq, Dv), or (out, lse) with return_lse=True
 
 `scale` defaults to 1/sqrt(D), the per-head size. Causal attention with Tq < Tk is aligned to the bottom
 right: query i sits at absolute position Tk - Tq + i and sees keys 0 .. Tk - Tq + i (KV-cache decoding,
@@ -19,6 +20,17 @@ Optional features (FEATURES), each off by default; a backend declares those it i
 - document_ids ((B, Tk) integer tensor, packed sequences): the query at absolute position p sees only keys j
   with document_ids[b, j] == document_ids[b, p].
 - softcap (float > 0): logits -> softcap * tanh(logits / softcap), applied before masking.
+- value_dim: Dv != D (DeepSeek MLA: D = 192, Dv = 128); the default scale stays 1/sqrt(D).
+- score_mod(score, b, h, q_idx, kv_idx) -> score (FlexAttention's convention, absolute positions), applied
+  after softcap (softcap is the score_mod c * tanh(score / c)); it must be differentiable in `score`.
+- alibi_slopes ((Hq,) or (B, Hq) float tensor, constants): adds -slope * |p - j| to the logit of the query at
+  absolute position p and key j (flash-attn's bias), after score_mod, before masking.
+- sinks ((Hq,) float tensor, learned, gradients flow to it; gpt-oss): one more logit per head in the softmax
+  denominator that has no value: out = sum_j exp(s_j - lse) v_j with lse = log(exp(sink_h) + sum_j exp(s_j)).
+- return_lse (bool): also return lse, (B, Hq, Tq) in float32 (float64 for float64 inputs), the natural log of
+  the softmax denominator after every transform and mask (sink included), differentiable; -inf for a row that
+  sees no key and has no sink. Shards of the keys merge by it: lse = logsumexp_s lse_s, out = sum_s
+  exp(lse_s - lse) out_s (split-KV, ring and context-parallel attention).
 Every mask given is combined by AND. A query row that sees no key at all (possible with mask_mod) outputs
 zeros, and its gradient with respect to q, k and v is zero.
 
@@ -47,8 +59,10 @@ import torch
 
 ENTRY_POINT_GROUP = "attnbench.backends"
 DEFAULT_BACKEND = "sdpa"
-FEATURES = ("gqa", "window", "mask_mod", "document_ids", "softcap")  # the contract's optional features
+BASE_FEATURES = ("gqa", "window", "mask_mod", "document_ids", "softcap")  # masks, GQA and softcap
+FEATURES = (*BASE_FEATURES, "value_dim", "score_mod", "alibi", "sinks", "return_lse")  # every optional feature
 MaskMod = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+ScoreMod = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class AttendFn(Protocol):
@@ -65,7 +79,11 @@ class AttendFn(Protocol):
         mask_mod: MaskMod | None = None,
         document_ids: torch.Tensor | None = None,
         softcap: float | None = None,
-    ) -> torch.Tensor: ...
+        score_mod: ScoreMod | None = None,
+        alibi_slopes: torch.Tensor | None = None,
+        sinks: torch.Tensor | None = None,
+        return_lse: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]: ...
 
 
 class AttentionInputError(ValueError):
@@ -231,9 +249,14 @@ class Backend:
         mask_mod=None,
         document_ids=None,
         softcap=None,
-    ) -> torch.Tensor:
+        score_mod=None,
+        alibi_slopes=None,
+        sinks=None,
+        return_lse=False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         extras = {"window": window, "mask_mod": mask_mod, "document_ids": document_ids, "softcap": softcap}
-        check_inputs(q, k, v, causal=causal, dropout_p=dropout_p, scale=scale, **extras)
+        extras |= {"score_mod": score_mod, "alibi_slopes": alibi_slopes, "sinks": sinks}
+        check_inputs(q, k, v, causal=causal, dropout_p=dropout_p, scale=scale, return_lse=return_lse, **extras)
         if dropout_p > 0 and (reason := self.why_no_dropout(q.device)):
             raise AttentionInputError(f"{self.name} cannot apply dropout here: {reason}")
         if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
@@ -242,7 +265,7 @@ class Backend:
                     f"{self.name} is forward-only on {q.device.type} ({reason}); call it on inputs without "
                     "requires_grad or under torch.no_grad()"
                 )
-        for feature in features_in_use(q, k, **extras):
+        for feature in features_in_use(q, k, v, return_lse=return_lse, **extras):
             if reason := self.why_no_feature(feature, q.device):
                 raise AttentionInputError(f"{self.name} cannot run {feature} on {q.device.type}: {reason}")
         if reason := self.why_unsupported(q.device, q.dtype):
@@ -250,8 +273,16 @@ class Backend:
         if self.working_set is not None:
             check_fits_in_memory(self.name, self.working_set(q, k), q.device)
         used = {name: value for name, value in extras.items() if value is not None}  # an old-style fn never sees them
+        if return_lse:
+            used["return_lse"] = True
         out = self.fn(q, k, v, causal=causal, dropout_p=dropout_p, scale=scale, **used)
-        check_output(self.name, out, q, v)
+        if not return_lse:
+            check_output(self.name, out, q, v)
+            return out
+        if not (isinstance(out, tuple) and len(out) == 2):
+            raise BackendOutputError(f"backend {self.name!r} was asked for return_lse=True and returned no (out, lse)")
+        check_output(self.name, out[0], q, v)
+        check_lse(self.name, out[1], q)
         return out
 
 
@@ -264,6 +295,23 @@ def check_output(name: str, out, q: torch.Tensor, v: torch.Tensor) -> None:
         raise BackendOutputError(
             f"backend {name!r} returned shape {tuple(out.shape)} {out.dtype} on {out.device}; the contract needs "
             f"shape {expected} {q.dtype} on {q.device}"
+        )
+
+
+def lse_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of a returned lse: float64 for float64 inputs, else float32 (what flash kernels return)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def check_lse(name: str, lse, q: torch.Tensor) -> None:
+    """Raise BackendOutputError unless `lse` is (B, Hq, Tq) in lse_dtype(q.dtype), on q's device."""
+    expected, dtype = tuple(q.shape[:-1]), lse_dtype(q.dtype)
+    if not isinstance(lse, torch.Tensor):
+        raise BackendOutputError(f"backend {name!r} returned an lse of type {type(lse).__name__}, not a torch.Tensor")
+    if tuple(lse.shape) != expected or lse.dtype != dtype or lse.device != q.device:
+        raise BackendOutputError(
+            f"backend {name!r} returned an lse of shape {tuple(lse.shape)} {lse.dtype} on {lse.device}; the "
+            f"contract needs (B, Hq, Tq) = {expected} {dtype} on {q.device}"
         )
 
 
@@ -302,11 +350,16 @@ def score_matrix_bytes(q: torch.Tensor, k: torch.Tensor, copies: int = 2) -> int
     return copies * B * H * Tq * k.size(-2) * q.element_size()
 
 
-def features_in_use(q, k, *, window=None, mask_mod=None, document_ids=None, softcap=None) -> list[str]:
-    """The optional features (FEATURES) a call with these arguments needs."""
-    used = ["gqa"] if q.size(1) != k.size(1) else []
+def features_in_use(
+    q, k, v=None, *, window=None, mask_mod=None, document_ids=None, softcap=None, score_mod=None, alibi_slopes=None,
+    sinks=None, return_lse=False
+) -> list[str]:  # fmt: skip
+    """The optional features (FEATURES) a call with these arguments needs (value_dim only when v is given)."""
+    value_dim = v is not None and v.size(-1) != k.size(-1)
+    shapes = {"gqa": q.size(1) != k.size(1), "value_dim": value_dim, "return_lse": return_lse}
     given = {"window": window, "mask_mod": mask_mod, "document_ids": document_ids, "softcap": softcap}
-    return used + [name for name, value in given.items() if value is not None]
+    given |= {"score_mod": score_mod, "alibi": alibi_slopes, "sinks": sinks}
+    return [name for name, on in shapes.items() if on] + [name for name, value in given.items() if value is not None]
 
 
 def check_inputs(
@@ -321,6 +374,10 @@ def check_inputs(
     mask_mod=None,
     document_ids=None,
     softcap=None,
+    score_mod=None,
+    alibi_slopes=None,
+    sinks=None,
+    return_lse: bool = False,
 ) -> None:
     """Raise AttentionInputError naming the first broken rule of the backend contract."""
     if not isinstance(causal, bool):  # a string such as 'no' is truthy: it would silently mean causal
@@ -332,8 +389,10 @@ def check_inputs(
             raise AttentionInputError(
                 f"{name} must have rank 4 (B, H, T, D), got rank {t.dim()} with shape {tuple(t.shape)}"
             )
-    if k.shape != v.shape:
-        raise AttentionInputError(f"k and v shapes differ: k {tuple(k.shape)} vs v {tuple(v.shape)}")
+    if k.shape[:-1] != v.shape[:-1] or v.size(-1) == 0:
+        raise AttentionInputError(
+            f"k and v must agree on (B, Hkv, Tk) and Dv > 0: k {tuple(k.shape)}, v {tuple(v.shape)}"
+        )
     (bq, hq, tq, dq), (bk, hk, tk, dk) = q.shape, k.shape
     if (bq, dq) != (bk, dk):
         raise AttentionInputError(
@@ -359,6 +418,27 @@ def check_inputs(
     if scale is not None and not (_is_real(scale) and math.isfinite(scale) and scale > 0):
         raise AttentionInputError(f"scale must be a positive finite number or None, got {scale!r}")
     _check_features(q, k, causal, window, mask_mod, document_ids, softcap)
+    _check_score_features(q, score_mod, alibi_slopes, sinks, return_lse)
+
+
+def _check_score_features(q, score_mod, alibi_slopes, sinks, return_lse) -> None:
+    if not isinstance(return_lse, bool):
+        raise AttentionInputError(f"return_lse must be True or False, got {return_lse!r}")
+    if score_mod is not None and not callable(score_mod):
+        raise AttentionInputError(f"score_mod must be callable (score, b, h, q_idx, kv_idx) -> score: {score_mod!r}")
+    b, hq = q.size(0), q.size(1)
+    for name, t, shapes in (("alibi_slopes", alibi_slopes, [(hq,), (b, hq)]), ("sinks", sinks, [(hq,)])):
+        if t is None:
+            continue
+        if not isinstance(t, torch.Tensor):
+            raise AttentionInputError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if tuple(t.shape) not in shapes:
+            want = " or ".join(str(s) for s in shapes)
+            raise AttentionInputError(f"{name} must have shape {want} (per query head), got {tuple(t.shape)}")
+        if not t.dtype.is_floating_point:
+            raise AttentionInputError(f"{name} must be a floating-point tensor, got {t.dtype}")
+        if t.device != q.device:
+            raise AttentionInputError(f"{name} is on {t.device}, q on {q.device}")
 
 
 def _check_features(q, k, causal, window, mask_mod, document_ids, softcap) -> None:
@@ -433,24 +513,31 @@ def bottom_right_causal_mask(tq: int, tk: int, device: torch.device) -> torch.Te
     return cols <= rows
 
 
+def score_indices(q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The index tensors of mask_mod and score_mod, broadcasting to (B, Hq, Tq, Tk): batch (B, 1, 1, 1), query
+    head (1, Hq, 1, 1), absolute query position (1, 1, Tq, 1) (query i sits at Tk - Tq + i), key (1, 1, 1, Tk)."""
+    (b, hq, tq, _), tk, dev = q.shape, k.size(-2), q.device
+    bi = torch.arange(b, device=dev).view(b, 1, 1, 1)
+    hi = torch.arange(hq, device=dev).view(1, hq, 1, 1)
+    pos = torch.arange(tk - tq, tk, device=dev).view(1, 1, tq, 1)
+    return bi, hi, pos, torch.arange(tk, device=dev).view(1, 1, 1, tk)
+
+
 def visible_mask(
     q: torch.Tensor, k: torch.Tensor, *, causal: bool, window=None, mask_mod=None, document_ids=None
 ) -> torch.Tensor | None:
     """(B or 1, Hq or 1, Tq, Tk) bool, True where query i (absolute position Tk - Tq + i) may see key j, from
     every mask given (AND); None when every key is visible."""
-    (b, hq, tq, _), tk, dev = q.shape, k.size(-2), q.device
-    pos = torch.arange(tk - tq, tk, device=dev)[:, None]  # (Tq, 1) absolute query positions
-    keys = torch.arange(tk, device=dev)[None, :]  # (1, Tk)
-    vis = (keys <= pos)[None, None] if causal else None  # (1, 1, Tq, Tk)
+    bi, hi, pos, keys = score_indices(q, k)
+    tq, tk = q.size(-2), k.size(-2)
+    vis = keys <= pos if causal else None  # (1, 1, Tq, Tk)
     if window is not None:
-        vis = vis & (keys > pos - window)[None, None]
+        vis = vis & (keys > pos - window)
     if document_ids is not None:
         same = document_ids[:, tk - tq :, None] == document_ids[:, None, :]  # (B, Tq, Tk)
         vis = same[:, None] if vis is None else vis & same[:, None]  # (B, 1, Tq, Tk)
     if mask_mod is not None:
-        bi = torch.arange(b, device=dev)[:, None, None, None]  # (B, 1, 1, 1)
-        hi = torch.arange(hq, device=dev)[None, :, None, None]  # (1, Hq, 1, 1)
-        m = torch.as_tensor(mask_mod(bi, hi, pos[None, None], keys[None, None]), device=dev)
+        m = torch.as_tensor(mask_mod(bi, hi, pos, keys), device=q.device)
         if m.dtype != torch.bool:
             raise AttentionInputError(f"mask_mod must return a bool tensor, got {m.dtype}")
         m = m.reshape((1,) * (4 - m.dim()) + tuple(m.shape))  # (B or 1, Hq or 1, Tq or 1, Tk or 1)
@@ -472,6 +559,40 @@ def mask_scores(scores: torch.Tensor, visible: torch.Tensor | None) -> torch.Ten
 def zero_empty_rows(out: torch.Tensor, visible: torch.Tensor | None) -> torch.Tensor:
     """out: (..., Tq, D); the rows whose query sees no key (see mask_scores) become 0."""
     return out if visible is None else out * visible.any(dim=-1, keepdim=True)
+
+
+def alibi_bias(alibi_slopes: torch.Tensor, hq: int, pos: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """-slope * |p - j| for absolute query positions `pos` and keys broadcasting to (Tq, Tk) (see score_indices):
+    (B or 1, Hq, Tq, Tk) in the slopes' dtype."""
+    slopes = alibi_slopes.reshape(-1, hq)[:, :, None, None]  # (B or 1, Hq, 1, 1)
+    return -slopes * (pos - keys).abs()  # (B or 1, Hq, Tq, Tk)
+
+
+def shaped_scores(scores: torch.Tensor, q, k, *, softcap=None, score_mod=None, alibi_slopes=None) -> torch.Tensor:
+    """scores (B, Hq, Tq, Tk) after the contract's transforms, in its order: softcap, score_mod, ALiBi."""
+    if softcap is not None:
+        scores = softcap * (scores / softcap).tanh()
+    if score_mod is not None or alibi_slopes is not None:
+        bi, hi, pos, keys = score_indices(q, k)
+        if score_mod is not None:
+            scores = score_mod(scores, bi, hi, pos, keys).to(scores.dtype)  # index arithmetic may promote
+        if alibi_slopes is not None:
+            scores = scores + alibi_bias(alibi_slopes.to(scores.dtype), q.size(1), pos, keys)
+    return scores
+
+
+def sink_softmax(scores: torch.Tensor, visible: torch.Tensor | None, sinks=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weights, lse) of masked scores (B, Hq, Tq, Tk) (see mask_scores) with an optional sink logit per head
+    (Hq,) in the denominator: weights (B, Hq, Tq, Tk), lse (B, Hq, Tq), -inf for a row with no key and no sink."""
+    weights = scores.softmax(dim=-1)
+    lse = scores.logsumexp(dim=-1)  # (B, Hq, Tq) over the visible keys
+    if visible is not None:
+        lse = lse.masked_fill(~visible.any(dim=-1), float("-inf"))
+    if sinks is not None:
+        with_sink = torch.logaddexp(lse, sinks.to(lse.dtype)[:, None])  # (B, Hq, Tq)
+        weights = weights * (lse - with_sink).exp()[..., None]  # the keys' share of the denominator
+        lse = with_sink
+    return weights, lse
 
 
 def repeat_kv(x: torch.Tensor, hq: int) -> torch.Tensor:
@@ -623,8 +744,13 @@ def attend(
     mask_mod=None,
     document_ids=None,
     softcap=None,
+    score_mod=None,
+    alibi_slopes=None,
+    sinks=None,
+    return_lse=False,
     backend: str | None = None,
-) -> torch.Tensor:
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Attention with the named backend (or the one chosen by `use_backend`, default 'sdpa')."""
     extras = {"window": window, "mask_mod": mask_mod, "document_ids": document_ids, "softcap": softcap}
+    extras |= {"score_mod": score_mod, "alibi_slopes": alibi_slopes, "sinks": sinks, "return_lse": return_lse}
     return get_backend(backend)(q, k, v, causal=causal, dropout_p=dropout_p, scale=scale, **extras)

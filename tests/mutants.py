@@ -48,6 +48,15 @@ class Mutant:
     paged: Callable | None = None  # its own paged-cache implementation (Backend.paged), None: the default
 
 
+def one_bug(attend: Callable, bug: str, what: str, features: frozenset[str]) -> Mutant:
+    """The Mutant named `bug` that runs attend(q, k, v, **kwargs, bug=bug): a formula with a hook per bug."""
+
+    def fn(q, k, v, **kwargs):
+        return attend(q, k, v, **kwargs, bug=bug)
+
+    return Mutant(bug, fn, what, features=features)
+
+
 def _attend(q, k, v, *, causal, dropout_p, scale, mask_fn=None, scale_fn=None, softmax_dim=-1, after=None):
     """The manual formula with one hook per place a bug can hide. q: (B, H, Tq, D); k, v: (B, H, Tk, D)."""
     tq, tk = q.size(-2), k.size(-2)

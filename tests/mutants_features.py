@@ -26,10 +26,10 @@ import math
 
 import torch
 import torch.nn.functional as F
-from attnbench import FEATURES
-from mutants import Mutant
+from attnbench import BASE_FEATURES
+from mutants import Mutant, one_bug
 
-ALL = frozenset(FEATURES)
+ALL = frozenset(BASE_FEATURES)
 
 
 def _visible(q, k, *, causal, window, mask_mod, document_ids, bug, group):
@@ -110,10 +110,7 @@ def _attend(q, k, v, *, causal=True, dropout_p=0.0, scale=None, window=None, mas
 
 
 def _mutant(bug: str, what: str) -> Mutant:
-    def fn(q, k, v, **kwargs):
-        return _attend(q, k, v, **kwargs, bug=bug)
-
-    return Mutant(bug, fn, what, features=ALL)
+    return one_bug(_attend, bug, what, ALL)
 
 
 MUTANTS: list[Mutant] = [

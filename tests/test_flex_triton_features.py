@@ -8,7 +8,7 @@ import dataclasses
 import pytest
 import torch
 from attnbench import flex
-from attnbench.conformance.features import MASK_MODS, feature_cases
+from attnbench.conformance.features import MASK_MODS, SCORE_MODS, feature_cases
 from attnbench.conformance.masked_reference import Features, masked_attention_formula
 from attnbench.conformance.properties import PROPERTIES, run_property
 from attnbench.conformance.strategies import toy_sizes_only
@@ -28,6 +28,8 @@ FLEX_CASES = {
     "gqa+window+docs+softcap": dict(causal=True, window=9, softcap=5.0, docs=True),
     "gqa+head mask_mod (non-causal)": dict(causal=False, mask="head_stripes"),
     "batch mask_mod+docs+empty rows": dict(causal=True, mask="empty_rows", docs=True),
+    "score_mod on absolute positions+softcap": dict(causal=True, score="relative", softcap=5.0),
+    "score_mod per head and batch item": dict(causal=False, score="per_head"),
 }
 
 
@@ -43,6 +45,7 @@ def test_flex_features_forward_on_cpu(name):
         mask_mod=MASK_MODS.get(spec.get("mask")),
         document_ids=docs if spec.get("docs") else None,
         softcap=spec.get("softcap"),
+        score_mod=SCORE_MODS.get(spec.get("score")),
     )
     with torch.no_grad():
         got = flex.flex_attention_fn(q, k, v, causal=spec["causal"], compiled=False, **f.kwargs())

@@ -25,6 +25,7 @@ from mutants_features import MUTANTS as FEATURE_MUTANTS
 from mutants_global_state import MUTANTS as GLOBAL_STATE
 from mutants_kernel_scale import MUTANTS as KERNEL_SCALE
 from mutants_online_softmax import MUTANTS as ONLINE_SOFTMAX
+from mutants_scores import MUTANTS as SCORE_MUTANTS
 from mutants_serving import MUTANTS as SERVING
 
 KILL_EXAMPLES = 8  # drawn examples per (mutant, property), after the property's fixed kernel-size examples
@@ -82,11 +83,30 @@ KILLED_BY = {  # mutant -> the property designed to catch it (the full table sho
     "sets_default_dtype": "global_state",
     "enables_deterministic": "global_state",
     "pins_one_thread": "global_state",
+    "sink_no_grad": "feature_equiv",
+    "sink_bwd_without_sink": "feature_equiv",
+    "sink_grad_ignores_dlse": "feature_equiv",
+    "lse_base2": "lse_merge",
+    "lse_bthd_layout": "feature_equiv",
+    "lse_unscaled": "feature_equiv",
+    "lse_empty_row_zero": "lse_merge",
+    "mla_scale_from_v": "feature_equiv",
+    "alibi_top_left": "feature_equiv",
+    "score_mod_relative_q": "feature_equiv",
 }
 
 
 def all_mutants() -> list[Mutant]:
-    return CATALOGUE + ONLINE_SOFTMAX + KERNEL_SCALE + FEATURE_MUTANTS + DETERMINISM + SERVING + GLOBAL_STATE
+    return (
+        CATALOGUE
+        + ONLINE_SOFTMAX
+        + KERNEL_SCALE
+        + FEATURE_MUTANTS
+        + SCORE_MUTANTS
+        + DETERMINISM
+        + SERVING
+        + GLOBAL_STATE
+    )
 
 
 def _verdict(prop_name: str, backend: Backend) -> str:

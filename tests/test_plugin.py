@@ -90,6 +90,32 @@ def test_check_from_outside_the_repository_passes_a_correct_backend_and_fails_a_
     assert not (tmp_path / ".pytest_cache").exists() and not (tmp_path / ".hypothesis").exists()
 
 
+SINKS = """
+import attnbench
+
+def _manual(q, k, v, **kwargs):
+    return attnbench.get_backend("manual").fn(q, k, v, **kwargs)
+
+def _sink_without_grad(q, k, v, *, sinks=None, **kwargs):
+    return _manual(q, k, v, sinks=None if sinks is None else sinks.detach(), **kwargs)
+
+good = attnbench.Backend("ext sinks", _manual, "manual, declaring sinks and lse", features={"sinks", "return_lse"})
+bad = attnbench.Backend("ext no dsink", _sink_without_grad, "sinks, no gradient", features={"sinks", "return_lse"})
+"""
+
+
+def test_check_runs_the_score_feature_properties_a_plugin_declares(tmp_path):
+    """A plug-in declaring sinks and return_lse gets feature_equiv (dsink included) and lse_merge, and one whose
+    sinks get no gradient fails feature_equiv (on its fixed cases: gpt-oss's heads with sinks)."""
+    (tmp_path / "extsinks.py").write_text(textwrap.dedent(SINKS))
+    only = ["--", "-k", "cpu and at_fixed_sizes and (feature_equiv or lse_merge)"]  # the kernel-size cases
+    good = _check(tmp_path, "extsinks:good", *only)
+    assert good.returncode == 0, good.stdout[-3000:] + good.stderr[-2000:]
+    assert "ext sinks: PASS" in good.stdout and "lse_merge:" in good.stdout and "feature_equiv:" in good.stdout
+    bad = _check(tmp_path, "extsinks:bad", *only)
+    assert bad.returncode == 1 and "failed: feature_equiv" in bad.stdout, bad.stdout[-3000:] + bad.stderr[-2000:]
+
+
 def test_check_names_an_unknown_backend_in_one_line(tmp_path):
     proc = _check(tmp_path, "no_such_backend")
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr

@@ -128,7 +128,7 @@ def test_default_scale_is_per_head_size():
 
 BAD_INPUTS = {
     "rank": (lambda: (torch.zeros(2, 3, 4), *qkv()[1:]), {}, "rank 4"),
-    "kv_shapes": (lambda: (*qkv()[:2], torch.zeros(1, 2, 5, 4)), {}, "k and v shapes differ"),
+    "kv_shapes": (lambda: (*qkv()[:2], torch.zeros(1, 2, 5, 4)), {}, r"k and v must agree on \(B, Hkv, Tk\)"),
     "q_k_heads": (lambda: (torch.zeros(1, 3, 3, 4), *qkv()[1:]), {}, "must be a multiple of the key/value heads"),
     "q_k_batch": (lambda: (torch.zeros(2, 2, 3, 4), *qkv()[1:]), {}, "must agree"),
     "q_k_headsize": (lambda: (torch.zeros(1, 2, 3, 8), *qkv()[1:]), {}, "must agree"),
@@ -166,6 +166,12 @@ BAD_INPUTS = {
     "causal_str": (qkv, {"causal": "no"}, "causal must be True or False, got 'no'"),
     "causal_int": (qkv, {"causal": 0}, "causal must be True or False, got 0"),
     "no_heads": (lambda: qkv(H=0), {}, "no heads"),
+    "sinks_shape": (qkv, {"sinks": torch.zeros(3)}, r"sinks must have shape \(2,\)"),
+    "sinks_int": (qkv, {"sinks": torch.zeros(2, dtype=torch.long)}, "sinks must be a floating-point tensor"),
+    "sinks_list": (qkv, {"sinks": [0.0, 0.0]}, "sinks must be a torch.Tensor"),
+    "alibi_shape": (qkv, {"alibi_slopes": torch.zeros(2, 3)}, r"alibi_slopes must have shape \(2,\) or \(1, 2\)"),
+    "score_mod_not_callable": (qkv, {"score_mod": 1.0}, "score_mod must be callable"),
+    "return_lse_str": (qkv, {"return_lse": "yes"}, "return_lse must be True or False, got 'yes'"),
 }
 
 
@@ -199,6 +205,11 @@ def test_undeclared_features_are_refused_with_the_reason():
         "mask_mod": ((q, k, v), {"mask_mod": lambda b, h, qi, ki: ki <= qi}),
         "document_ids": ((q, k, v), {"document_ids": docs}),
         "softcap": ((q, k, v), {"softcap": 30.0}),
+        "value_dim": ((q, k, torch.zeros(*v.shape[:-1], 8)), {}),
+        "score_mod": ((q, k, v), {"score_mod": lambda s, b, h, qi, ki: s}),
+        "alibi": ((q, k, v), {"alibi_slopes": torch.ones(4)}),
+        "sinks": ((q, k, v), {"sinks": torch.zeros(4)}),
+        "return_lse": ((q, k, v), {"return_lse": True}),
     }
     assert set(refused) == set(attnbench.FEATURES)
     for feature, (args, kwargs) in refused.items():
@@ -238,7 +249,7 @@ def test_a_declared_feature_can_be_refused_per_device():
     with pytest.raises(AttentionInputError, match="on CUDA only"):
         b(q, k, v, mask_mod=lambda b_, h, qi, ki: ki <= qi)
     with pytest.raises(ValueError, match="unknown feature"):
-        b.why_no_feature("alibi", "cpu")
+        b.why_no_feature("fp8", "cpu")
 
 
 def test_unknown_declared_feature_is_rejected(scratch_registry):
@@ -309,6 +320,24 @@ def test_a_backend_output_that_breaks_the_contract_is_refused(scratch_registry, 
     register_backend("broken", broken, "returns something else than the contract says")
     with pytest.raises(BackendOutputError, match=rf"backend 'broken' returned (.* )?{problem}"):
         attend(*qkv(), backend="broken")
+
+
+@pytest.mark.parametrize(
+    "bad_lse,problem",
+    [
+        (lambda out, lse: out, r"returned no \(out, lse\)"),
+        (lambda out, lse: (out, lse.transpose(1, 2)), r"lse of shape \(1, 3, 2\)"),
+        (lambda out, lse: (out, lse.double()), "lse of shape .* torch.float64"),
+    ],
+    ids=["no_tuple", "bthd_layout", "dtype"],
+)
+def test_a_returned_lse_that_breaks_the_contract_is_refused(scratch_registry, bad_lse, problem):
+    def broken(q, k, v, **kwargs):
+        return bad_lse(*get_backend("manual").fn(q, k, v, **kwargs))
+
+    register_backend("broken_lse", broken, "returns another lse than the contract says", features={"return_lse"})
+    with pytest.raises(BackendOutputError, match=rf"backend 'broken_lse' (returned|was asked) .*{problem}"):
+        attend(*qkv(), return_lse=True, backend="broken_lse")
 
 
 def test_a_backend_that_cannot_run_here_says_why():

@@ -1,4 +1,5 @@
-"""Properties of the contract's optional features (GQA, window, mask_mod, document_ids, softcap).
+"""Properties of the contract's optional features (GQA, window, mask_mod, document_ids, softcap, value_dim,
+score_mod, alibi, sinks, return_lse).
 
 Each is `check(backend, case, device)` over a `FeatureCase` drawn by hypothesis, like properties.py (where they
 are registered in PROPERTIES). A case draws any combination of features; `restricted` turns off those the
@@ -9,12 +10,18 @@ A backend with no backward on the device (an inference runtime) has its outputs 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, replace
 
 import torch
 from attnbench import Backend
 from attnbench.conformance.core import has_backward
-from attnbench.conformance.masked_reference import Features, masked_attention_formula, reference_visible
+from attnbench.conformance.masked_reference import (
+    Features,
+    masked_attention_formula,
+    masked_attention_with_lse,
+    reference_visible,
+)
 from attnbench.conformance.reference import RuleResult, abs_logit_bound, check_rule, rounding_noise
 from attnbench.conformance.strategies import Case, cases
 from hypothesis import strategies as st
@@ -28,6 +35,21 @@ MASK_MODS = {  # named mask_mods on absolute positions, tensor ops only (FlexAtt
     "local": lambda b, h, q, kv: (q - kv).abs() <= 2,  # a bidirectional band
 }
 SOFTCAPS = (0.5, 5.0, 30.0)  # 0.5 squashes every logit; 30 is Gemma 2's attention cap
+SCORE_MODS = {  # named score_mods (flex's convention), differentiable in the score, tensor ops only
+    "softcap_20": lambda s, b, h, q, kv: 20.0 * torch.tanh(s / 20.0),  # softcap as a score_mod
+    "relative": lambda s, b, h, q, kv: s + 0.25 * torch.sin(0.3 * (q - kv)),  # reads absolute q_idx and kv_idx
+    "per_head": lambda s, b, h, q, kv: s * (1.0 + 0.25 * h) - 0.5 * b,  # reads the query head and batch item
+}
+VALUE_DIMS = (8, 64, 128)  # Dv != D: 128 is DeepSeek MLA's value head dim (its query/key head dim is 192)
+
+
+def alibi_slopes(hq: int, device) -> torch.Tensor:
+    """ALiBi's geometric slopes 2^(-8 (h + 1) / Hq), (Hq,) float32 (Press et al.; flash-attn takes float32)."""
+    return torch.tensor([2.0 ** (-8.0 * (h + 1) / hq) for h in range(hq)], device=device)
+
+
+MASK_FEATURES = ("window", "mask_mod", "document_ids")
+SCORE_FEATURES = ("value_dim", "score_mod", "alibi", "sinks", "return_lse")
 
 
 @dataclass(frozen=True)
@@ -41,26 +63,49 @@ class FeatureCase:
     docs: tuple[tuple[int, ...], ...] | None = None  # per batch item, the document id of every key position
     softcap: float | None = None
     row: int = 0  # a query row, for the hidden-key properties
+    dv: int | None = None  # the value head dim, when it differs from D
+    score: str | None = None  # a key of SCORE_MODS
+    alibi: bool = False
+    sinks: bool = False
+    lse: bool = False  # return and check the lse too
+    for_scores: bool = False  # a fixed case of the score features: skipped where the backend runs none of them
 
     def tensors(self, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """q: (B, Hq, Tq, D); k, v: (B, Hkv, Tk, D)."""
+        """q: (B, Hq, Tq, D); k: (B, Hkv, Tk, D); v: (B, Hkv, Tk, Dv)."""
         q = self.base.tensors(device)[0]
         _, k, v = self.base.with_(H=self.hkv, seed=self.base.seed + 1).tensors(device)
+        if self.dv is not None:
+            v = self.base.with_(H=self.hkv, D=self.dv, seed=self.base.seed + 2).tensors(device)[2]
         return q, k, v
 
     def upstream(self, device) -> torch.Tensor:
-        return self.base.upstream(device)  # (B, Hq, Tq, D)
+        return self.base.with_(D=self.dv or self.base.D).upstream(device)  # (B, Hq, Tq, Dv)
+
+    def upstream_lse(self, device) -> torch.Tensor:
+        return self.base.with_(seed=self.base.seed + 3).upstream(device)[..., 0]  # (B, Hq, Tq)
 
     def features(self, device) -> Features:
         docs = None if self.docs is None else torch.tensor(self.docs, dtype=torch.long, device=device)  # (B, Tk)
         mask_mod = None if self.mask is None else MASK_MODS[self.mask]
-        return Features(window=self.window, mask_mod=mask_mod, document_ids=docs, softcap=self.softcap)
+        sinks = None
+        if self.sinks:  # gpt-oss's learned sinks are O(1) logits: a row's sink weight is far from 0 and from 1
+            g = torch.Generator().manual_seed(self.base.seed + 4)
+            sinks = (2.0 * torch.randn(self.base.H, generator=g)).to(self.base.dtype).to(device)  # (Hq,)
+        return Features(
+            window=self.window,
+            mask_mod=mask_mod,
+            document_ids=docs,
+            softcap=self.softcap,
+            score_mod=None if self.score is None else SCORE_MODS[self.score],
+            alibi_slopes=alibi_slopes(self.base.H, device) if self.alibi else None,
+            sinks=sinks,
+        )
 
     def used(self) -> list[str]:
         on = {"gqa": self.hkv != self.base.H, "window": self.window is not None, "mask_mod": self.mask is not None}
-        return [
-            f for f, yes in {**on, "document_ids": self.docs is not None, "softcap": bool(self.softcap)}.items() if yes
-        ]
+        on |= {"document_ids": self.docs is not None, "softcap": bool(self.softcap), "value_dim": self.dv is not None}
+        on |= {"score_mod": self.score is not None, "alibi": self.alibi, "sinks": self.sinks, "return_lse": self.lse}
+        return [f for f, yes in on.items() if yes]
 
     def restricted(self, backend: Backend, device: str) -> FeatureCase:
         """This case without the features `backend` does not run on `device`."""
@@ -72,6 +117,11 @@ class FeatureCase:
             mask=None if "mask_mod" in off else self.mask,
             docs=None if "document_ids" in off else self.docs,
             softcap=None if "softcap" in off else self.softcap,
+            dv=None if "value_dim" in off else self.dv,
+            score=None if "score_mod" in off else self.score,
+            alibi=self.alibi and "alibi" not in off,
+            sinks=self.sinks and "sinks" not in off,
+            lse=self.lse and "return_lse" not in off,
         )
 
     def visible(self, device) -> torch.Tensor:
@@ -80,6 +130,7 @@ class FeatureCase:
         return reference_visible(b.B, b.H, b.Tq, b.Tk, b.causal, self.features(device), device)
 
     def run(self, backend: Backend, q, k, v, **overrides) -> torch.Tensor:
+        """The output of `backend` on this case (its lse is not asked for)."""
         kwargs = {"causal": self.base.causal, "scale": self.base.scale, **self.features(q.device).kwargs()}
         return backend(q, k, v, **{**kwargs, **overrides})
 
@@ -119,7 +170,10 @@ def feature_cases(draw, dtypes, *, need=(), contiguous_docs: bool = False, **kw)
         docs = _document_ids(draw, base.B, base.Tk, interleaved=not contiguous_docs and draw(st.booleans()))
     softcap = draw(st.sampled_from(SOFTCAPS)) if on("softcap") else None
     row = draw(st.integers(0, base.Tq - 1))
-    return FeatureCase(base, hkv, window, mask, docs, softcap, row)
+    dv = draw(st.sampled_from([d for d in VALUE_DIMS if d != base.D])) if on("value_dim") else None
+    score = draw(st.sampled_from(sorted(SCORE_MODS))) if on("score_mod") else None
+    extra = {"alibi": on("alibi"), "sinks": on("sinks"), "lse": on("return_lse")}
+    return FeatureCase(base, hkv, window, mask, docs, softcap, row, dv, score, **extra)
 
 
 def _leaves(*ts):
@@ -136,16 +190,17 @@ def _context(backend: Backend, device: str, case: FeatureCase) -> str:
     return f"[{backend.name} on {device}: {case}]"
 
 
-def _magnitudes(case: FeatureCase, q, k, v, dout, vis) -> dict[str, float]:
+def _magnitudes(case: FeatureCase, q, k, v, dout, dlse, vis) -> dict[str, float]:
     """Sizes of the terms each result sums (see reference.grad_magnitudes), with k/v read per query head and dk,
-    dv summed over the query heads of a group."""
+    dv summed over the query heads of a group; dlse adds P * |dlse| to dS, and dsinks sums P_sink (|Dlt| + |dlse|)
+    over the batch and the query rows."""
     b = case.base
     scale = 1.0 / q.size(-1) ** 0.5 if b.scale is None else b.scale
     group = b.H // case.hkv
-    q, k, v, dout = (t.detach().double().abs() for t in (q, k, v, dout))
-    k, v = k.repeat_interleave(group, 1), v.repeat_interleave(group, 1)  # (B, Hq, Tk, D)
+    q, k, v, dout, dlse = (t.detach().double().abs() for t in (q, k, v, dout, dlse))
+    k, v = k.repeat_interleave(group, 1), v.repeat_interleave(group, 1)  # (B, Hq, Tk, D), (B, Hq, Tk, Dv)
     P = vis.double()  # (B, Hq, Tq, Tk): 0 <= P <= 1 where visible
-    ds = 2.0 * P * (dout @ v.transpose(-2, -1))  # (B, Hq, Tq, Tk)
+    ds = P * (2.0 * (dout @ v.transpose(-2, -1)) + dlse[..., None])  # (B, Hq, Tq, Tk)
     per_head_dk = scale * (ds.transpose(-2, -1) @ q)  # (B, Hq, Tk, D)
     per_head_dv = P.transpose(-2, -1) @ dout
     return {
@@ -153,30 +208,75 @@ def _magnitudes(case: FeatureCase, q, k, v, dout, vis) -> dict[str, float]:
         "dq": scale * float((ds @ k).max()),
         "dk": float(per_head_dk.unflatten(1, (case.hkv, group)).sum(2).max()),
         "dv": float(per_head_dv.unflatten(1, (case.hkv, group)).sum(2).max()),
+        "dsinks": float((dout.sum(-1) * v.max() + dlse).sum((0, 2)).max()),
     }
 
 
-def _against_reference(backend, case: FeatureCase, device, out, grads, q, k, v, dout) -> dict[str, RuleResult]:
-    """The pass rule for out (and grads wrt q, k, v) against the float64 masked formula, per tensor."""
+def _check_lse(x, ref, naive, atol, ctx) -> RuleResult:
+    """The pass rule for an lse, whose rows that see nothing are -inf in the reference and must be in x."""
+    empty = torch.isneginf(ref)  # (B, Hq, Tq)
+    if not torch.equal(torch.isneginf(x), empty):
+        wrong = (torch.isneginf(x) != empty).nonzero()[0].tolist()
+        raise AssertionError(f"lse: -inf where the reference is not, or not -inf where it is, first at {wrong} {ctx}")
+    fill = lambda t: t.masked_fill(empty, 0.0)  # noqa: E731
+    return check_rule("lse", fill(x), fill(ref), fill(naive.masked_fill(torch.isinf(naive), 0.0)), atol, ctx)
+
+
+def against_reference(backend, case: FeatureCase, device, got: dict, ins, dout, dlse) -> dict[str, RuleResult]:
+    """The pass rule for every tensor in `got` (out, lse, dq, dk, dv, dsinks) against the float64 masked formula.
+    ins: q, k, v and, with sinks, the sinks the backend got; dout (B, Hq, Tq, Dv), dlse (B, Hq, Tq) upstream."""
     b, f = case.base, case.features(device)
+    names = ["dq", "dk", "dv", "dsinks"][: len(ins)]
 
     def formula(dtype):
-        xs = _leaves(*(t.to(dtype) for t in (q, k, v)))
-        o = masked_attention_formula(*xs, causal=b.causal, scale=b.scale, f=f)
-        return (o.detach(), *torch.autograd.grad(o, xs, dout.to(dtype))) if grads else (o.detach(),)
+        xs = _leaves(*(t.to(dtype) for t in ins))
+        fx = replace(f, sinks=xs[3] if len(xs) > 3 else f.sinks)
+        o, lse = masked_attention_with_lse(*xs[:3], causal=b.causal, scale=b.scale, f=fx)
+        out = {"out": o.detach(), "lse": lse.detach()}
+        if "dq" in got:
+            gl = dlse.to(dtype) if "lse" in got else torch.zeros_like(lse)
+            out |= dict(zip(names, torch.autograd.grad((o, lse), xs, (dout.to(dtype), gl)), strict=True))
+        return out
 
     refs, naives = formula(torch.float64), formula(b.dtype)
+    q, k = ins[0], ins[1]
     a = abs_logit_bound(q, k.repeat_interleave(b.H // case.hkv, 1), b.scale)
-    mags = _magnitudes(case, q, k, v, dout, case.visible(device))
+    if f.alibi_slopes is not None:
+        a += float(f.alibi_slopes.max()) * b.Tk  # the largest bias, a logit rounded like the others
+    upstream_lse = dlse if "lse" in got else torch.zeros_like(dlse)
+    mags = _magnitudes(case, q, k, ins[2], dout, upstream_lse, case.visible(device))
+    mags["lse"] = 1.0 + float(refs["lse"].nan_to_num(neginf=0.0).abs().max())  # a relative error, and storing it
     group = b.H // case.hkv
-    terms = {"out": b.Tk, "dq": b.Tk, "dk": b.Tq * group, "dv": b.Tq * group}
-    got = (("out", out.detach()),) + ((("dq", grads[0]), ("dk", grads[1]), ("dv", grads[2])) if grads else ())
+    terms = {"out": b.Tk, "lse": b.Tk, "dq": b.Tk, "dk": b.Tq * group, "dv": b.Tq * group, "dsinks": b.B * b.Tq}
     results = {}
-    for i, (name, x) in enumerate(got):
+    ctx = _context(backend, device, case)
+    for name, x in got.items():
         atol = rounding_noise(b.dtype, mags[name], a, n_terms=terms[name])
         # Pass rule, per tensor: max|x - ref64| <= 2 * max|naive_d - ref64| + atol_d (reference.py).
-        results[name] = check_rule(name, x, refs[i], naives[i], atol, _context(backend, device, case))
+        rule = _check_lse if name == "lse" else functools.partial(check_rule, name)
+        results[name] = rule(x.detach(), refs[name], naives[name], atol, ctx)
     return results
+
+
+def run_checked(backend: Backend, case: FeatureCase, device: str) -> dict[str, RuleResult]:
+    """Run `case` (restricted to what the backend runs) with grads where it has a backward and its lse when the case
+    asks, and hold every tensor to the pass rule against the float64 formula."""
+    case = case.restricted(backend, device)
+    f = case.features(device)
+    ins = _inputs(backend, device, *case.tensors(device), *([] if f.sinks is None else [f.sinks]))
+    dout, dlse = case.upstream(device), case.upstream_lse(device)
+    sinks = ins[3] if len(ins) > 3 else None
+    kwargs = {"causal": case.base.causal, "scale": case.base.scale, **replace(f, sinks=sinks).kwargs()}
+    if not case.lse:
+        got = {"out": backend(*ins[:3], **kwargs)}
+    else:
+        got = dict(zip(("out", "lse"), backend(*ins[:3], **kwargs, return_lse=True), strict=True))
+    if ins[0].requires_grad:
+        upstream = (dout, dlse)[: len(got)]
+        grads = torch.autograd.grad(tuple(got.values()), ins, upstream, allow_unused=True)  # a sink may get none
+        grads = [torch.zeros_like(x) if g is None else g for g, x in zip(grads, ins, strict=True)]
+        got |= dict(zip(["dq", "dk", "dv", "dsinks"][: len(ins)], grads, strict=True))
+    return against_reference(backend, case, device, got, ins, dout, dlse)
 
 
 def _worst(results: dict[str, RuleResult]) -> RuleResult:
@@ -209,13 +309,11 @@ def _same_within(name: str, x, y, bound: float, ctx: str) -> None:
 
 
 def feature_equivalence(backend: Backend, case: FeatureCase, device: str) -> RuleResult:
-    """Output and grads with every combination of the features the backend runs, against float64 by the rule."""
-    case = case.restricted(backend, device)
-    q, k, v = _inputs(backend, device, *case.tensors(device))
-    dout = case.upstream(device)
-    out = case.run(backend, q, k, v)
-    grads = torch.autograd.grad(out, (q, k, v), dout) if q.requires_grad else ()
-    return _worst(_against_reference(backend, case, device, out, grads, q, k, v, dout))
+    """Output, lse and grads (q, k, v, sinks) with every combination of the features the backend runs, against
+    float64 by the rule."""
+    if case.for_scores and not set(case.restricted(backend, device).used()) & set(SCORE_FEATURES):
+        return None  # a kernel-size case kept for the score features, and the backend runs none of them
+    return _worst(run_checked(backend, case, device))
 
 
 def gqa_is_repeated_mha(backend: Backend, case: FeatureCase, device: str) -> None:
@@ -232,7 +330,8 @@ def gqa_is_repeated_mha(backend: Backend, case: FeatureCase, device: str) -> Non
         return  # no backward: the output alone
     grads = torch.autograd.grad(gqa, (q, k, v), dout)
     dk_mha = torch.autograd.grad(mha, kr, dout)[0].unflatten(1, (case.hkv, group)).sum(2)  # (B, Hkv, Tk, D)
-    dk_rule = _against_reference(backend, case, device, gqa, grads, q, k, v, dout)["dk"]
+    got = dict(zip(("out", "dq", "dk", "dv"), (gqa, *grads), strict=True))
+    dk_rule = against_reference(backend, case, device, got, (q, k, v), dout, case.upstream_lse(device))["dk"]
     _same_within("dk (GQA vs repeated MHA, summed per group)", grads[1], dk_mha, 2.0 * dk_rule.bound, ctx)
 
 
@@ -252,9 +351,9 @@ def window_covering_is_causal(backend: Backend, case: FeatureCase, device: str) 
 
 
 def documents_alone(backend: Backend, case: FeatureCase, device: str) -> None:
-    """Packed documents: each document's queries get what running that document on its own gives (mask_mod off:
-    it reads absolute positions and the batch index, which running alone shifts)."""
-    case = case.restricted(backend, device).with_(mask=None)
+    """Packed documents: each document's queries get what running that document on its own gives (mask_mod and
+    score_mod off: they read absolute positions and the batch index, which running alone shifts)."""
+    case = case.restricted(backend, device).with_(mask=None, score=None)
     q, k, v = case.tensors(device)
     b = case.base
     full = case.run(backend, q, k, v)  # (B, Hq, Tq, D)
@@ -295,7 +394,8 @@ def huge_softcap_is_none(backend: Backend, case: FeatureCase, device: str) -> Ru
     q, k, v = case.tensors(device)
     cap = 1e8 * max(1.0, abs_logit_bound(q, k.repeat_interleave(case.base.H // case.hkv, 1), case.base.scale))
     out = case.run(backend, q, k, v, softcap=cap)  # cap*tanh(s/cap) - s = O(s^3 / cap^2): below float64 eps
-    return _worst(_against_reference(backend, case, device, out, None, q, k, v, case.upstream(device)))
+    dout, dlse = case.upstream(device), case.upstream_lse(device)
+    return _worst(against_reference(backend, case, device, {"out": out}, (q, k, v), dout, dlse))
 
 
 def hidden_keys_never_matter(backend: Backend, case: FeatureCase, device: str) -> None:
@@ -366,7 +466,26 @@ def feature_examples(dtype: torch.dtype) -> list[FeatureCase]:
     ]
 
 
-FIXED_EXAMPLES = {"feature_equiv": feature_examples, "hidden_keys": feature_examples}  # property -> examples
+def score_feature_examples(dtype: torch.dtype) -> list[FeatureCase]:
+    """Fixed cases of the score features (feature_equiv): kernel sizes with real models' heads, in chunked prefill
+    (Tq < Tk: a bias or score_mod anchored at the query index shows), and an empty row with an lse and a sink."""
+    base = dict(B=1, dtype=dtype, magnitude=1.0, seed=4321, causal=True, layout="contiguous")
+    cases = [
+        FeatureCase(  # gpt-oss: 64 query / 8 key-value heads, D 64, sinks, a 128 window
+            Case(H=64, Tq=33, Tk=257, D=64, **base), hkv=8, window=128, sinks=True, lse=True, row=32
+        ),
+        FeatureCase(Case(H=16, Tq=33, Tk=129, D=192, **base), hkv=16, dv=128, lse=True, row=7),  # DeepSeek MLA
+        FeatureCase(Case(H=32, Tq=33, Tk=129, D=128, **base), hkv=32, alibi=True, row=32),  # MPT-7B's ALiBi heads
+        FeatureCase(Case(H=16, Tq=33, Tk=129, D=256, **base), hkv=8, score="relative", lse=True, row=0),  # Gemma 2
+        FeatureCase(Case(H=2, Tq=12, Tk=12, D=8, **base), hkv=1, mask="empty_rows", lse=True, sinks=True, row=4),
+    ]
+    return [c.with_(for_scores=True) for c in cases]
+
+
+FIXED_EXAMPLES = {  # property -> examples
+    "feature_equiv": lambda dtype: feature_examples(dtype) + score_feature_examples(dtype),
+    "hidden_keys": feature_examples,
+}
 
 
 # (name, check, strategy, doc, features needed): properties.py registers each as a Property

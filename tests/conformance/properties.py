@@ -30,6 +30,7 @@ from attnbench.conformance.core import (
     register,
 )
 from attnbench.conformance.features import FEATURE_PROPERTIES, FIXED_EXAMPLES
+from attnbench.conformance.lse_merge import LSE_PROPERTIES
 from attnbench.conformance.masked_reference import Features, masked_attention_formula
 from attnbench.conformance.nan_contract import nan_contract
 from attnbench.conformance.reference import (
@@ -571,6 +572,7 @@ register(
         for n, check, strat, doc, f in FEATURE_PROPERTIES
     )
 )
+register(*(Property(n, check, strat, doc, features=f, examples=ex) for n, check, strat, doc, f, ex in LSE_PROPERTIES))
 
 
 def property_dtypes(prop: Property, backend: Backend, device: str, record_property=None) -> list[torch.dtype]:
