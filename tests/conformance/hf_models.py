@@ -9,6 +9,7 @@ The families and what their attention asks of a backend (features it must declar
     llama    GQA                                   (LlamaForCausalLM)
     mistral  GQA, a sliding window on every layer  (MistralForCausalLM)
     gemma2   GQA, softcap 5, sliding window on every other layer, query_pre_attn_scalar scale (Gemma2ForCausalLM)
+    gpt_oss  GQA, attention sinks (a learned logit per head), window on every other layer, 2 experts (GptOssForCausalLM)
 
 transformers calls the registered function as fn(module, query, key, value, attention_mask, scaling=...,
 dropout=..., sliding_window=..., softcap=...) with query (B, Hq, Tq, D) and key/value (B, Hkv, Tk, D) after RoPE and
@@ -50,17 +51,25 @@ FAMILIES = {  # name -> (config class, model class, config fields beyond COMMON,
         },
         ("gqa", "window", "softcap"),
     ),
+    "gpt_oss": (
+        "GptOssConfig",
+        "GptOssForCausalLM",
+        dict(sliding_window=8, num_local_experts=2, num_experts_per_tok=1, rope_parameters={"rope_type": "default"}),
+        ("gqa", "window", "sinks"),
+    ),
 }
 
 
-def _reference(q, k, v, *, causal=True, dropout_p=0.0, scale=None, window=None, softcap=None):
+def _reference(q, k, v, *, causal=True, dropout_p=0.0, scale=None, window=None, softcap=None, sinks=None):
     """The suite's float64 formula (masked_reference.py), whatever the input dtype. transformers' eager attention
     is no reference: its softmax runs in float32 even for float64 inputs."""
-    f = Features(window=window, softcap=softcap)
+    f = Features(window=window, softcap=softcap, sinks=None if sinks is None else sinks.double())
     return masked_attention_formula(q.double(), k.double(), v.double(), causal=causal, scale=scale, f=f).to(q.dtype)
 
 
-REFERENCE = Backend("float64 reference", _reference, "the float64 formula", features={"gqa", "window", "softcap"})
+REFERENCE = Backend(
+    "float64 reference", _reference, "the float64 formula", features={"gqa", "window", "softcap", "sinks"}
+)
 _NAMES: dict[str, str] = {}  # backend name -> the name its attention function is registered under
 
 
@@ -72,7 +81,8 @@ def build(family: str, dtype: torch.dtype, seed: int = 0) -> torch.nn.Module:
     """A tiny random `family` model in eval mode, the same weights for the same seed whatever the dtype."""
     tf = import_transformers()
     config_cls, model_cls, extra, _ = FAMILIES[family]
-    config = getattr(tf, config_cls)(**COMMON, **extra, attn_implementation="eager")
+    # eager experts (a loop of matmuls): the grouped-matmul kernel of MoE layers takes no float64
+    config = getattr(tf, config_cls)(**COMMON, **extra, attn_implementation="eager", experts_implementation="eager")
     torch.manual_seed(seed)
     return getattr(tf, model_cls)(config).to(dtype).eval()
 
@@ -88,7 +98,11 @@ def use_backend(model: torch.nn.Module, backend: Backend | None) -> torch.nn.Mod
     name = _NAMES.setdefault(backend.name, f"attnbench-backend-{len(_NAMES)}")
 
     def attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-        extras = {"window": kwargs.get("sliding_window"), "softcap": kwargs.get("softcap")}
+        extras = {
+            "window": kwargs.get("sliding_window"),
+            "softcap": kwargs.get("softcap"),
+            "sinks": kwargs.get("s_aux"),
+        }
         extras = {k: v for k, v in extras.items() if v is not None}
         p = dropout if module.training else 0.0
         out = backend(query, key, value, causal=True, dropout_p=p, scale=scaling, **extras)  # (B, Hq, Tq, D)
@@ -100,11 +114,11 @@ def use_backend(model: torch.nn.Module, backend: Backend | None) -> torch.nn.Mod
 
 
 def loss_and_grads(model: torch.nn.Module, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(logits (B, T, V), loss, every parameter's gradient flattened into one vector) of next-token prediction."""
+    """(logits (B, T, V), loss, every parameter's gradient flattened into one vector, 0 where none reached it)."""
     model.zero_grad(set_to_none=True)
     out = model(input_ids=tokens, labels=tokens)
     out.loss.backward()
-    grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+    grads = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in model.parameters()])
     return out.logits.detach(), out.loss.detach(), grads
 
 
