@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pickle
 import signal
 import threading
 from dataclasses import dataclass
@@ -40,7 +41,12 @@ def load_checkpoint(path: str | os.PathLike, *, backend: str | None = None, devi
     if not Path(path).is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
-        ckpt = torch.load(path, map_location=device, weights_only=False)
+        # weights_only: tensors and plain data only; a pickle that would build any other object (and so could run
+        # code) is refused, never executed
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path} holds more than tensors and plain data; refused unread ({first})") from None
     except Exception as e:  # empty, truncated or not a torch file: torch raises one of many types
         detail = str(e).strip().splitlines()[0].split(". ")[0] if str(e).strip() else type(e).__name__
         why = f"empty, truncated or another format: {detail}"
@@ -58,7 +64,28 @@ def load_checkpoint(path: str | os.PathLike, *, backend: str | None = None, devi
         model.load_state_dict(ckpt["model"])
     except (TypeError, RuntimeError) as e:  # a foreign config field, or weights that do not fit the config
         raise CheckpointError(f"{path} holds a model this version cannot rebuild: {str(e).splitlines()[0]}") from e
+    chars = ckpt["tokenizer"].get("chars") if isinstance(ckpt["tokenizer"], dict) else None
+    if not isinstance(chars, str) or len(set(chars)) != config.vocab_size:
+        raise CheckpointError(
+            f"{path} holds a malformed tokenizer: not a string of {config.vocab_size} distinct characters, the "
+            "model's vocabulary"
+        )
     return model, CharTokenizer.from_state_dict(ckpt["tokenizer"]), ckpt
+
+
+RESUMABLE = ("train_config", "optimizer", "step", "history", "best_val", "batch_rng", "eval_rng", "torch_rng")
+
+
+def check_resumable(ckpt: dict, path: str | os.PathLike) -> None:
+    """A checkpoint a run can continue: the fields of resumable_state and the train config, none unknown."""
+    from .train import TrainConfig
+
+    if missing := [k for k in RESUMABLE if k not in ckpt]:
+        raise CheckpointError(f"{path} cannot be resumed: it lacks {', '.join(missing)}")
+    try:
+        TrainConfig(**ckpt["train_config"])
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path} cannot be resumed: its train_config does not fit this version ({e})") from None
 
 
 def check_same_vocabulary(ckpt: dict, tokenizer: CharTokenizer, path: str | os.PathLike) -> None:

@@ -28,7 +28,7 @@ import torch
 from attnbench import UnknownBackendError, backend_names, get_backend
 
 from . import distributed
-from .checkpoint import CheckpointError, Interrupted, load_checkpoint
+from .checkpoint import CheckpointError, Interrupted, check_resumable, load_checkpoint
 from .data import DATA_ENV, FILE_NAME, SHA256, DataError, Dataset, cache_dir
 from .model import GPTConfig
 from .train import TrainConfig, TrainingDiverged, evaluate, train
@@ -159,6 +159,10 @@ def run_train(args: argparse.Namespace) -> int:
     if args.resume:
         _check_device(given.get("device", "cpu"))
         ckpt = _load_checkpoint(args.resume, None, given.get("device", "cpu"))[2]
+        try:
+            check_resumable(ckpt, args.resume)
+        except CheckpointError as e:
+            raise CLIError(str(e)) from None
         model_cfg, cfg = GPTConfig(**ckpt["model_config"]), TrainConfig(**ckpt["train_config"])
     else:
         model_cfg, cfg = GPTConfig(), TrainConfig()
@@ -167,6 +171,11 @@ def run_train(args: argparse.Namespace) -> int:
             if f.name in given:
                 setattr(obj, f.name, given[f.name])
         obj.__post_init__()  # re-validate after the flags (a ValueError: one line, exit 2)
+    if ckpt is not None and cfg.max_iters <= ckpt["step"]:  # before anything runs, or is cleaned up
+        raise CLIError(
+            f"--max-iters {cfg.max_iters} is not past step {ckpt['step']} of {args.resume}: nothing to train "
+            f"(give --max-iters above {ckpt['step']})"
+        )
     _check_device(cfg.device)
     dp = None
     if distributed.launched_by_torchrun():  # one rank of torchrun: train data-parallel (distributed.py)

@@ -22,8 +22,10 @@ from tqdm.auto import tqdm
 from . import distributed
 from .atomic import remove_stale_temporaries
 from .checkpoint import (
+    CheckpointError,
     Interrupted,
     RunRNG,
+    check_resumable,
     check_same_vocabulary,
     last_checkpoint_path,
     load_checkpoint,
@@ -211,7 +213,10 @@ def train(
     start, evaluated_at = 0, None
     if resume is not None:
         _, _, ckpt = load_checkpoint(resume, device=cfg.device)
+        check_resumable(ckpt, resume)
         check_same_vocabulary(ckpt, dataset.tokenizer, resume)
+        if cfg.max_iters <= ckpt["step"]:  # nothing to train: never reach the clean-up of the resumed checkpoint
+            raise CheckpointError(f"max_iters {cfg.max_iters} is not past step {ckpt['step']} of {resume}")
         restored_text = restore_state(ckpt, model, optimizer, rng, cfg.device)
         watch_text = watch_text if restored_text is None else restored_text
         start = ckpt["step"]

@@ -149,3 +149,67 @@ def test_sigterm_saves_the_last_checkpoint_and_exits_143(corpus, tmp_path):
     assert proc.returncode == 143, stdout
     last = tmp_path / "term.last.pt"
     assert f"stopped by SIGTERM; continue with --resume {last}" in stdout and last.is_file()
+
+
+def test_a_crafted_pickle_is_refused_and_never_run(tmp_path, capsys):
+    # A checkpoint whose pickle builds an object by calling os.system: loading it must not call anything.
+    import os
+
+    import torch
+
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    evil = tmp_path / "evil.pt"
+    torch.save({"model": Payload(), "model_config": {}, "tokenizer": {}}, evil)
+    err = one_error_line(capsys, main(["sample", "--checkpoint", str(evil)]))
+    assert "refused unread" in err and not marker.exists()
+    err = one_error_line(capsys, main(["train", "--resume", str(evil), *TINY]))
+    assert "refused unread" in err and not marker.exists()
+
+
+@pytest.mark.parametrize(
+    "damage, says",
+    [
+        (lambda c: c.pop("train_config"), "lacks train_config"),
+        (lambda c: c.pop("optimizer"), "lacks optimizer"),
+        (lambda c: c["train_config"].update(no_such_field=1), "does not fit this version"),
+    ],
+)
+def test_resume_of_an_incomplete_checkpoint_is_one_line(checkpoint, corpus, tmp_path, capsys, damage, says):
+    import torch
+
+    ckpt = torch.load(checkpoint, weights_only=True)
+    damage(ckpt)
+    torch.save(ckpt, tmp_path / "damaged.pt")
+    err = one_error_line(
+        capsys, main(["train", "--data", str(corpus), "--no-verify", "--resume", str(tmp_path / "damaged.pt")])
+    )
+    assert says in err
+
+
+def test_sample_with_a_malformed_tokenizer_is_one_line(checkpoint, tmp_path, capsys):
+    import torch
+
+    for bad in ({"chars": 7}, {"chars": "ab"}, "not a dict"):
+        ckpt = torch.load(checkpoint, weights_only=True)
+        ckpt["tokenizer"] = bad
+        torch.save(ckpt, tmp_path / "bad_tok.pt")
+        err = one_error_line(capsys, main(["sample", "--checkpoint", str(tmp_path / "bad_tok.pt")]))
+        assert "malformed tokenizer" in err
+
+
+def test_resume_below_the_checkpoints_step_deletes_nothing(corpus, tmp_path, capsys):
+    out = tmp_path / "ck.pt"
+    last = tmp_path / "ck.last.pt"
+    assert main(["train", "--data", str(corpus), "--no-verify", "--out", str(out), *TINY]) == 0
+    import shutil
+
+    shutil.copy(out, last)  # an interrupted run's state, at step 6
+    err = one_error_line(
+        capsys, main(["train", "--data", str(corpus), "--no-verify", "--resume", str(last), "--max-iters", "3"])
+    )
+    assert "not past step" in err and last.exists() and out.exists()

@@ -73,7 +73,7 @@ def trained(tmp_path_factory):
 def test_best_val_checkpoint_is_written_atomically(trained):
     out, _, result = trained
     assert [p.name for p in out.parent.iterdir()] == ["best.pt"]  # no temporary files left behind
-    ckpt = torch.load(out, weights_only=False)
+    ckpt = torch.load(out, weights_only=True)
     best = min(result.history, key=lambda r: r["val_loss"])
     assert ckpt["step"] == best["step"] and ckpt["best_val"] == best["val_loss"] == result.best_val
     assert {"train_ppl", "val_ppl"} <= set(best) and best["val_ppl"] == pytest.approx(math.exp(best["val_loss"]))
@@ -114,7 +114,7 @@ def test_resume_from_best_checkpoint_equals_uninterrupted(tmp_path, capsys):
     full_watch = capsys.readouterr().out.splitlines()
     assert [line.split("|")[0].split() for line in full_watch] == [["step", str(s)] for s in (3, 6, 9, 12)]
     _, cfg = run(tmp_path, "half", on_eval=lambda row, model: row["step"] == 5)  # stops right after the eval at step 5
-    ckpt = torch.load(cfg.out, weights_only=False)
+    ckpt = torch.load(cfg.out, weights_only=True)
     assert ckpt["step"] == 5 and ckpt["evaluated"]
     capsys.readouterr()
     assert_same_run(full, resume(cfg, cfg.out))
@@ -136,7 +136,7 @@ def test_stop_signal_saves_last_checkpoint_and_resume_equals_uninterrupted(tmp_p
     assert last == tmp_path / "int.last.pt" and last.is_file()
     assert stopped.value.signum == signum and stopped.value.saved == last
     assert isinstance(stopped.value, KeyboardInterrupt)  # callers that catch Ctrl-C still do
-    ckpt = torch.load(last, weights_only=False)
+    ckpt = torch.load(last, weights_only=True)
     assert ckpt["step"] == 6 and not ckpt["evaluated"]  # step 5 finished, then it stopped cleanly
     assert signal.getsignal(signum) is previous  # the handler is restored
     cfg = tiny_train_config(max_iters=14, eval_interval=5, watch=3, out=str(tmp_path / "int2.pt"))
