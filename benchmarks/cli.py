@@ -17,7 +17,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from attnbench.bench.options import DEVICE_CHOICES, RunConfig, csv_list, parse_dtypes, parse_T
+from attnbench.bench.options import DEVICE_CHOICES, RunConfig, csv_list, parse_dtypes, parse_name, parse_T
 
 # `attnbench run --profile NAME`: option values it presets (a GPU is lent for minutes: the whole CUDA report at once)
 RUN_PROFILES = {
@@ -150,6 +150,7 @@ def main(argv=None) -> int:
             from attnbench.bench.job.main_job import Job
 
             apply_profile(args)
+            check_run_options(args)
             if args.nanogpt:
                 from attnbench.bench.measuring.side_by_side import load_nanogpt
 
@@ -183,6 +184,7 @@ def main(argv=None) -> int:
         if args.command == "compare":
             from attnbench.bench.report.compare import compare, render
 
+            check_csv_path(args.csv)
             m = compare(args.a, args.b, args.threshold, gate_absolute=args.gate_absolute)
             print(render(m, args.threshold))
             if args.csv:
@@ -192,6 +194,31 @@ def main(argv=None) -> int:
         print(f"attnbench {args.command}: error: {e}", file=sys.stderr)
         return 2
     return 2
+
+
+def check_run_options(args: argparse.Namespace) -> None:
+    """Every option of `attnbench run` that a stage would only trip over minutes later, checked now (ValueError:
+    one line, exit 2)."""
+    import torch
+
+    if args.backends is not None and not args.backends:
+        raise ValueError("--backends names no backend (leave the option out to run every registered one)")
+    if args.target is not None and not (math.isfinite(args.target) and args.target > 0):
+        raise ValueError(f"--target must be a finite loss > 0, got {args.target!r}")
+    if args.heat_steps is not None and args.heat_steps < 1:
+        raise ValueError(f"--heat-steps must be at least 1, got {args.heat_steps}")
+    if args.device in ("cuda", "all") and not torch.cuda.is_available():
+        raise ValueError(f"--device {args.device} needs CUDA, and this machine has none")
+    if args.data is not None and not Path(args.data).is_file():
+        raise ValueError(f"--data {args.data}: no such file")
+    if Path(args.out_dir).exists() and not Path(args.out_dir).is_dir():
+        raise ValueError(f"--out-dir {args.out_dir} is a file, not a folder")
+    parse_name(args.name)
+
+
+def check_csv_path(path: str | None) -> None:
+    if path is not None and (Path(path).is_dir() or not Path(path).absolute().parent.is_dir()):
+        raise ValueError(f"--csv {path}: give a file path in an existing folder")
 
 
 def examples(profile: str) -> int:

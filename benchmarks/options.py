@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -67,9 +68,31 @@ def parse_dtypes(names: list[str] | None, option: str = "--dtype") -> list[str] 
     import torch
 
     for name in names:
-        if not isinstance(getattr(torch, name, None), torch.dtype):
-            raise ValueError(f"{option}: {name!r} is not a torch dtype")
+        dtype = getattr(torch, name, None)
+        if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise ValueError(f"{option}: {name!r} is not a torch floating dtype (float32, bfloat16, float16, ...)")
     return names
+
+
+NAME_MAX = 100  # characters of a report name
+
+
+def parse_name(name: str | None) -> str | None:
+    """A report directory's name: one plain path component, so that no run can write outside --out-dir or onto
+    it (`.`, `..`, separators), hide itself (a leading dot is a run in progress) or carry control characters."""
+    if name is None:
+        return None
+    bad = (
+        "is empty" if not name
+        else f"is {len(name)} characters long (at most {NAME_MAX})" if len(name) > NAME_MAX
+        else "has a path separator" if "/" in name or "\\" in name or os.sep in name
+        else "starts with a dot" if name.startswith(".")
+        else "has a control character" if any(ord(c) < 32 or ord(c) == 127 for c in name)
+        else None
+    )  # fmt: skip
+    if bad:
+        raise ValueError(f"--name {name[:40]!r}{'...' if len(name) > 40 else ''} {bad}: give one plain file name")
+    return name
 
 
 def parse_backends(names: list[str] | None, registered: list[str], option: str = "--backends") -> list[str] | None:

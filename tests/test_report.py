@@ -525,3 +525,75 @@ def test_progress_without_a_terminal_is_one_short_line_per_tenth_of_a_stage(tmp_
         Follower(progress, None).update(bar, "bench_ops")
     lines = capsys.readouterr().out.splitlines()
     assert lines == [f"  [bench_ops] {n}/40 tests done" for n in range(4, 41, 4)]
+
+
+def nan_medians(run: Path, only: str | None = None) -> None:
+    """Every (or one backend's) stats median of every benchmark file set to NaN, as a broken stage leaves them."""
+    for f in run.glob("bench_*.json"):
+        data = json.loads(f.read_text())
+        for row in data["benchmarks"]:
+            if only is None or row["extra_info"].get("backend") == only:
+                row["stats"]["median"] = float("nan")
+                for field in ("ratio_median", "cold_median_s"):
+                    if field in row["extra_info"]:
+                        row["extra_info"][field] = float("nan")
+        f.write_text(json.dumps(data))
+
+
+def test_compare_names_a_run_whose_medians_are_all_nan(tmp_path, capsys):
+    a, b = synthetic_run(tmp_path / "a", seed=1), synthetic_run(tmp_path / "b", seed=1)
+    nan_medians(b)
+    ops = b / "bench_ops.json"  # op rows alone: every median (warm and cold) NaN
+    assert cli(["compare", str(a / "bench_ops.json"), str(ops), "--fail-on-regression"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(ops) in err and "NaN" in err
+    assert cli(["compare", str(a), str(b), "--fail-on-regression"]) == 1  # the whole run: its gates cannot pass
+
+
+def test_compare_fails_a_gated_row_that_is_no_longer_measured(tmp_path, capsys):
+    a, b = synthetic_run(tmp_path / "a", seed=1), synthetic_run(tmp_path / "b", seed=1)
+    nan_medians(b, only="per_head_loop")  # its interleaved ratio came out NaN: its gate cannot pass
+    assert cli(["compare", str(a), str(b), "--fail-on-regression"]) == 1
+    assert "per_head_loop" in capsys.readouterr().out
+
+
+def test_compare_csv_into_a_folder_is_one_line(tmp_path, capsys):
+    a = synthetic_run(tmp_path / "a", seed=1)
+    assert cli(["compare", str(a), str(a), "--csv", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--csv" in err
+
+
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["--backends", ","], "--backends names no backend"),
+        (["--target", "nan"], "--target must be a finite loss"),
+        (["--target", "-1"], "--target must be a finite loss"),
+        (["--dtype", "int64"], "not a torch floating dtype"),
+        (["--heat-steps", "-5"], "--heat-steps must be at least 1"),
+        (["--data", "/no/such/file.txt"], "--data /no/such/file.txt: no such file"),
+        (["--name", "."], "starts with a dot"),
+        (["--name", ".."], "starts with a dot"),
+        (["--name", "a/b"], "path separator"),
+        (["--name", "x" * 300], "300 characters long"),
+        (["--name", "tab\there"], "control character"),
+        (["--device", "cuda"], "needs CUDA"),
+    ],
+)
+def test_run_refuses_bad_options_before_any_stage(tmp_path, capsys, monkeypatch, args, says):
+    from attnbench.bench.job import main_job
+
+    if "cuda" in args and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    monkeypatch.setattr(main_job.Job, "run", lambda self: pytest.fail("a stage started"))
+    assert cli(["run", *args, "--out-dir", str(tmp_path / "reports")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and says in err, err
+    assert not (tmp_path / "reports").exists()  # nothing written, nothing moved
+
+
+def test_run_refuses_an_out_dir_that_is_a_file(tmp_path, capsys):
+    (tmp_path / "file").write_text("mine")
+    assert cli(["run", "--out-dir", str(tmp_path / "file")]) == 2
+    assert "is a file" in capsys.readouterr().err and (tmp_path / "file").read_text() == "mine"

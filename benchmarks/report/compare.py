@@ -80,6 +80,9 @@ def compare(a: str | Path, b: str | Path, threshold: float = 0.1, gate_absolute:
     if not (isinstance(threshold, (int, float)) and math.isfinite(threshold) and threshold >= 0):
         raise ValueError(f"--threshold must be a finite number >= 0, got {threshold!r}")
     ma, mb = metric_frame(run_rows(a)), metric_frame(run_rows(b))
+    for path, frame in ((a, ma), (b, mb)):
+        if frame["median"].isna().all():
+            raise ReportInputError(f"{path}: every median is missing or NaN: nothing to compare")
     m = ma.merge(mb, on=[*KEY, "metric"], suffixes=("_a", "_b"), how="outer", indicator=True)
     m["change"] = m["median_b"] / m["median_a"] - 1
     beyond = m["change"] > threshold
@@ -91,7 +94,8 @@ def compare(a: str | Path, b: str | Path, threshold: float = 0.1, gate_absolute:
     if "reached_a" in m:  # a backend that no longer reaches the target regressed, whatever its time
         lost = (m["reached_a"].astype(str) == "True") & (m["reached_b"].astype(str) == "False")
         m["regression"] |= lost
-    m["missing"] = (m["_merge"] == "left_only") & gated  # gated in a, gone from b: its gate cannot pass
+    # gated in a, gone from b (or no longer measured: a NaN median): its gate cannot pass
+    m["missing"] = ((m["_merge"] == "left_only") | (m["median_a"].notna() & m["median_b"].isna())) & gated
     m["regression"] |= m["missing"]
     m["only_in"] = m["_merge"].map({"left_only": "A", "right_only": "B", "both": ""})
     return m.drop(columns="_merge")
@@ -102,7 +106,7 @@ def render(m: pd.DataFrame, threshold: float) -> str:
     shown = [c for c in ["kind", "backend", "device", "dtype", "mode", "T", "metric", "median_a", "median_b", "change"]]
     both = m[m["only_in"] == ""]
     lines = [f"{len(both)} matched rows, threshold {threshold:.0%} (and non-overlapping ~95% intervals of the medians)"]
-    ratios = both[both["metric"] == "ratio to baseline"]
+    ratios = both[(both["metric"] == "ratio to baseline") & both["change"].notna()]
     if len(ratios):  # how far two runs' interleaved ratios agree: the reproducibility figure
         r = ratios.loc[ratios["change"].abs().idxmax()]
         where = f"{r['backend']} {r['device']} {r['dtype']} {r['mode']} T={r['T']}"
