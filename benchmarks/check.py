@@ -158,7 +158,7 @@ def supervise(cmd: list[str], scratch: Path, env: dict, time_limit: float) -> in
                     proc.wait()
         finally:
             if proc.poll() is None:  # stopped by a signal to us: stop the suite, every process of it
-                stop_group(proc)
+                suites.stop_group(proc, grace=5)
             pump.join(5)
         log.read()
         if pump.dropped:
@@ -200,18 +200,6 @@ def supervise(cmd: list[str], scratch: Path, env: dict, time_limit: float) -> in
     if not verdicts:
         print("attnbench check: no conformance test ran", file=sys.stderr)
     return rc if rc or verdicts else 5
-
-
-def stop_group(proc: subprocess.Popen) -> None:
-    """SIGTERM to the process group, SIGKILL after 5 s; reaped."""
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(5)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    except ProcessLookupError:
-        proc.wait()
 
 
 def check(specs: list[str], profile: str, quick: bool, pytest_args: list[str], time_limit: float | None) -> int:

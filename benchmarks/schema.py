@@ -58,6 +58,7 @@ PLOTS = {
     "heatmaps": "heatmaps.png",
 }
 OUTPUTS = REPORT_FILES + tuple(PLOTS.values())
+MANIFEST = "manifest.json"  # the top-level files a build wrote: all that a later regen may replace
 
 
 class ReportInputError(ValueError):

@@ -6,6 +6,10 @@ import json
 import math
 import os
 import random
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -597,3 +601,80 @@ def test_run_refuses_an_out_dir_that_is_a_file(tmp_path, capsys):
     (tmp_path / "file").write_text("mine")
     assert cli(["run", "--out-dir", str(tmp_path / "file")]) == 2
     assert "is a file" in capsys.readouterr().err and (tmp_path / "file").read_text() == "mine"
+
+
+def test_regen_touches_only_the_files_its_build_wrote(tmp_path):
+    run = synthetic_run(tmp_path / "r1")
+    assert cli(["regen", str(run)]) == 0
+    (run / "notes").mkdir()
+    (run / "notes" / "report.md").write_text("my own report.md")  # shares an output's name, in a subfolder
+    (run / "logs").mkdir(exist_ok=True)
+    (run / "logs" / "results.csv").write_text("mine")
+    outside = tmp_path / "big_data.txt"
+    outside.write_text("not to be copied")
+    (run / "data").symlink_to(outside)  # a link the user made
+    assert cli(["regen", str(run)]) == 0
+    assert (run / "notes" / "report.md").read_text() == "my own report.md"
+    assert (run / "logs" / "results.csv").read_text() == "mine"
+    assert (run / "data").is_symlink() and (run / "data").resolve() == outside.resolve()
+    assert "report.md" in json.loads((run / "manifest.json").read_text())["written"]
+
+
+def test_two_runs_started_in_the_same_second_get_two_names(tmp_path, monkeypatch):
+    from attnbench.bench.job import main_job
+
+    monkeypatch.setattr(main_job.time, "strftime", lambda fmt: "2026-01-01_000000")
+    first, _ = main_job.reserve(tmp_path, None, False, "")
+    second, _ = main_job.reserve(tmp_path, None, False, "")
+    assert (first, second) == ("2026-01-01_000000", "2026-01-01_000000-2")
+    main_job.reserve(tmp_path, "mine", False, "")
+    with pytest.raises(FileExistsError, match="being written by another run"):  # even with --force
+        main_job.reserve(tmp_path, "mine", True, "")
+
+
+def test_a_partial_directory_whose_stage_is_alive_is_never_cleaned(tmp_path):
+    from attnbench.bench.job import main_job
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stage = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        partial = tmp_path / ".partial-orphaned"
+        partial.mkdir()
+        (partial / "owner.pid").write_text(f"{dead.pid}\n{stage.pid}\n")  # the run was killed; its stage writes on
+        assert main_job.clean_stale_partials(tmp_path) == [] and partial.is_dir()
+    finally:
+        stage.kill()
+        stage.wait()
+    assert main_job.clean_stale_partials(tmp_path) == [partial]
+
+
+SLEEPY_RUN = """
+import sys
+from attnbench.bench.job import main_job
+from attnbench.bench.options import RunConfig
+
+def sleepy_stage(self, stage, bar):  # a stage whose pytest process sleeps: the run is stopped while it runs
+    return ("ok" if self.pytest(stage, [sys.argv[1]], bar) == 0 else "failed"), ""
+
+main_job.Job.bench_stage = sleepy_stage
+sys.exit(main_job.Job(RunConfig(backends=["manual"], name="stopped", out_dir=sys.argv[2]), "attnbench run").run())
+"""
+
+
+def test_sigterm_to_run_stops_its_stage_and_leaves_nothing(tmp_path):
+    (tmp_path / "test_sleep.py").write_text("import time\n\ndef test_sleep():\n    time.sleep(300)\n")
+    reports = tmp_path / "reports"
+    run = subprocess.Popen([sys.executable, "-c", SLEEPY_RUN, str(tmp_path / "test_sleep.py"), str(reports)])
+    lock = reports / ".partial-stopped" / "owner.pid"
+    deadline = time.monotonic() + 120
+    while not (lock.is_file() and len(lock.read_text().split()) == 2):  # the run's pid, then its stage's
+        assert time.monotonic() < deadline and run.poll() is None
+        time.sleep(0.2)
+    stage = int(lock.read_text().split()[1])
+    run.send_signal(signal.SIGTERM)
+    assert run.wait(60) == 128 + signal.SIGTERM
+    from attnbench.bench.job.main_job import pid_alive
+
+    assert not pid_alive(stage)  # stopped and reaped, not orphaned
+    assert list(reports.iterdir()) == []  # no partial directory, no report

@@ -11,12 +11,13 @@ the report still written.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -73,20 +74,64 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def reserve(out_dir: Path, name: str | None, force: bool, suffix: str) -> tuple[str, Path]:
+    """(name, its partial directory), created at once (mkdir is atomic): two runs started in the same second get
+    two names (a default name takes -2, -3, ...), and one --name is written by one run at a time. The partial
+    directory holds the run's pid (schema.PARTIAL_LOCK); its absolute path, since stages run elsewhere."""
+    base = name or time.strftime("%Y-%m-%d_%H%M%S") + suffix
+    for n in range(1, 1000):
+        candidate = base if n == 1 else f"{base}-{n}"
+        taken = (out_dir / candidate).exists() and not force
+        if not taken:
+            partial = out_dir / f"{schema.PARTIAL_PREFIX}{candidate}"
+            try:
+                partial.mkdir()
+            except FileExistsError:
+                taken = True
+        if taken and name is not None:
+            what = "is being written by another run" if not (out_dir / candidate).exists() else "already exists"
+            raise FileExistsError(f"{out_dir / candidate} {what} (choose another --name, or --force to replace it)")
+        if not taken:
+            (partial / schema.PARTIAL_LOCK).write_text(f"{os.getpid()}\n")
+            return candidate, partial.resolve()
+    raise FileExistsError(f"no free name {base}-N in {out_dir}")
+
+
+class Stopped(KeyboardInterrupt):
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def stop_on_sigterm():
+    """SIGTERM (a scheduler, a CI cancel, `timeout`) stops the run as Ctrl-C does: the stage and its children
+    stopped, the partial directory removed; exit 143."""
+
+    def handler(signum, frame):
+        raise Stopped(signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 STALE_UNLOCKED_S = 24 * 3600  # a partial directory without a pid file (an older attnbench) counts as stale after this
 
 
 def clean_stale_partials(out_dir: Path, now: float | None = None) -> list[Path]:
-    """Remove the `.partial-*` directories of runs that died (their writer's pid is gone, or they carry no
-    pid and are older than a day); returns what was removed. Those of live runs are left alone."""
+    """Remove the `.partial-*` directories of runs that died (no pid of the run or of its stages is alive, or
+    they carry no pid and are older than a day); returns what was removed. Those of live runs are left alone."""
     now = time.time() if now is None else now
     removed = []
     for d in sorted(out_dir.glob(schema.PARTIAL_PREFIX + "*")):
         if not d.is_dir():
             continue
         lock = d / schema.PARTIAL_LOCK
-        try:
-            stale = not pid_alive(int(lock.read_text().strip()))
+        try:  # one pid a line: the run's, then each stage's (a stage orphaned by a killed run still owns it)
+            stale = not any(pid_alive(int(line)) for line in lock.read_text().split())
         except (OSError, ValueError):  # no readable pid: judge by age
             stale = now - d.stat().st_mtime > STALE_UNLOCKED_S
         if stale:
@@ -137,7 +182,10 @@ class Job:
                 stdout=f,
                 stderr=subprocess.STDOUT,
                 env={"HYPOTHESIS_PROFILE": "ci", **os.environ, "PYTHONUNBUFFERED": "1"},
+                start_new_session=True,  # its own process group: a stop reaches the stage and all it started
             )
+            with open(self.dir / schema.PARTIAL_LOCK, "a") as lock:
+                lock.write(f"{self.proc.pid}\n")
             follow = Follower(progress, log if self.cfg.verbose else None)
             while self.proc.poll() is None:
                 time.sleep(0.2)
@@ -200,24 +248,21 @@ class Job:
     # ---------------------------------------------------------------------------------------------- run
 
     def run(self) -> int:
+        with stop_on_sigterm():
+            return self._run()
+
+    def _run(self) -> int:
         cfg = self.cfg
-        name = cfg.name or time.strftime("%Y-%m-%d_%H%M%S") + ("-quick" if cfg.quick else "")
         out_dir = Path(cfg.out_dir)
-        final = out_dir / name
-        if final.exists() and not cfg.force:
-            print(
-                f"attnbench run: {final} already exists (choose another --name, or --force to replace it)",
-                file=sys.stderr,
-            )
-            return 2
         out_dir.mkdir(parents=True, exist_ok=True)
         for d in clean_stale_partials(out_dir):
             print(f"attnbench run: removed {d}, left by a run that was killed", file=sys.stderr)
-        # absolute: the stages run in a scratch directory of their own (mkdtemp keeps a relative dir relative
-        # before Python 3.12)
-        self.dir = Path(tempfile.mkdtemp(dir=out_dir, prefix=f"{schema.PARTIAL_PREFIX}{name}-")).resolve()
-        os.chmod(self.dir, 0o755)
-        (self.dir / schema.PARTIAL_LOCK).write_text(str(os.getpid()))
+        try:
+            name, self.dir = reserve(out_dir, cfg.name, cfg.force, "-quick" if cfg.quick else "")
+        except FileExistsError as e:
+            print(f"attnbench run: {e}", file=sys.stderr)
+            return 2
+        final = out_dir / name
         (self.dir / schema.LOGS).mkdir()
         started = time.time()
         try:
@@ -252,16 +297,12 @@ class Job:
             (self.dir / schema.PARTIAL_LOCK).unlink()
             build_in_place(self.dir)
             schema.swap_in(self.dir, final)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (stop_on_sigterm): stop the stage, then clean up
             if self.proc is not None:
-                self.proc.terminate()
-                try:
-                    self.proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
+                suites.stop_group(self.proc, grace=10)
             shutil.rmtree(self.dir, ignore_errors=True)
             print("\nattnbench run: interrupted; nothing written, earlier reports untouched", file=sys.stderr)
-            return 130
+            return 128 + getattr(e, "signum", signal.SIGINT)
         except BaseException:
             shutil.rmtree(self.dir, ignore_errors=True)
             raise

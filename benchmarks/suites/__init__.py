@@ -9,6 +9,8 @@ theirs is read (`-c os.devnull`), no cache is written, and the rootdir is the wo
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -48,3 +50,16 @@ def pytest_command(args: list[str], rootdir: str | os.PathLike) -> list[str]:
         CONFORMANCE_PLUGIN,
         *args,
     ]
+
+
+def stop_group(proc: subprocess.Popen, grace: float) -> None:
+    """Stop a suite started with start_new_session=True: SIGTERM to its process group, SIGKILL after `grace`
+    seconds; reaped."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    except ProcessLookupError:
+        proc.wait()
