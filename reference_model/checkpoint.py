@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
+import re
 import signal
 import threading
 from dataclasses import dataclass
@@ -45,8 +46,12 @@ def load_checkpoint(path: str | os.PathLike, *, backend: str | None = None, devi
         # code) is refused, never executed
         ckpt = torch.load(path, map_location=device, weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path} holds more than tensors and plain data; refused unread ({first})") from None
+        found = re.search(r"GLOBAL (\S+)", str(e))  # the callable it would import, e.g. posix.system
+        what = f" such as {found.group(1)}" if found else ""
+        raise CheckpointError(
+            f"{path} is not a checkpoint of this project: it holds objects{what} beside tensors and plain data "
+            "(refused unread: loading it could run code)"
+        ) from None
     except Exception as e:  # empty, truncated or not a torch file: torch raises one of many types
         detail = str(e).strip().splitlines()[0].split(". ")[0] if str(e).strip() else type(e).__name__
         why = f"empty, truncated or another format: {detail}"

@@ -28,7 +28,7 @@ import torch
 from attnbench import UnknownBackendError, backend_names, get_backend
 
 from . import distributed
-from .checkpoint import CheckpointError, Interrupted, check_resumable, load_checkpoint
+from .checkpoint import CheckpointError, Interrupted, check_resumable, check_same_vocabulary, load_checkpoint
 from .data import DATA_ENV, FILE_NAME, SHA256, DataError, Dataset, cache_dir
 from .model import GPTConfig
 from .train import TrainConfig, TrainingDiverged, evaluate, train
@@ -171,11 +171,6 @@ def run_train(args: argparse.Namespace) -> int:
             if f.name in given:
                 setattr(obj, f.name, given[f.name])
         obj.__post_init__()  # re-validate after the flags (a ValueError: one line, exit 2)
-    if ckpt is not None and cfg.max_iters <= ckpt["step"]:  # before anything runs, or is cleaned up
-        raise CLIError(
-            f"--max-iters {cfg.max_iters} is not past step {ckpt['step']} of {args.resume}: nothing to train "
-            f"(give --max-iters above {ckpt['step']})"
-        )
     _check_device(cfg.device)
     dp = None
     if distributed.launched_by_torchrun():  # one rank of torchrun: train data-parallel (distributed.py)
@@ -187,8 +182,15 @@ def run_train(args: argparse.Namespace) -> int:
         _check_out(Path(cfg.out), args, ckpt)
     try:
         dataset = Dataset.load(args.data, expected_sha256=None if args.no_verify else SHA256)
-    except DataError as e:
+        if ckpt is not None:
+            check_same_vocabulary(ckpt, dataset.tokenizer, args.resume)
+    except (DataError, CheckpointError) as e:
         raise CLIError(str(e)) from None
+    if ckpt is not None and cfg.max_iters <= ckpt["step"]:  # before anything runs, or is cleaned up
+        raise CLIError(
+            f"--max-iters {cfg.max_iters} is not past step {ckpt['step']} of {args.resume}: nothing to train "
+            f"(give --max-iters above {ckpt['step']})"
+        )
 
     t0 = time.perf_counter()
     try:
