@@ -27,8 +27,6 @@ from . import (  # noqa: F401  (importing a backend module registers it)
 )
 from .layouts import attend_paged, attend_varlen
 from .registry import (
-    BASE_FEATURES,
-    DEFAULT_BACKEND,
     ENTRY_POINT_GROUP,
     FEATURES,
     AttendFn,
@@ -41,9 +39,7 @@ from .registry import (
     attend,
     backend_names,
     bottom_right_causal_mask,
-    check_inputs,
     default_scale,
-    features_in_use,
     get_backend,
     register_backend,
     use_backend,
@@ -51,9 +47,7 @@ from .registry import (
 )
 
 __all__ = [
-    "DEFAULT_BACKEND",
     "ENTRY_POINT_GROUP",
-    "BASE_FEATURES",
     "FEATURES",
     "AttendFn",
     "AttentionInputError",
@@ -67,9 +61,7 @@ __all__ = [
     "attend_varlen",
     "backend_names",
     "bottom_right_causal_mask",
-    "check_inputs",
     "default_scale",
-    "features_in_use",
     "get_backend",
     "register_backend",
     "use_backend",

@@ -342,6 +342,6 @@ register_backend(
     chunked_attention,
     "flash-attention algorithm in plain PyTorch: online softmax over key blocks, recomputing backward, O(T) memory",
     features=FEATURES,
-    nan_deviation=NanDeparture(f"{NAN_IN_FUTURE_VALUE} (within its key block)", spreads={"value"}),
+    nan_departure=NanDeparture(f"{NAN_IN_FUTURE_VALUE} (within its key block)", spreads={"value"}),
     varlen=functools.partial(varlen_as_documents, chunked_attention),  # a prefill batch in one call (layouts.py)
 )

@@ -37,5 +37,5 @@ register_backend(
     compiled_manual_attention,
     f"the manual formula under torch.compile(dynamic=True); eager below Tk={COMPILE_MIN_TK}",
     working_set=score_matrix_bytes,  # as manual: inductor fuses the elementwise work, the (B, H, Tq, Tk) scores stay
-    nan_deviation=NAN_IN_FUTURE_VALUE,
+    nan_departure=NAN_IN_FUTURE_VALUE,
 )

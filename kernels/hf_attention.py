@@ -105,7 +105,7 @@ register_backend(
     "transformers' sdpa_attention_forward (the attention of its models' attn_implementation='sdpa')",
     _reason,
     features=MASK_FEATURES,
-    nan_deviation=SDPA_CPU_NAN.said_of("transformers' sdpa_attention_forward (PyTorch's SDPA underneath)"),
+    nan_departure=SDPA_CPU_NAN.said_of("transformers' sdpa_attention_forward (PyTorch's SDPA underneath)"),
 )
 register_backend(
     "hf_eager",
@@ -115,5 +115,5 @@ register_backend(
     # the masks a model gives it are finite (the dtype's minimum): a row that sees no key averages the values
     # (mean(v), not the contract's 0), so only the features that leave every row a key are declared
     features={"gqa", "window"},
-    nan_deviation=NAN_IN_FUTURE_KEY_OR_VALUE.said_of("transformers' eager_attention_forward"),
+    nan_departure=NAN_IN_FUTURE_KEY_OR_VALUE.said_of("transformers' eager_attention_forward"),
 )

@@ -131,6 +131,6 @@ register_backend(
     _reason,
     features={"gqa"},  # nothing else of the contract's features: no window, mask_mod, document_ids or softcap here
     no_dropout_reason=lambda device: "jax.nn.dot_product_attention has no dropout",
-    nan_deviation=NAN_IN_FUTURE_VALUE.said_of("XLA's dot_product_attention"),
+    nan_departure=NAN_IN_FUTURE_VALUE.said_of("XLA's dot_product_attention"),
 )
 CROSSINGS["jax_dpa"] = crossing_fn

@@ -44,5 +44,5 @@ register_backend(
     "all heads batched, explicit boolean mask, softmax, matmul",
     features=FEATURES,
     working_set=score_matrix_bytes,  # scores and weights, (B, H, Tq, Tk) each
-    nan_deviation=NAN_IN_FUTURE_VALUE,
+    nan_departure=NAN_IN_FUTURE_VALUE,
 )

@@ -70,6 +70,6 @@ register_backend(
     features={"gqa"},  # nothing else of the contract's features: no window, mask_mod, document_ids or softcap here
     no_dropout_reason=lambda device: "ONNX Runtime's Attention kernel has no dropout",
     no_backward_reason="ONNX Runtime is an inference runtime: its Attention kernel has no backward",
-    nan_deviation=NAN_IN_FUTURE_KEY_OR_VALUE.said_of("ONNX Runtime's Attention kernel"),
+    nan_departure=NAN_IN_FUTURE_KEY_OR_VALUE.said_of("ONNX Runtime's Attention kernel"),
 )
 CROSSINGS["onnx_attention"] = crossing_fn

@@ -79,6 +79,6 @@ register_backend(
     _reason,
     no_dropout_reason=lambda device: "ONNX Runtime's MultiHeadAttention kernel has no dropout",
     no_backward_reason="ONNX Runtime is an inference runtime: its MultiHeadAttention kernel has no backward",
-    nan_deviation=NAN_IN_FUTURE_KEY_OR_VALUE.said_of("ONNX Runtime's MultiHeadAttention kernel"),
+    nan_departure=NAN_IN_FUTURE_KEY_OR_VALUE.said_of("ONNX Runtime's MultiHeadAttention kernel"),
 )
 CROSSINGS["onnx_mha"] = crossing_fn

@@ -42,5 +42,5 @@ register_backend(
     "one head at a time in a Python loop, then stacked",
     features=BASE_FEATURES,
     working_set=lambda q, k: score_matrix_bytes(q[:, :1], k),  # one head's scores and weights at a time
-    nan_deviation=NAN_IN_FUTURE_VALUE,
+    nan_departure=NAN_IN_FUTURE_VALUE,
 )

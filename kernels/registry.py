@@ -187,7 +187,7 @@ class Backend:
     # that cannot fit in the device's available memory is refused up front with this estimate
     working_set: Callable[[torch.Tensor, torch.Tensor], int] | None = None
     # how the backend departs from the non-finite-input contract (see attnbench.conformance.nan_contract), if it does
-    nan_deviation: NanDeparture | None = None
+    nan_departure: NanDeparture | None = None
     # a row's output is bit-identical whatever the batch size, its place in the batch and the query rows computed
     # beside it (what batch-invariant inference needs); the batch_invariance property holds a backend to it
     batch_invariant: bool = False
@@ -200,10 +200,10 @@ class Backend:
     nondeterministic: bool = False
 
     def __post_init__(self):
-        if self.nan_deviation is not None and not isinstance(self.nan_deviation, NanDeparture):
+        if self.nan_departure is not None and not isinstance(self.nan_departure, NanDeparture):
             raise TypeError(
-                f"backend {self.name!r}: nan_deviation must be an attnbench.NanDeparture(why, spreads=..., hides=...) "
-                f"naming the inputs it covers, got {type(self.nan_deviation).__name__}"
+                f"backend {self.name!r}: nan_departure must be an attnbench.NanDeparture(why, spreads=..., hides=...) "
+                f"naming the inputs it covers, got {type(self.nan_departure).__name__}"
             )
         if unknown := set(self.features) - set(FEATURES):
             raise ValueError(f"backend {self.name!r} declares unknown features {sorted(unknown)}; known: {FEATURES}")
@@ -616,7 +616,7 @@ def register_backend(
     no_feature_reason: Callable[[str, torch.device], str | None] = declared_features_supported,
     no_backward_reason: str | Callable[[torch.device], str | None] | None = None,
     working_set: Callable[[torch.Tensor, torch.Tensor], int] | None = None,
-    nan_deviation: NanDeparture | None = None,
+    nan_departure: NanDeparture | None = None,
     batch_invariant: bool = False,
     varlen: Callable[..., torch.Tensor] | None = None,
     paged: Callable[..., torch.Tensor] | None = None,
@@ -636,7 +636,7 @@ def register_backend(
         no_feature_reason,
         no_backward_reason=no_backward_reason,
         working_set=working_set,
-        nan_deviation=nan_deviation,
+        nan_departure=nan_departure,
         batch_invariant=batch_invariant,
         varlen=varlen,
         paged=paged,
@@ -651,8 +651,8 @@ def _as_backend(name: str, obj: object) -> Backend:
         return obj
     if callable(obj):
         doc = (getattr(obj, "__doc__", None) or "").strip().splitlines()
-        deviation = getattr(obj, "nan_deviation", None)  # a plain callable may declare it as an attribute
-        return Backend(name, obj, doc[0] if doc else f"plug-in backend {name}", nan_deviation=deviation)
+        deviation = getattr(obj, "nan_departure", None)  # a plain callable may declare it as an attribute
+        return Backend(name, obj, doc[0] if doc else f"plug-in backend {name}", nan_departure=deviation)
     raise TypeError(f"{name!r} must be a attnbench.Backend or an attention callable, got {type(obj).__name__}")
 
 

@@ -152,7 +152,7 @@ register_backend(
     sdpa_attention,
     "F.scaled_dot_product_attention, PyTorch picks the kernel",
     features=FEATURES,
-    nan_deviation=SDPA_CPU_NAN,
+    nan_departure=SDPA_CPU_NAN,
 )
 register_backend(
     "sdpa_math",
@@ -160,7 +160,7 @@ register_backend(
     "SDPA pinned to the math (reference, materialized) kernel",
     features=FEATURES,
     working_set=score_matrix_bytes,  # scores and weights, (B, H, Tq, Tk) each, like manual
-    nan_deviation=NAN_IN_FUTURE_KEY_OR_VALUE.said_of("PyTorch's math kernel"),
+    nan_departure=NAN_IN_FUTURE_KEY_OR_VALUE.said_of("PyTorch's math kernel"),
 )
 register_backend(
     "sdpa_flash",
@@ -170,7 +170,7 @@ register_backend(
     no_dropout_reason=_flash_no_dropout_reason,
     features=FEATURES,
     no_feature_reason=_feature_reason("flash"),
-    nan_deviation=SDPA_CPU_NAN,
+    nan_departure=SDPA_CPU_NAN,
 )
 register_backend(
     "sdpa_efficient",

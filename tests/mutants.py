@@ -42,7 +42,7 @@ class Mutant:
     features: frozenset[str] = frozenset()  # contract features it declares (and the feature properties test)
     # Built on weights @ values like `manual`, a mutant spreads a NaN in a future value as `manual` does, and says
     # so: the NaN contract excuses that departure and no other, so it kills a mutant only for an undeclared one.
-    nan_deviation: NanDeparture | None = NAN_IN_FUTURE_VALUE
+    nan_departure: NanDeparture | None = NAN_IN_FUTURE_VALUE
     batch_invariant: bool = False  # declared, the batch_invariance property holds it to that
     varlen: Callable | None = None  # its own ragged-batch implementation (Backend.varlen), None: the default
     paged: Callable | None = None  # its own paged-cache implementation (Backend.paged), None: the default

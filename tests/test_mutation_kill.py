@@ -143,7 +143,7 @@ def test_mutant_is_killed(mutant: Mutant, record_property, request):
         mutant.fn,
         mutant.bug,
         features=mutant.features,
-        nan_deviation=mutant.nan_deviation,
+        nan_departure=mutant.nan_departure,
         batch_invariant=mutant.batch_invariant,
         varlen=mutant.varlen,
         paged=mutant.paged,

@@ -47,7 +47,7 @@ def returns_lse_base2_bth(q, k, v, *, causal=True, dropout_p=0.0, scale=None):
 
 
 def _planted(name, fn, features=()):
-    return Backend(name, fn, name, features=features, nan_deviation=NAN_IN_FUTURE_VALUE)
+    return Backend(name, fn, name, features=features, nan_departure=NAN_IN_FUTURE_VALUE)
 
 
 FEATURE_FN = {m.name: m.fn for m in FEATURE_MUTANTS}

@@ -16,7 +16,7 @@ import os
 import statistics
 
 import torch
-from attnbench import features_in_use, get_backend
+from attnbench import get_backend
 from attnbench.bench.measuring.interleaved import interleaved_times, ratio_summary
 from attnbench.bench.measuring.measure import (
     attention_call,
@@ -32,6 +32,7 @@ from attnbench.bench.schema import make_row
 from attnbench.bench.suites.bench_interleaved import config_measurement, interleaved_rounds
 from attnbench.bench.suites.bench_ops import budget_skip_reason
 from attnbench.bench.suites.pytest_benchmark_adapter import record_rounds
+from attnbench.registry import features_in_use
 
 B, D = 1, 64
 

@@ -1,7 +1,7 @@
 """The non-finite-input contract: a NaN in q reaches only its own output row; a NaN in key or value j reaches
 exactly the rows that can see j (they turn non-finite, never silently finite) and never a row that cannot.
 
-A backend that departs from it declares how (`Backend.nan_deviation`, an `attnbench.NanDeparture`: which inputs'
+A backend that departs from it declares how (`Backend.nan_departure`, an `attnbench.NanDeparture`: which inputs'
 NaN it spreads or hides, and why). The contract then excuses those violations and no other: a backend declared
 to spread a future value's NaN still fails for hiding a NaN in q. test_nan_contract reports a declared departure
 it sees as an expected failure with the sentence, so it stays visible.
@@ -39,9 +39,12 @@ class NanViolation:
 
 
 def _poisoned(t: torch.Tensor, row: int) -> torch.Tensor:
-    t = t.clone()
-    t[..., row, 0] = float("nan")  # one element of one position, in every batch and head
-    return t
+    """A copy of t laid out as t is (its strides: a clone of a strided view is contiguous, and another layout can
+    take another matmul kernel whose rounding differs, which would read as the NaN changing other rows), with a
+    NaN in one element of position `row`, in every batch and head."""
+    out = torch.empty_strided(t.size(), t.stride(), dtype=t.dtype, device=t.device).copy_(t)
+    out[..., row, 0] = float("nan")
+    return out
 
 
 def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -106,8 +109,8 @@ def nan_violations(backend: Backend, case: Case, device: str) -> list[NanViolati
 
 
 def nan_contract(backend: Backend, case: Case, device: str) -> None:
-    """The contract, less what the backend declares (Backend.nan_deviation): the first other violation fails."""
-    declared = backend.nan_deviation
+    """The contract, less what the backend declares (Backend.nan_departure): the first other violation fails."""
+    declared = backend.nan_departure
     for violation in nan_violations(backend, case, device):
         if declared is None or not declared.excuses(violation.kind, violation.where):
             raise AssertionError(violation.message)

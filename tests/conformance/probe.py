@@ -46,7 +46,7 @@ class Finding:
     contract: str
     evidence: str
     fix: str = ""  # the adapter lines (or the declaration) when found departs from the contract
-    declared: bool = False  # a departure the backend declares (Backend.nan_deviation)
+    declared: bool = False  # a departure the backend declares (Backend.nan_departure)
 
     @property
     def status(self) -> str:
@@ -234,9 +234,9 @@ def probe_nan(backend: Backend, dtype, device) -> Finding:
         return Finding("NaN in q, key, value", "contract", "contract", "no row the NaN cannot reach changed")
     kinds = {kind: sorted({v.where for v in found if v.kind == kind}) for kind in ("spreads", "hides")}
     what = "; ".join(f"{kind} a NaN in {', '.join(w)}" for kind, w in kinds.items() if w)
-    declared = backend.nan_deviation is not None and all(backend.nan_deviation.excuses(v.kind, v.where) for v in found)
+    declared = backend.nan_departure is not None and all(backend.nan_departure.excuses(v.kind, v.where) for v in found)
     sets = ", ".join(f"{kind}={{{', '.join(map(repr, w))}}}" for kind, w in kinds.items() if w)
-    fix = f"declare it: nan_deviation=attnbench.NanDeparture('<why>', {sets})"
+    fix = f"declare it: nan_departure=attnbench.NanDeparture('<why>', {sets})"
     evidence = "; ".join(v.message.split(" [")[0] + f" (NaN in {v.where})" for v in found)
     return Finding("NaN in q, key, value", what, "contract", evidence, "" if declared else fix, declared)
 

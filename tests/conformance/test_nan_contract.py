@@ -1,5 +1,5 @@
 """The non-finite-input contract (nan_contract.py) on every backend: a violation fails, unless the backend
-declares that very departure (Backend.nan_deviation, a NanDeparture); a declared departure seen on the showcase
+declares that very departure (Backend.nan_departure, a NanDeparture); a declared departure seen on the showcase
 case is reported as an expected failure carrying its sentence, so it stays visible."""
 
 import pytest
@@ -22,6 +22,6 @@ def test_nan_contract(backend, device, record_property):
 
     run()
     dtype = example_dtype(property_dtypes(PROPERTIES["nan_contract"], backend, device))
-    if backend.nan_deviation is not None and (seen := nan_violations(backend, showcase(dtype), device)):
+    if backend.nan_departure is not None and (seen := nan_violations(backend, showcase(dtype), device)):
         kinds = ", ".join(sorted({f"{v.kind} a NaN in {v.where}" for v in seen}))
-        pytest.xfail(f"{backend.name} (declared; seen: {kinds}): {backend.nan_deviation}")
+        pytest.xfail(f"{backend.name} (declared; seen: {kinds}): {backend.nan_departure}")

@@ -21,6 +21,6 @@ def toy_attention(q, k, v, *, causal=True, dropout_p=0.0, scale=None):
     return p @ v  # (B, H, Tq, D)
 
 
-toy_attention.nan_deviation = NanDeparture(
+toy_attention.nan_departure = NanDeparture(
     "a NaN in a future value reaches earlier rows (0 * NaN in p @ v)", spreads={"value"}
 )
