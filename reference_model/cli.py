@@ -266,8 +266,10 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help (0) or a bad flag (2, argparse already printed why)
         return int(e.code or 0)
+    rc = None
     try:
-        return run_train(args) if args.command == "train" else run_sample(args)
+        rc = run_train(args) if args.command == "train" else run_sample(args)
+        return rc
     except (CLIError, ValueError) as e:  # ValueError: bad config or input reported by the model / data code
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -275,4 +277,4 @@ def main(argv: list[str] | None = None) -> int:
         print("stopped by Ctrl-C (nothing saved)", file=sys.stderr)
         return 130
     finally:
-        distributed.shutdown()  # leave the torchrun process group, if train joined one
+        distributed.shutdown(wait=rc == 0)  # leave the torchrun process group, if train joined one

@@ -65,7 +65,12 @@ def current() -> DataParallel | None:
     return DataParallel(dist.get_rank(), dist.get_world_size())
 
 
-def shutdown() -> None:
-    """Leave the process group, if this process joined one."""
+def shutdown(wait: bool) -> None:
+    """Leave the process group, if this process joined one; with `wait`, once every rank is there (a run that
+    ended normally: rank 0 evaluates and saves after the last step, and a rank that tore gloo down while rank 0,
+    which hosts the store, was still busy aborted under load: "terminate called without an active exception").
+    After an error or a stop the others may never come, so it leaves at once."""
     if dist.is_available() and dist.is_initialized():
+        if wait:
+            dist.barrier()
         dist.destroy_process_group()
