@@ -78,21 +78,6 @@ def load_checkpoint(path: str | os.PathLike, *, backend: str | None = None, devi
     return model, CharTokenizer.from_state_dict(ckpt["tokenizer"]), ckpt
 
 
-RESUMABLE = ("train_config", "optimizer", "step", "history", "best_val", "batch_rng", "eval_rng", "torch_rng")
-
-
-def check_resumable(ckpt: dict, path: str | os.PathLike) -> None:
-    """A checkpoint a run can continue: the fields of resumable_state and the train config, none unknown."""
-    from .train import TrainConfig
-
-    if missing := [k for k in RESUMABLE if k not in ckpt]:
-        raise CheckpointError(f"{path} cannot be resumed: it lacks {', '.join(missing)}")
-    try:
-        TrainConfig(**ckpt["train_config"])
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{path} cannot be resumed: its train_config does not fit this version ({e})") from None
-
-
 def check_same_vocabulary(ckpt: dict, tokenizer: CharTokenizer, path: str | os.PathLike) -> None:
     """Refuse to continue a checkpoint on data with another vocabulary: every token id would change meaning."""
     theirs, ours = set(ckpt["tokenizer"]["chars"]), set(tokenizer.chars)

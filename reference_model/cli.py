@@ -28,10 +28,10 @@ import torch
 from attnbench import UnknownBackendError, backend_names, get_backend
 
 from . import distributed
-from .checkpoint import CheckpointError, Interrupted, check_resumable, check_same_vocabulary, load_checkpoint
+from .checkpoint import CheckpointError, Interrupted, check_same_vocabulary, load_checkpoint
 from .data import DATA_ENV, FILE_NAME, SHA256, DataError, Dataset, cache_dir
 from .model import GPTConfig
-from .train import TrainConfig, TrainingDiverged, evaluate, train
+from .train import TrainConfig, TrainingDiverged, check_resumable, evaluate, train
 
 # Fields that are not flags: vocab_size comes from the data's tokenizer.
 _NOT_FLAGS = {"vocab_size"}

@@ -25,7 +25,6 @@ from .checkpoint import (
     CheckpointError,
     Interrupted,
     RunRNG,
-    check_resumable,
     check_same_vocabulary,
     last_checkpoint_path,
     load_checkpoint,
@@ -159,6 +158,19 @@ def evaluate(model: GPT, data: torch.Tensor, cfg: TrainConfig, generator: torch.
         mean = sum(losses) / len(losses)
     model.train(was_training)
     return mean
+
+
+RESUMABLE = ("train_config", "optimizer", "step", "history", "best_val", "batch_rng", "eval_rng", "torch_rng")
+
+
+def check_resumable(ckpt: dict, path: str | os.PathLike) -> None:
+    """A checkpoint a run can continue: the fields of resumable_state and the train config, none unknown."""
+    if missing := [k for k in RESUMABLE if k not in ckpt]:
+        raise CheckpointError(f"{path} cannot be resumed: it lacks {', '.join(missing)}")
+    try:
+        TrainConfig(**ckpt["train_config"])
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path} cannot be resumed: its train_config does not fit this version ({e})") from None
 
 
 def train(

@@ -69,9 +69,9 @@ PLANTED = [  # (backend, the one convention it departs in, what the probe must n
 ]
 
 
-@pytest.mark.parametrize(("backend", "convention", "name"), PLANTED, ids=[p[0].name for p in PLANTED])
-def test_planted_convention_is_named(backend, convention, name):
-    findings = {f.convention: f for f in probe(backend)}
+@pytest.mark.parametrize(("planted", "convention", "name"), PLANTED, ids=[p[0].name for p in PLANTED])
+def test_planted_convention_is_named(planted, convention, name):
+    findings = {f.convention: f for f in probe(planted)}
     assert findings[convention].found == name, findings[convention]
     assert [c for c, f in findings.items() if f.status == "DEPARTS"] == [convention]
     assert findings[convention].fix
