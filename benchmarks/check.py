@@ -203,13 +203,10 @@ def supervise(cmd: list[str], scratch: Path, env: dict, time_limit: float) -> in
 
 
 def check(specs: list[str], profile: str, quick: bool, pytest_args: list[str], time_limit: float | None) -> int:
-    """The conformance suite on `specs` (already resolved), supervised; the exit code."""
+    """The conformance suite on `specs` (already resolved, the current directory on PYTHONPATH: options.
+    import_from_cwd), supervised; the exit code."""
     limit = TIME_LIMITS[profile] if time_limit is None else time_limit
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")])),
-        "PYTHONUNBUFFERED": "1",  # progress as it happens: a killed run shows where it was
-    }
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # progress as it happens: a killed run shows where it was
 
     def stop(signum, frame):
         raise Stopped(signum)

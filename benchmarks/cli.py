@@ -17,7 +17,16 @@ import shlex
 import sys
 from pathlib import Path
 
-from attnbench.bench.options import DEVICE_CHOICES, RunConfig, csv_list, parse_dtypes, parse_name, parse_T
+from attnbench.bench.options import (
+    DEVICE_CHOICES,
+    RunConfig,
+    csv_list,
+    import_from_cwd,
+    parse_backends,
+    parse_dtypes,
+    parse_name,
+    parse_T,
+)
 
 # `attnbench run --profile NAME`: option values it presets (a GPU is lent for minutes: the whole CUDA report at once)
 RUN_PROFILES = {
@@ -73,7 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
     k.epilog = "Arguments after -- go to pytest, e.g. attnbench check mod:fn -- -x -k equivalence"
 
     r = sub.add_parser("run", help="the main job: benchmarks, speed-ups, training to target, correctness, report")
-    r.add_argument("--backends", type=csv_list, help="comma-separated backend names (default: all registered)")
+    r.add_argument(
+        "--backends",
+        type=csv_list,
+        help="comma-separated backend names and/or package.module:function specs (default: all registered)",
+    )
     r.add_argument("--T", help="sequence lengths: 128,256,512 or a power-of-two range 128:2048 (default: sweep's)")
     r.add_argument("--dtype", help="dtypes for the op benchmarks, e.g. float32 or bfloat16,float16")
     r.add_argument("--device", choices=DEVICE_CHOICES, help="default: cpu, plus cuda when available")
@@ -144,7 +157,8 @@ def main(argv=None) -> int:
 
             if args.timeout is not None and not (math.isfinite(args.timeout) and args.timeout > 0):
                 raise ValueError(f"--timeout must be a number of seconds > 0, got {args.timeout!r}")
-            resolve_specs(args.backends)
+            import_from_cwd()  # a module:function spec may name a module of the current directory
+            parse_backends(args.backends, "backends")  # a broken spec is one line, before pytest starts
             return check(args.backends, args.profile, args.quick, pytest_args, args.timeout)
         if args.command == "run":
             from attnbench.bench.job.main_job import Job
@@ -155,8 +169,9 @@ def main(argv=None) -> int:
                 from attnbench.bench.measuring.side_by_side import load_nanogpt
 
                 load_nanogpt(args.nanogpt)  # not nanoGPT's model.py: one clear line now, not after the other stages
+            import_from_cwd()  # a module:function spec may name a module of the current directory
             cfg = RunConfig(
-                backends=args.backends,
+                backends=parse_backends(args.backends),  # resolved now: a broken spec is one line, before any stage
                 T=parse_T(args.T),
                 dtype=parse_dtypes(csv_list(args.dtype)),
                 device=args.device,
@@ -227,23 +242,6 @@ def examples(profile: str) -> int:
     from hypothesis import settings
 
     return settings.get_profile(profile).max_examples
-
-
-def resolve_specs(specs: list[str]) -> None:
-    """Every spec resolves to a backend, or one line naming it and why (exit 2): an unknown name, a module that
-    fails (or exits) on import. A module:function spec may name a module of the current directory."""
-    import os
-
-    from attnbench import UnknownBackendError, get_backend
-
-    sys.path.insert(0, os.getcwd())
-    for spec in specs:
-        try:
-            get_backend(spec)
-        except UnknownBackendError:
-            raise
-        except BaseException as e:  # SystemExit or any error while importing the user's module
-            raise ValueError(f"{spec}: importing it raised {type(e).__name__}: {e}") from None
 
 
 if __name__ == "__main__":

@@ -95,14 +95,30 @@ def parse_name(name: str | None) -> str | None:
     return name
 
 
-def parse_backends(names: list[str] | None, registered: list[str], option: str = "--backends") -> list[str] | None:
-    """Registered backend names, in the order given; an unknown one is an error listing the registered."""
+def parse_backends(names: list[str] | None, option: str = "--backends") -> list[str] | None:
+    """Backends in the order given: registered names and 'package.module:function' specs, each resolved now
+    (attnbench.get_backend) so that an unknown name or a broken spec is one line before anything runs."""
     if names is None:
         return None
-    unknown = [b for b in names if b not in registered]
-    if unknown:
-        raise ValueError(f"{option}: unknown {unknown}; registered: {registered}")
+    from attnbench import UnknownBackendError, get_backend
+
+    for name in names:
+        try:
+            get_backend(name)
+        except UnknownBackendError as e:
+            raise ValueError(f"{option}: {e}") from None
     return names
+
+
+def import_from_cwd() -> None:
+    """Let a 'module:function' spec name a module of the current directory, here and in every subprocess
+    (the stages of `attnbench run` run in a scratch directory of their own): sys.path and PYTHONPATH."""
+    import os
+    import sys
+
+    cwd = os.getcwd()
+    sys.path.insert(0, cwd)
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [cwd, os.environ.get("PYTHONPATH")]))
 
 
 def parse_threads(text: str | None, default: int) -> int | None:

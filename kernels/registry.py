@@ -682,14 +682,18 @@ _SPECS: dict[str, Backend] = {}  # spec -> its Backend: the same spec gives the 
 
 
 def load_backend_spec(spec: str) -> Backend:
-    """Import 'package.module:attr' and return it as a Backend named by the spec (loaded once per spec)."""
+    """Import 'package.module:attr' and return it as a Backend named by the spec (loaded once per spec).
+
+    A Backend object takes the spec as its name too, so that every report row of it (benchmarks, correctness)
+    carries the one name the user gave, and runs of the same spec compare."""
     if spec not in _SPECS:
         if not _SPEC_FORM.fullmatch(spec):
             raise UnknownBackendError(f"malformed backend spec {spec!r}: expected 'package.module:function'")
         module_name, _, attr = spec.partition(":")
         try:
-            _SPECS[spec] = _as_backend(spec, getattr(importlib.import_module(module_name), attr))
-        except Exception as e:  # missing module or name, a module that fails on import, a non-callable
+            backend = _as_backend(spec, getattr(importlib.import_module(module_name), attr))
+            _SPECS[spec] = dataclasses.replace(backend, name=spec)
+        except (Exception, SystemExit) as e:  # missing module or name, a module that fails or exits on import
             raise UnknownBackendError(f"cannot load backend {spec!r}: {type(e).__name__}: {e}") from e
     return _SPECS[spec]
 

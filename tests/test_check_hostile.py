@@ -100,7 +100,9 @@ def test_a_module_that_exits_on_import_is_one_line_and_exit_2(tmp_path):
     (tmp_path / "quits.py").write_text("raise SystemExit(3)\n")
     rc, out = run(tmp_path, "quits:attention")
     assert rc == 2
-    assert out.strip().splitlines() == ["attnbench check: error: quits:attention: importing it raised SystemExit: 3"]
+    assert out.strip().splitlines() == [
+        "attnbench check: error: backends: cannot load backend 'quits:attention': SystemExit: 3"
+    ]
 
 
 def test_sigterm_stops_the_suite_and_removes_its_scratch_directory(tmp_path):

@@ -197,7 +197,11 @@ class BenchState:
 
 def pytest_addoption(parser):
     g = parser.getgroup("attnbench", "attnbench benchmarks (pytest --benchmark-only)")
-    g.addoption("--bench-backends", default=None, help="comma-separated registered backends (default: all)")
+    g.addoption(
+        "--bench-backends",
+        default=None,
+        help="comma-separated registered backends and/or package.module:function specs (default: all registered)",
+    )
     g.addoption(
         "--bench-device", default=None, choices=["cpu", "cuda", "all"], help="default: cpu, plus cuda if present"
     )
@@ -279,7 +283,7 @@ def _settings(config) -> BenchSettings:
     cfg = run_config(config)
     interleaved_T = config.getoption("bench_interleaved_T")
     try:
-        backends = parse_backends(cfg.backends, backend_names(), "--bench-backends") or backend_names()
+        backends = parse_backends(cfg.backends, "--bench-backends") or backend_names()
         devices = parse_devices(cfg.device)
         dtypes = parse_dtypes(cfg.dtype, "--bench-dtypes")
         it = parse_T(interleaved_T, "--bench-interleaved-T") if interleaved_T else None
