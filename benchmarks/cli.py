@@ -17,7 +17,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from attnbench.bench.options import (
+from .options import (
     DEVICE_CHOICES,
     RunConfig,
     csv_list,
@@ -149,7 +149,8 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
 
     from attnbench import UnknownBackendError
-    from attnbench.bench.schema import ReportInputError
+
+    from .schema import ReportInputError
 
     try:
         if args.command == "check":
@@ -161,12 +162,12 @@ def main(argv=None) -> int:
             parse_backends(args.backends, "backends")  # a broken spec is one line, before pytest starts
             return check(args.backends, args.profile, args.quick, pytest_args, args.timeout)
         if args.command == "run":
-            from attnbench.bench.job.main_job import Job
+            from .job.main_job import Job
 
             apply_profile(args)
             check_run_options(args)
             if args.nanogpt:
-                from attnbench.bench.measuring.side_by_side import load_nanogpt
+                from .measuring.side_by_side import load_nanogpt
 
                 load_nanogpt(args.nanogpt)  # not nanoGPT's model.py: one clear line now, not after the other stages
             import_from_cwd()  # a module:function spec may name a module of the current directory
@@ -192,12 +193,12 @@ def main(argv=None) -> int:
 
             return probe_command(args.backend, args.device, args.native)
         if args.command == "regen":
-            from attnbench.bench.report.build import regen
+            from .report.build import regen
 
             print(f"rebuilt {regen(args.dir)}")
             return 0
         if args.command == "compare":
-            from attnbench.bench.report.compare import compare, render
+            from .report.compare import compare, render
 
             check_csv_path(args.csv)
             m = compare(args.a, args.b, args.threshold, gate_absolute=args.gate_absolute)

@@ -1,6 +1,6 @@
 """attnbench attention backends: a registry of interchangeable implementations of one contract.
 
-    from attnbench import attend, attend_paged, attend_varlen, get_backend, backend_names, use_backend
+    from . import attend, attend_paged, attend_varlen, get_backend, backend_names, use_backend
     out = attend(q, k, v, backend="manual")          # by name
     with use_backend("sdpa_flash"):                  # or by context manager
         out = attend(q, k, v)

@@ -23,11 +23,12 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from attnbench.bench import schema, suites
-from attnbench.bench.measuring import envinfo
-from attnbench.bench.options import RunConfig
-from attnbench.bench.report.build import build_in_place
 from tqdm.auto import tqdm
+
+from .. import schema, suites
+from ..measuring import envinfo
+from ..options import RunConfig
+from ..report.build import build_in_place
 
 DEVICES, DTYPES = ("cpu", "cuda"), ("float32", "bfloat16", "float16")
 HEAT_PROMPT = "ROMEO:\nO, she doth teach"
@@ -228,7 +229,8 @@ class Job:
 
     def heatmap_stage(self, stage: str, bar: tqdm) -> tuple[str, str]:
         from attnbench import backend_names
-        from attnbench.bench.measuring import heatmap
+
+        from ..measuring import heatmap
 
         device = "cuda" if self.cfg.device == "cuda" else "cpu"
         steps = self.cfg.heat_steps or (150 if self.cfg.quick else 500)

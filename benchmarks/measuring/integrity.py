@@ -20,8 +20,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
-from attnbench.bench.measuring.measure import attention_inputs
-from attnbench.bench.measuring.roofline import Roofline
 from attnbench.conformance.reference import (
     abs_logit_bound,
     attention_formula,
@@ -29,6 +27,9 @@ from attnbench.conformance.reference import (
     grad_magnitudes,
     rounding_noise,
 )
+
+from .measure import attention_inputs
+from .roofline import Roofline
 
 POOL_SIZE = 3  # distinct input sets the timed calls cycle through: consecutive calls never see the same values
 # A measured time may beat the roofline by this factor before it is called impossible. The roofs are measured on

@@ -13,7 +13,7 @@ import random
 import statistics
 from collections.abc import Callable
 
-from attnbench.bench.measuring.measure import quantile, time_call
+from .measure import quantile, time_call
 
 DEFAULT_BASELINE = "manual"  # the plain PyTorch formula, available on every device and dtype
 

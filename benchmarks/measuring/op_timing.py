@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 
 import torch
 from attnbench import Backend
-from attnbench.bench.measuring.integrity import LiveInputs, check_results, check_time, poison_freed_memory
-from attnbench.bench.measuring.measure import attention_call, peak_memory_bytes, quantile, synchronize
-from attnbench.bench.measuring.roofline import Roofline, attention_bytes, attention_flops, roofline
-from attnbench.bench.measuring.timers import CacheFlush, cuda_graph, time_calls, warm_up
+
+from .integrity import LiveInputs, check_results, check_time, poison_freed_memory
+from .measure import attention_call, peak_memory_bytes, quantile, synchronize
+from .roofline import Roofline, attention_bytes, attention_flops, roofline
+from .timers import CacheFlush, cuda_graph, time_calls, warm_up
 
 OP_MODES = ("fwd", "fwd+bwd", "decode")  # decode: one query row (Tq = 1) against Tk = T keys, forward
 CALL_MODE = {"fwd": "fwd", "fwd+bwd": "fwd+bwd", "decode": "fwd"}

@@ -18,7 +18,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 from attnbench import visible_mask
-from attnbench.bench.measuring.measure import synchronize, time_call
+
+from .measure import synchronize, time_call
 
 # relative to the causal forward: the backward does five matmuls of the forward's size instead of two
 FLOP_FACTOR = {"fwd": 1.0, "bwd": 2.5, "fwd+bwd": 3.5}

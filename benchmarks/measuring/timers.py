@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from attnbench.bench.measuring.measure import synchronize, time_call
+
+from .measure import synchronize, time_call
 
 FLUSH_FACTOR = 2  # the flush buffer is this many times the last-level cache: every line of the cache is evicted
 CPU_CACHE_DIR = Path("/sys/devices/system/cpu/cpu0/cache")

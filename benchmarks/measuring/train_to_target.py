@@ -29,11 +29,12 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 from attnbench import backend_names, get_backend
-from attnbench.bench.measuring.measure import unavailable_reason
 from attnbench.gpt.atomic import AtomicFile
 from attnbench.gpt.data import DataError, Dataset
 from attnbench.gpt.model import GPT, GPTConfig
 from attnbench.gpt.train import TrainConfig, evaluate, train
+
+from .measure import unavailable_reason
 
 
 @dataclass

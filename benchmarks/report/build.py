@@ -10,8 +10,8 @@ import tempfile
 from pathlib import Path
 
 import pandas as pd
-from attnbench.bench.schema import MANIFEST, OUTPUTS, PLOTS, load_run, select, swap_in
 
+from ..schema import MANIFEST, OUTPUTS, PLOTS, load_run, select, swap_in
 from . import plots
 from .document import Doc
 from .tables import (

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from attnbench.bench.schema import ReportInputError, load_run
+
+from ..schema import ReportInputError, load_run
 
 COLD = ("cold_median_s", "cold_q1_s", "cold_q3_s", "cold_rounds")  # an op row's cold rounds
 KEY = ["kind", "backend", "device", "dtype", "mode", "feature", "T", "use_cache", "threads", "timing"]

@@ -11,7 +11,8 @@ import matplotlib.ticker
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
-from attnbench.bench.schema import select  # noqa: E402
+
+from ..schema import select  # noqa: E402
 
 DPI = 80  # small PNGs: the report is committed
 

@@ -6,7 +6,8 @@ import re
 
 import numpy as np
 import pandas as pd
-from attnbench.bench.schema import Run, select
+
+from ..schema import Run, select
 
 # --------------------------------------------------------------------------------------------- numbers
 

@@ -1,6 +1,6 @@
 """Which attention backends and devices a test run covers: the one helper every test file parametrizes with.
 
-    from attnbench.conformance.backends import backend_params, device_params, supported_dtypes
+    from .backends import backend_params, device_params, supported_dtypes
 
     @pytest.mark.parametrize("device", device_params())
     @pytest.mark.parametrize("backend", backend_params())   # ids are the backend names

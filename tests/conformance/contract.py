@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import torch
 from attnbench import Backend
-from attnbench.conformance.core import Property, has_backward, register, two_run_bounds
-from attnbench.conformance.strategies import Case, cases
+
+from .core import Property, has_backward, register, two_run_bounds
+from .strategies import Case, cases
 
 
 def _run(backend: Backend, case: Case, device: str, backward: bool) -> tuple[torch.Tensor, ...]:

@@ -11,9 +11,10 @@ from dataclasses import dataclass
 
 import torch
 from attnbench import Backend
-from attnbench.conformance.reference import RuleResult, abs_logit_bound, grad_magnitudes, rounding_noise
-from attnbench.conformance.strategies import Case, boundary_cases, long_rows_enabled
 from hypothesis import strategies as st
+
+from .reference import RuleResult, abs_logit_bound, grad_magnitudes, rounding_noise
+from .strategies import Case, boundary_cases, long_rows_enabled
 
 
 def boundary_examples(dtype: torch.dtype) -> list[Case]:

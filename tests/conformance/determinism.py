@@ -22,11 +22,12 @@ from __future__ import annotations
 import torch
 from attnbench import Backend
 from attnbench.bench.measuring.timers import cuda_graph
-from attnbench.conformance.contract import NAMES, _bit_identical
-from attnbench.conformance.core import Property, has_backward, register
-from attnbench.conformance.masked_reference import Features, masked_attention_formula
-from attnbench.conformance.reference import abs_logit_bound, check_rule, rounding_noise
-from attnbench.conformance.strategies import Case, cases
+
+from .contract import NAMES, _bit_identical
+from .core import Property, has_backward, register
+from .masked_reference import Features, masked_attention_formula
+from .reference import abs_logit_bound, check_rule, rounding_noise
+from .strategies import Case, cases
 
 REPEATS = 200  # calls compared with the first
 REPEAT_BATCH = 60  # flash-attention's determinism tests run batch 60

@@ -15,16 +15,17 @@ from dataclasses import dataclass, replace
 
 import torch
 from attnbench import Backend
-from attnbench.conformance.core import has_backward
-from attnbench.conformance.masked_reference import (
+from hypothesis import strategies as st
+
+from .core import has_backward
+from .masked_reference import (
     Features,
     masked_attention_formula,
     masked_attention_with_lse,
     reference_visible,
 )
-from attnbench.conformance.reference import RuleResult, abs_logit_bound, check_rule, rounding_noise
-from attnbench.conformance.strategies import Case, cases
-from hypothesis import strategies as st
+from .reference import RuleResult, abs_logit_bound, check_rule, rounding_noise
+from .strategies import Case, cases
 
 MASK_MODS = {  # named mask_mods on absolute positions, tensor ops only (FlexAttention traces them)
     "causal": lambda b, h, q, kv: kv <= q,

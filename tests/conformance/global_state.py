@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import torch
 from attnbench import Backend
-from attnbench.conformance.core import Property, has_backward, register
-from attnbench.conformance.strategies import Case, cases
+
+from .core import Property, has_backward, register
+from .strategies import Case, cases
 
 AUTOCAST_DEVICES = ("cpu", "cuda")
 # The float32 precision of each math backend (TF32, bf16 passes): `torch.set_float32_matmul_precision` and the

@@ -23,8 +23,9 @@ import importlib.util
 
 import torch
 from attnbench import Backend
-from attnbench.conformance.masked_reference import Features, masked_attention_formula
 from attnbench.hf_attention import import_transformers
+
+from .masked_reference import Features, masked_attention_formula
 
 INSTALL = "pip install 'attnbench[transformers]'"
 COMMON = dict(

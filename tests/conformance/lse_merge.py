@@ -19,11 +19,12 @@ from dataclasses import dataclass
 
 import torch
 from attnbench import Backend
-from attnbench.conformance.core import has_backward
-from attnbench.conformance.features import MASK_MODS, FeatureCase, against_reference, feature_cases
-from attnbench.conformance.reference import RuleResult
-from attnbench.conformance.strategies import Case
 from hypothesis import strategies as st
+
+from .core import has_backward
+from .features import MASK_MODS, FeatureCase, against_reference, feature_cases
+from .reference import RuleResult
+from .strategies import Case
 
 MERGE_MASKS = (None, "causal", "local", "empty_rows")  # local: the late queries see nothing of the early shards
 

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import torch
 from attnbench import Backend
-from attnbench.conformance.core import Property, boundary_examples, has_backward, register, two_run_bounds
-from attnbench.conformance.reference import abs_logit_bound, rounding_noise
-from attnbench.conformance.strategies import Case, cases
+
+from .core import Property, boundary_examples, has_backward, register, two_run_bounds
+from .reference import abs_logit_bound, rounding_noise
+from .strategies import Case, cases
 
 DECODE_STEPS = 4  # single-token steps checked per example (the last rows of the prefill)
 

@@ -12,8 +12,10 @@ from dataclasses import replace
 
 import torch
 from attnbench import Backend
-from attnbench.conformance.backends import set_model_backend
-from attnbench.conformance.properties import (
+from hypothesis import strategies as st
+
+from .backends import set_model_backend
+from .properties import (
     PROPERTIES,
     Property,
     _tokens,
@@ -21,8 +23,7 @@ from attnbench.conformance.properties import (
     model_parity,
     tiny_gpt,
 )
-from attnbench.conformance.strategies import ModelCase, model_cases
-from hypothesis import strategies as st
+from .strategies import ModelCase, model_cases
 
 # One GQA (2 query heads per key/value head) and one MQA GPT, both windowed: the fixed model-parity cases.
 PARITY_CASES = (

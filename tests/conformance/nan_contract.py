@@ -21,8 +21,9 @@ from dataclasses import dataclass
 
 import torch
 from attnbench import Backend
-from attnbench.conformance.reference import causal_mask
-from attnbench.conformance.strategies import Case
+
+from .reference import causal_mask
+from .strategies import Case
 
 
 def showcase(dtype: torch.dtype) -> Case:

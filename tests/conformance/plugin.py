@@ -22,9 +22,10 @@ import os
 from collections import defaultdict
 
 import pytest
-from attnbench.conformance import backends, model_features  # noqa: F401  (model_features registers its properties)
-from attnbench.conformance.global_state import restore, snapshot
 from hypothesis import HealthCheck, settings
+
+from . import backends, model_features  # noqa: F401  (model_features registers its properties)
+from .global_state import restore, snapshot
 
 # Deadlines are off: the machines are shared and noisy, and a slow example is not a wrong one.
 _common = dict(

@@ -30,9 +30,10 @@ from dataclasses import dataclass
 
 import torch
 from attnbench import Backend
-from attnbench.conformance.masked_reference import Features, masked_attention_formula
-from attnbench.conformance.nan_contract import nan_violations, showcase
-from attnbench.conformance.reference import abs_logit_bound, rounding_noise
+
+from .masked_reference import Features, masked_attention_formula
+from .nan_contract import nan_violations, showcase
+from .reference import abs_logit_bound, rounding_noise
 
 UNKNOWN = "unknown"
 PROBE_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)  # the first the kernel runs is used

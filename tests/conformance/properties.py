@@ -13,14 +13,18 @@ import functools
 import pytest
 import torch
 from attnbench import Backend
-from attnbench.conformance.backends import (
+from attnbench.gpt.model import GPT, GPTConfig
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from .backends import (
     backend_params,
     candidate_dtypes,
     device_params,
     set_model_backend,
     supported_dtypes,
 )
-from attnbench.conformance.core import (
+from .core import (
     PROPERTIES,
     Property,
     boundary_examples,
@@ -29,11 +33,11 @@ from attnbench.conformance.core import (
     missing_feature,
     register,
 )
-from attnbench.conformance.features import FEATURE_PROPERTIES, FIXED_EXAMPLES
-from attnbench.conformance.lse_merge import LSE_PROPERTIES
-from attnbench.conformance.masked_reference import Features, masked_attention_formula
-from attnbench.conformance.nan_contract import nan_contract
-from attnbench.conformance.reference import (
+from .features import FEATURE_PROPERTIES, FIXED_EXAMPLES
+from .lse_merge import LSE_PROPERTIES
+from .masked_reference import Features, masked_attention_formula
+from .nan_contract import nan_contract
+from .reference import (
     RuleResult,
     abs_logit_bound,
     attention_formula,
@@ -46,7 +50,7 @@ from attnbench.conformance.reference import (
     sample_rows,
     visible_mask,
 )
-from attnbench.conformance.strategies import (
+from .strategies import (
     HUGE_MAGNITUDES,
     MODEL_BOUNDARY,
     Case,
@@ -57,9 +61,6 @@ from attnbench.conformance.strategies import (
     model_cases,
     with_cut,
 )
-from attnbench.gpt.model import GPT, GPTConfig
-from hypothesis import example, given, settings
-from hypothesis import strategies as st
 
 FLOATS = (torch.float32, torch.float64)  # dtypes where a statistical or exact property is meaningful
 
@@ -647,7 +648,7 @@ def check_examples(name: str, backend: Backend, device: str, record_property=Non
     return len(fixed)
 
 
-from attnbench.conformance import contract, determinism, global_state, metamorphic, serving  # noqa: E402,F401  (registers)
+from . import contract, determinism, global_state, metamorphic, serving  # noqa: E402,F401  (registers)
 
 
 def property_tests(names: list[str]):

@@ -20,10 +20,11 @@ from dataclasses import dataclass, replace
 
 import torch
 from attnbench import Backend
-from attnbench.conformance.core import Property, has_backward, register, two_run_bounds
-from attnbench.conformance.strategies import KERNEL_DTYPE, Case, kernel_sizes_enabled
 from attnbench.layouts import attend_paged, attend_varlen
 from hypothesis import strategies as st
+
+from .core import Property, has_backward, register, two_run_bounds
+from .strategies import KERNEL_DTYPE, Case, kernel_sizes_enabled
 
 PAGE_SIZES = (1, 16, 256)  # one token a page, the common 16, and the largest page size kernels specialise
 MANY_LENGTHS = (0, 1, 2, 17, 63, 64, 65)  # many sequences: empty, one token, around a 64-tile

@@ -115,7 +115,7 @@ def pytest_runtest_makereport(item, call):
 
 def pytest_runtest_logreport(report):
     """A test's verdict cell (the conformance plugin's rule, plugin.outcome_of), and its end."""
-    from attnbench.conformance.plugin import outcome_of
+    from .plugin import outcome_of
 
     if (cell := outcome_of(report)) is not None:
         write({"cell": cell})
