@@ -111,7 +111,7 @@ def test_check_runs_the_score_feature_properties_a_plugin_declares(tmp_path):
     only = ["--", "-k", "cpu and at_fixed_sizes and (feature_equiv or lse_merge)"]  # the kernel-size cases
     good = _check(tmp_path, "extsinks:good", *only)
     assert good.returncode == 0, good.stdout[-3000:] + good.stderr[-2000:]
-    assert "ext sinks: PASS" in good.stdout and "lse_merge:" in good.stdout and "feature_equiv:" in good.stdout
+    assert "extsinks:good: PASS" in good.stdout and "lse_merge:" in good.stdout and "feature_equiv:" in good.stdout
     bad = _check(tmp_path, "extsinks:bad", *only)
     assert bad.returncode == 1 and "failed: feature_equiv" in bad.stdout, bad.stdout[-3000:] + bad.stderr[-2000:]
 
