@@ -238,8 +238,8 @@ def check_csv_path(path: str | None) -> None:
 
 
 def examples(profile: str) -> int:
-    """Drawn examples per property under a hypothesis profile of the conformance suite (its plugin registers them)."""
-    import attnbench.conformance.plugin  # noqa: F401
+    """Drawn examples per property under a hypothesis profile of the conformance suite (conformance/profiles.py)."""
+    import attnbench.conformance.profiles  # noqa: F401  (registers them)
     from hypothesis import settings
 
     return settings.get_profile(profile).max_examples
