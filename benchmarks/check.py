@@ -148,7 +148,10 @@ def supervise(cmd: list[str], scratch: Path, env: dict, time_limit: float) -> in
         hung = False
         try:
             while proc.poll() is None:
-                time.sleep(0.2)
+                try:
+                    proc.wait(0.2)  # returns as soon as the suite ends
+                except subprocess.TimeoutExpired:
+                    pass
                 log.read()
                 # the limit holds while a test is in flight; start-up (imports, collection) gets STARTUP_LIMIT
                 limit = time_limit if log.start is not None else max(time_limit, STARTUP_LIMIT)
