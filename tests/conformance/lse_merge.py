@@ -54,7 +54,10 @@ def merge_by_lse(outs: list[torch.Tensor], lses: list[torch.Tensor]) -> tuple[to
     empty = torch.isneginf(m)
     m = m.masked_fill(empty, 0.0).detach()
     w = torch.exp(lse_s - m)  # (S, B, Hq, Tq); 0 for a shard the row does not see
-    total = w.sum(0).clamp_min(1.0)  # (B, Hq, Tq); >= 1 (the largest shard's w is 1) unless the row is empty
+    # (B, Hq, Tq): >= 1 where the row sees a key (its largest shard's w is 1); 1 for an empty row. Not clamp_min(1):
+    # a total of exactly 1.0 (the other shards' w below float32's epsilon) sits on the clamp's edge, where torch
+    # 2.14 passes no gradient (2.13 did), and dq came out wrong
+    total = w.sum(0).masked_fill(empty, 1.0)
     out = (w[..., None] * torch.stack(outs).to(w.dtype)).sum(0) / total[..., None]  # (B, Hq, Tq, Dv)
     return out, (m + total.log()).masked_fill(empty, float("-inf"))
 
