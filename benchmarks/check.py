@@ -195,7 +195,10 @@ def supervise(cmd: list[str], scratch: Path, env: dict, time_limit: float) -> in
                 f"attnbench check: {backend} brought the suite down {MAX_CRASHES} times; its other tests are left out"
             )
     verdicts, largest = tally(cells)
-    for title, lines in ((VERDICT_TITLE, verdict_table(verdicts)), (SIZES_TITLE, largest_sizes(largest))):
+    failed = sorted({backend for (backend, _), cell in verdicts.items() if cell["failed"]})
+    causes = [line for backend in failed for line in likely_causes(backend, env)]
+    sections = ((SIZES_TITLE, largest_sizes(largest)), (CAUSES_TITLE, causes), (VERDICT_TITLE, verdict_table(verdicts)))
+    for title, lines in sections:  # the verdict last, after the long output
         if lines:
             print(f"\n== {title} ==", *lines, sep="\n")
     for backend, n in sorted(left_out.items()):
@@ -203,6 +206,27 @@ def supervise(cmd: list[str], scratch: Path, env: dict, time_limit: float) -> in
     if not verdicts:
         print("attnbench check: no conformance test ran", file=sys.stderr)
     return rc if rc or verdicts else 5
+
+
+CAUSES_TITLE = "likely causes: conventions the failed backends depart from (attnbench probe)"
+PROBE_LIMIT = 120  # seconds the convention probe of a failed backend may take
+DEPARTURES = "departures from the contract, and the adapter lines that fix them:"  # probe.render's heading
+
+
+def likely_causes(spec: str, env: dict) -> list[str]:
+    """The conventions `attnbench probe` finds `spec` departing from, each with its fix or the declaration that
+    states it: one such cause fails several properties at once, so it is named once, here. The probe runs as its
+    own process (a kernel that crashes or hangs on a probe's input takes only the probe down); [] where it finds
+    every convention followed or declared."""
+    cmd = [sys.executable, "-m", "attnbench.bench.cli", "probe", spec]
+    try:
+        probe = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=PROBE_LIMIT)
+    except subprocess.TimeoutExpired:
+        return [f"{spec}: the convention probe did not end within {PROBE_LIMIT} s"]
+    if DEPARTURES not in probe.stdout:
+        return []
+    found = [line for line in probe.stdout.split(DEPARTURES, 1)[1].splitlines() if line.strip()]
+    return [f"{spec}:", *(f"  {line}" for line in found if not line.startswith("declared:"))]
 
 
 def check(specs: list[str], profile: str, quick: bool, pytest_args: list[str], time_limit: float | None) -> int:

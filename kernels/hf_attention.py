@@ -26,13 +26,23 @@ from pathlib import Path
 import torch
 
 from .foreign import missing_package_reason
-from .registry import NAN_IN_FUTURE_KEY_OR_VALUE, default_scale, register_backend, visible_mask
+from .registry import (
+    NAN_IN_FUTURE_KEY_OR_VALUE,
+    EmptyRowDeparture,
+    default_scale,
+    register_backend,
+    visible_mask,
+)
 from .sdpa import SDPA_CPU_NAN
 
 INSTALL = "pip install 'attnbench[transformers]'"
 MASK_FEATURES = {"gqa", "window", "mask_mod", "document_ids"}
-# eager's softmax runs in float32 whatever the input: float64 is refused rather than judged as what it is not
-EAGER_FLOAT64 = "transformers' eager_attention_forward computes the softmax in float32 (softmax(..., dtype=float32))"
+# eager's softmax runs in float32 whatever the input, where the float64 minimum it masks with becomes -inf: a float64
+# row that sees no key is NaN, and its NaN reaches every key's gradient. Refused, not judged as what it is not.
+EAGER_FLOAT64 = (
+    "transformers' eager_attention_forward computes float64 in float32 (softmax(..., dtype=float32)), where the "
+    "float64 minimum it masks with is -inf: a row that sees no key is NaN and so is every key's gradient"
+)
 
 
 class _Module(torch.nn.Module):
@@ -112,8 +122,11 @@ register_backend(
     functools.partial(_call, "eager"),
     "transformers' Llama eager_attention_forward (matmul, additive mask, float32 softmax)",
     _eager_reason,
-    # the masks a model gives it are finite (the dtype's minimum): a row that sees no key averages the values
-    # (mean(v), not the contract's 0), so only the features that leave every row a key are declared
-    features={"gqa", "window"},
+    features=MASK_FEATURES,
     nan_departure=NAN_IN_FUTURE_KEY_OR_VALUE.said_of("transformers' eager_attention_forward"),
+    empty_row_departure=EmptyRowDeparture(
+        "transformers' eager_attention_forward masks with the dtype's minimum, a finite number: a row that sees no "
+        "key weighs every key alike and comes out as mean(v), not 0",
+        outputs={"mean_v"},
+    ),
 )

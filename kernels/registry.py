@@ -51,8 +51,9 @@ import math
 import numbers
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Protocol
 
 import torch
@@ -148,6 +149,63 @@ NAN_IN_FUTURE_KEY_OR_VALUE = NanDeparture(
 )
 
 
+EMPTY_ROW_OUTPUTS = ("mean_v", "nan")  # what a row that sees no key may come out as, other than the contract's 0
+
+
+@dataclass(frozen=True)
+class EmptyRowDeparture:
+    """How a backend departs from the empty-row convention: a row that sees no key comes out as one of `outputs`
+    instead of the contract's zeros: "mean_v" (a finite mask value, e.g. the dtype's minimum, weighs every key
+    alike: the mean of v over all Tk keys) or "nan" (a softmax over -inf only). The suite then holds such rows to
+    the declared outputs, sends them no upstream gradient, and judges every other row as usual."""
+
+    why: str  # one sentence, shown as the declared departure
+    outputs: frozenset[str]  # of EMPTY_ROW_OUTPUTS
+
+    def __post_init__(self):
+        outputs = frozenset([self.outputs] if isinstance(self.outputs, str) else self.outputs)
+        if unknown := outputs - set(EMPTY_ROW_OUTPUTS):
+            raise ValueError(f"EmptyRowDeparture.outputs: unknown {sorted(unknown)}; known: {EMPTY_ROW_OUTPUTS}")
+        if not outputs:
+            raise ValueError("an EmptyRowDeparture names what an empty row comes out as: 'mean_v' and/or 'nan'")
+        object.__setattr__(self, "outputs", outputs)
+
+    def __str__(self) -> str:
+        return self.why
+
+
+@dataclass(frozen=True)
+class PrecisionDeparture:
+    """How a backend departs from computing in the dtype it is given: `computes` maps an input dtype to the lower
+    one it is computed in (e.g. {torch.float64: torch.float32}). The suite then judges inputs of that dtype by the
+    lower dtype's rounding (the pass rule's naive formula and atol in it), not as what they are not."""
+
+    why: str  # one sentence, shown as the declared departure
+    computes: Mapping[torch.dtype, torch.dtype]  # input dtype -> the dtype it is computed in
+
+    def __post_init__(self):
+        computes = dict(self.computes)
+        for given, used in computes.items():
+            if (
+                not (given.is_floating_point and used.is_floating_point)
+                or torch.finfo(used).eps <= torch.finfo(given).eps
+            ):
+                raise ValueError(f"PrecisionDeparture: {used} is not a lower precision than {given}")
+        if not computes:
+            raise ValueError("a PrecisionDeparture maps an input dtype to the lower one it is computed in")
+        object.__setattr__(self, "computes", MappingProxyType(computes))
+
+    def __str__(self) -> str:
+        return self.why
+
+    def __hash__(self) -> int:
+        return hash((self.why, tuple(self.computes.items())))
+
+    def dtype_computed(self, given: torch.dtype) -> torch.dtype:
+        """The dtype inputs of `given` are computed in."""
+        return self.computes.get(given, given)
+
+
 def always_supported(device: torch.device, dtype: torch.dtype) -> str | None:
     return None
 
@@ -188,6 +246,10 @@ class Backend:
     working_set: Callable[[torch.Tensor, torch.Tensor], int] | None = None
     # how the backend departs from the non-finite-input contract (see attnbench.conformance.nan_contract), if it does
     nan_departure: NanDeparture | None = None
+    # how it departs from the contract's zero output for a row that sees no key, and from computing in the dtype it
+    # is given, if it does: the suite holds it to what is declared and reports each once as "declared"
+    empty_row_departure: EmptyRowDeparture | None = None
+    precision_departure: PrecisionDeparture | None = None
     # a row's output is bit-identical whatever the batch size, its place in the batch and the query rows computed
     # beside it (what batch-invariant inference needs); the batch_invariance property holds a backend to it
     batch_invariant: bool = False
@@ -205,6 +267,9 @@ class Backend:
                 f"backend {self.name!r}: nan_departure must be an attnbench.NanDeparture(why, spreads=..., hides=...) "
                 f"naming the inputs it covers, got {type(self.nan_departure).__name__}"
             )
+        for field, kind in (("empty_row_departure", EmptyRowDeparture), ("precision_departure", PrecisionDeparture)):
+            if getattr(self, field) is not None and not isinstance(getattr(self, field), kind):
+                raise TypeError(f"backend {self.name!r}: {field} must be an attnbench.{kind.__name__}")
         if unknown := set(self.features) - set(FEATURES):
             raise ValueError(f"backend {self.name!r} declares unknown features {sorted(unknown)}; known: {FEATURES}")
         object.__setattr__(self, "features", frozenset(self.features))
@@ -617,6 +682,8 @@ def register_backend(
     no_backward_reason: str | Callable[[torch.device], str | None] | None = None,
     working_set: Callable[[torch.Tensor, torch.Tensor], int] | None = None,
     nan_departure: NanDeparture | None = None,
+    empty_row_departure: EmptyRowDeparture | None = None,
+    precision_departure: PrecisionDeparture | None = None,
     batch_invariant: bool = False,
     varlen: Callable[..., torch.Tensor] | None = None,
     paged: Callable[..., torch.Tensor] | None = None,
@@ -637,6 +704,8 @@ def register_backend(
         no_backward_reason=no_backward_reason,
         working_set=working_set,
         nan_departure=nan_departure,
+        empty_row_departure=empty_row_departure,
+        precision_departure=precision_departure,
         batch_invariant=batch_invariant,
         varlen=varlen,
         paged=paged,

@@ -6,7 +6,9 @@ theirs; a module of further properties does the same with `register` (its names 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import contextvars
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -50,6 +52,27 @@ def register(*props: Property) -> None:
         PROPERTIES[prop.name] = prop
 
 
+_judged: contextvars.ContextVar[Backend | None] = contextvars.ContextVar("judged_backend", default=None)
+
+
+@contextlib.contextmanager
+def judging(backend: Backend) -> Iterator[None]:
+    """Judge by what `backend` declares while a property runs on it (its Backend.precision_departure)."""
+    token = _judged.set(backend)
+    try:
+        yield
+    finally:
+        _judged.reset(token)
+
+
+def rule_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype whose rounding the pass rule allows for inputs of `dtype` (its naive formula and atol): `dtype`
+    itself, or the lower one the backend being judged declares computing it in (Backend.precision_departure)."""
+    backend = _judged.get()
+    departure = getattr(backend, "precision_departure", None)
+    return dtype if departure is None else departure.dtype_computed(dtype)
+
+
 def example_dtype(dtypes) -> torch.dtype:
     """The dtype the fixed examples run in: float32 where supported (the dtype kernels are judged in)."""
     return torch.float32 if torch.float32 in dtypes else list(dtypes)[0]
@@ -73,4 +96,4 @@ def two_run_bounds(case: Case, q, k, v, dout) -> dict[str, float]:
     mags = grad_magnitudes(q, k, v, dout, causal=case.causal, scale=case.scale)
     a = abs_logit_bound(q, k, case.scale)
     n = {"out": case.Tk, "dq": case.Tk, "dk": case.Tq, "dv": case.Tq}
-    return {name: 2.0 * rounding_noise(case.dtype, mags[name], a, n_terms=n[name]) for name in n}
+    return {name: 2.0 * rounding_noise(rule_dtype(case.dtype), mags[name], a, n_terms=n[name]) for name in n}

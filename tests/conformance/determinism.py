@@ -24,7 +24,7 @@ from attnbench import Backend
 from attnbench.bench.measuring.timers import cuda_graph
 
 from .contract import NAMES, _bit_identical
-from .core import Property, has_backward, register
+from .core import Property, has_backward, register, rule_dtype
 from .masked_reference import Features, masked_attention_formula
 from .reference import abs_logit_bound, check_rule, rounding_noise
 from .strategies import Case, cases
@@ -122,8 +122,9 @@ def cuda_graph_replay(backend: Backend, case: Case, device: str):
     torch.cuda.synchronize(device)
     q, k, v = new
     ref = masked_attention_formula(q.double(), k.double(), v.double(), causal=case.causal, scale=case.scale, f=replay_f)
-    naive = masked_attention_formula(q, k, v, causal=case.causal, scale=case.scale, f=replay_f)
-    atol = rounding_noise(case.dtype, float(v.abs().max()), abs_logit_bound(q, k, case.scale), n_terms=case.Tk)
+    d = rule_dtype(case.dtype)
+    naive = masked_attention_formula(q.to(d), k.to(d), v.to(d), causal=case.causal, scale=case.scale, f=replay_f)
+    atol = rounding_noise(d, float(v.abs().max()), abs_logit_bound(q, k, case.scale), n_terms=case.Tk)
     return check_rule("out", out, ref, naive, atol, f"(replayed) {_ctx(backend, case, device)}")
 
 

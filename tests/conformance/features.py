@@ -17,7 +17,7 @@ import torch
 from attnbench import Backend
 from hypothesis import strategies as st
 
-from .core import has_backward
+from .core import has_backward, rule_dtype
 from .masked_reference import (
     Features,
     masked_attention_formula,
@@ -131,12 +131,43 @@ class FeatureCase:
         return reference_visible(b.B, b.H, b.Tq, b.Tk, b.causal, self.features(device), device)
 
     def run(self, backend: Backend, q, k, v, **overrides) -> torch.Tensor:
-        """The output of `backend` on this case (its lse is not asked for)."""
+        """The output of `backend` on this case (its lse is not asked for), its rows that see no key held to what
+        the backend declares of them (held_empty_rows)."""
         kwargs = {"causal": self.base.causal, "scale": self.base.scale, **self.features(q.device).kwargs()}
-        return backend(q, k, v, **{**kwargs, **overrides})
+        out = backend(q, k, v, **{**kwargs, **overrides})
+        return held_empty_rows(backend, self.with_(window=overrides.get("window", self.window)), out, v)
 
     def with_(self, **kw) -> FeatureCase:
         return replace(self, **kw)
+
+
+def held_empty_rows(backend: Backend, case: FeatureCase, out: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """`out` (B, Hq, Tq, Dv) as the contract sees it. A backend that declares what a row seeing no key comes out
+    as (Backend.empty_row_departure: the mean of v over all keys, or NaN) is held to that on those rows, which then
+    read as the contract's 0 with no upstream gradient, so the rest of a property judges every other row as usual.
+    Without a declaration `out` is returned as is: the contract's 0 is what the property checks."""
+    departure = backend.empty_row_departure
+    empty = ~case.visible(out.device).any(-1)  # (B, Hq, Tq): rows that see no key
+    if departure is None or not empty.any():
+        return out
+    got = out.detach()[empty].double()  # (n, Dv)
+    mean_v = v.detach().double().repeat_interleave(out.size(1) // v.size(1), 1).mean(-2, keepdim=True)  # (B, Hq, 1, Dv)
+    mean_v = mean_v.expand(out.shape)[empty]  # (n, Dv)
+    tol = rounding_noise(rule_dtype(case.base.dtype), float(v.detach().abs().max()), n_terms=case.base.Tk)
+    held = torch.zeros(len(got), dtype=torch.bool, device=got.device)  # (n,): the row is a declared output
+    if "nan" in departure.outputs:
+        held |= got.isnan().all(-1)
+    if "mean_v" in departure.outputs:
+        held |= ((got - mean_v).abs() <= tol).all(-1)
+    if not held.all():
+        i = int((~held).nonzero()[0])
+        where = tuple(int(x[i]) for x in empty.nonzero(as_tuple=True))
+        raise AssertionError(
+            f"row {where} sees no key and came out as {got[i, :4].tolist()}..., which is none of the outputs "
+            f"{backend.name} declares ({sorted(departure.outputs)}: mean(v) {mean_v[i, :4].tolist()}...) "
+            f"[{backend.name}: {case}]"
+        )
+    return out.masked_fill(empty[..., None], 0.0)
 
 
 def _document_ids(draw, batch: int, tk: int, interleaved: bool) -> tuple[tuple[int, ...], ...]:
@@ -239,7 +270,7 @@ def against_reference(backend, case: FeatureCase, device, got: dict, ins, dout, 
             out |= dict(zip(names, torch.autograd.grad((o, lse), xs, (dout.to(dtype), gl)), strict=True))
         return out
 
-    refs, naives = formula(torch.float64), formula(b.dtype)
+    refs, naives = formula(torch.float64), formula(rule_dtype(b.dtype))
     q, k = ins[0], ins[1]
     a = abs_logit_bound(q, k.repeat_interleave(b.H // case.hkv, 1), b.scale)
     if f.alibi_slopes is not None:
@@ -252,7 +283,7 @@ def against_reference(backend, case: FeatureCase, device, got: dict, ins, dout, 
     results = {}
     ctx = _context(backend, device, case)
     for name, x in got.items():
-        atol = rounding_noise(b.dtype, mags[name], a, n_terms=terms[name])
+        atol = rounding_noise(rule_dtype(b.dtype), mags[name], a, n_terms=terms[name])
         # Pass rule, per tensor: max|x - ref64| <= 2 * max|naive_d - ref64| + atol_d (reference.py).
         rule = _check_lse if name == "lse" else functools.partial(check_rule, name)
         results[name] = rule(x.detach(), refs[name], naives[name], atol, ctx)
@@ -272,6 +303,7 @@ def run_checked(backend: Backend, case: FeatureCase, device: str) -> dict[str, R
         got = {"out": backend(*ins[:3], **kwargs)}
     else:
         got = dict(zip(("out", "lse"), backend(*ins[:3], **kwargs, return_lse=True), strict=True))
+    got["out"] = held_empty_rows(backend, case, got["out"], ins[2])
     if ins[0].requires_grad:
         upstream = (dout, dlse)[: len(got)]
         grads = torch.autograd.grad(tuple(got.values()), ins, upstream, allow_unused=True)  # a sink may get none
@@ -290,9 +322,10 @@ def _two_runs_bound(case: FeatureCase, device, q, k, v) -> float:
     b, f = case.base, case.features(device)
     q, k, v = (t.detach() for t in (q, k, v))
     ref = masked_attention_formula(q.double(), k.double(), v.double(), causal=b.causal, scale=b.scale, f=f)
-    naive = masked_attention_formula(q, k, v, causal=b.causal, scale=b.scale, f=f)
+    d = rule_dtype(b.dtype)
+    naive = masked_attention_formula(q.to(d), k.to(d), v.to(d), causal=b.causal, scale=b.scale, f=f)
     a = abs_logit_bound(q, k.repeat_interleave(b.H // case.hkv, 1), b.scale)
-    atol = rounding_noise(b.dtype, float(v.abs().max()), a, n_terms=b.Tk)
+    atol = rounding_noise(d, float(v.abs().max()), a, n_terms=b.Tk)
     return 2.0 * (2.0 * float((naive.double() - ref).abs().max()) + atol)
 
 

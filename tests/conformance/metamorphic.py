@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from attnbench import Backend
 
-from .core import Property, boundary_examples, has_backward, register, two_run_bounds
+from .core import Property, boundary_examples, has_backward, register, rule_dtype, two_run_bounds
 from .reference import abs_logit_bound, rounding_noise
 from .strategies import Case, cases
 
@@ -23,7 +23,8 @@ DECODE_STEPS = 4  # single-token steps checked per example (the last rows of the
 
 def _noise(case: Case, q, k, v) -> float:
     """atol_d of one forward run: two runs of the same exact value differ by at most twice this."""
-    return rounding_noise(case.dtype, float(v.abs().max()), abs_logit_bound(q, k, case.scale), n_terms=case.Tk)
+    a = abs_logit_bound(q, k, case.scale)
+    return rounding_noise(rule_dtype(case.dtype), float(v.abs().max()), a, n_terms=case.Tk)
 
 
 def _assert_close(name: str, a: torch.Tensor, b: torch.Tensor, bound: float, what: str, ctx: str) -> None:

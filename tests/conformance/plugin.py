@@ -124,8 +124,13 @@ def verdict_table(verdicts: dict) -> list[str]:
 
 
 def largest_sizes(largest: dict[str, dict[str, int]]) -> list[str]:
-    """One line per property that passed somewhere: the largest T, D and B*H it was checked on."""
-    return [f"{p}: T={s['T']} D={s['D']} B*H={s['BH']}" for p, s in sorted(largest.items()) if any(s.values())]
+    """One line per property that passed somewhere: the largest T, D and B*H it was checked on (a size that
+    property does not record, such as a model's head dim, is left out rather than shown as 0)."""
+    lines = []
+    for p, sizes in sorted(largest.items()):
+        if shown := " ".join(f"{'B*H' if n == 'BH' else n}={v}" for n, v in sizes.items() if v):
+            lines.append(f"{p}: {shown}")
+    return lines
 
 
 VERDICT_TITLE = "attnbench conformance verdict (per backend)"
@@ -136,9 +141,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     if config.pluginmanager.hasplugin("attnbench.conformance.supervised"):
         return  # `attnbench check` prints the verdict of all its pytest processes together
     verdicts, largest = tally(_outcomes)
-    for sep, title, lines in (
-        ("=", VERDICT_TITLE, verdict_table(verdicts)),
+    for sep, title, lines in (  # the verdict last, after the long output
         ("-", SIZES_TITLE, largest_sizes(largest)),
+        ("=", VERDICT_TITLE, verdict_table(verdicts)),
     ):
         if lines:
             terminalreporter.write_sep(sep, title)

@@ -47,7 +47,7 @@ class Finding:
     contract: str
     evidence: str
     fix: str = ""  # the adapter lines (or the declaration) when found departs from the contract
-    declared: bool = False  # a departure the backend declares (Backend.nan_departure)
+    declared: bool = False  # a departure the backend declares (Backend.nan_departure, empty_row_departure, ...)
 
     @property
     def status(self) -> str:
@@ -177,6 +177,9 @@ def probe_gqa(backend: Backend, dtype, device) -> Finding:
     )
 
 
+EMPTY_ROW_OUTPUT = {"mean(v)": "mean_v", "NaN": "nan"}  # a probe candidate -> its EmptyRowDeparture output
+
+
 def _hide_row_0(b, h, q_idx, kv_idx):
     return (q_idx != 0) & (kv_idx >= 0)  # query row 0 sees no key
 
@@ -189,16 +192,16 @@ def probe_empty_rows(backend: Backend, dtype, device) -> Finding:
     candidates["NaN"] = torch.full((1, 1, 1, d), math.nan)
     fix = (
         "zero the rows that see no key:\n    visible = attnbench.visible_mask(q, k, causal=causal, mask_mod=mask_mod)\n"
-        "    out = out.masked_fill(~visible.any(-1, keepdim=True), 0.0)"
+        "    out = out.masked_fill(~visible.any(-1, keepdim=True), 0.0)\n  or, if that is what the kernel is for, "
+        "declare it: empty_row_departure=attnbench.EmptyRowDeparture('<why>', outputs={{'{}'}})"
     )
-    return identify(
-        "empty rows (a row that sees no key)",
-        out,
-        candidates,
-        "zeros",
-        dict.fromkeys(candidates, fix),
-        _tolerance(dtype),
+    fixes = {name: fix.format(EMPTY_ROW_OUTPUT[name]) for name in EMPTY_ROW_OUTPUT} | {UNKNOWN: fix.split("\n  or")[0]}
+    found = identify("empty rows (a row that sees no key)", out, candidates, "zeros", fixes, _tolerance(dtype))
+    declared = (
+        backend.empty_row_departure is not None
+        and EMPTY_ROW_OUTPUT.get(found.found) in backend.empty_row_departure.outputs
     )
+    return dataclasses.replace(found, fix="", declared=True) if declared else found
 
 
 def probe_computed_dtype(backend: Backend, given: torch.dtype, device) -> Finding:
@@ -214,19 +217,23 @@ def probe_computed_dtype(backend: Backend, given: torch.dtype, device) -> Findin
     a = abs_logit_bound(q, k, scale)
     noise = {dt: rounding_noise(dt, float(v.abs().max()), a, n_terms=t) for dt in NOISE_DTYPES}
     found = next((str(dt).removeprefix("torch.") for dt in NOISE_DTYPES if err <= noise[dt]), UNKNOWN)
-    contract = str(given).removeprefix("torch.")
     evidence = f"max|out - float64| {err:.2g}; rounding noise " + ", ".join(
         f"{str(dt).removeprefix('torch.')} {n:.2g}" for dt, n in noise.items()
     )
+    departure = backend.precision_departure
+    used = departure.dtype_computed(given) if departure is not None else given
+    contract = str(given).removeprefix("torch.")
+    declared = found not in (UNKNOWN, contract) and err <= noise[used]  # above its own noise, within the declared
     fix = (
         ""
-        if found == contract
+        if found == contract or declared
         else (
-            f"declare {contract} unsupported (unsupported_reason: 'computes in {found}'), or do the {contract} parts "
-            "in torch (onnx_attention applies the scale to q in float64 and passes scale=1)"
+            f"declare it: precision_departure=attnbench.PrecisionDeparture('<why>', {{torch.{contract}: "
+            f"torch.{found}}}), or declare {contract} unsupported (unsupported_reason: 'computes in {found}'), or "
+            f"do the {contract} parts in torch (onnx_attention applies the scale to q in float64 and passes scale=1)"
         )
     )
-    return Finding(convention, found, contract, evidence, fix)
+    return Finding(convention, found, contract, evidence, fix, declared)
 
 
 def probe_nan(backend: Backend, dtype, device) -> Finding:

@@ -30,8 +30,10 @@ from .core import (
     boundary_examples,
     example_dtype,
     has_backward,
+    judging,
     missing_feature,
     register,
+    rule_dtype,
 )
 from .features import FEATURE_PROPERTIES, FIXED_EXAMPLES
 from .lse_merge import LSE_PROPERTIES
@@ -72,7 +74,8 @@ def run_property(prop: Property, backend: Backend, device: str, dtypes, **overri
     results: list[RuleResult] = []
 
     def run(case):
-        r = prop.check(backend, case, device)
+        with judging(backend):
+            r = prop.check(backend, case, device)
         if r is not None:
             results.append(r)
 
@@ -96,9 +99,10 @@ def _leaf(t: torch.Tensor, dtype=None) -> torch.Tensor:
 def forward_bound(case: Case, q, k, v) -> tuple[torch.Tensor, torch.Tensor, float]:
     """ref64 output, naive_d output and atol_d for the forward of this case (inputs q, k, v)."""
     ref = attention_formula(q.double(), k.double(), v.double(), causal=case.causal, scale=case.scale)
-    naive = attention_formula(q, k, v, causal=case.causal, scale=case.scale)
+    d = rule_dtype(case.dtype)
+    naive = attention_formula(q.to(d), k.to(d), v.to(d), causal=case.causal, scale=case.scale)
     a = abs_logit_bound(q, k, case.scale)
-    atol = rounding_noise(case.dtype, float(v.abs().max()), a, n_terms=case.Tk)
+    atol = rounding_noise(d, float(v.abs().max()), a, n_terms=case.Tk)
     return ref, naive, atol
 
 
@@ -124,7 +128,7 @@ def equivalence(backend: Backend, case: Case, device: str) -> RuleResult:
     grads = torch.autograd.grad(out, (q, k, v), dout) if with_grads else ()
     kw = dict(causal=case.causal, scale=case.scale)
     refs = row_sampled_attention(q, k, v, dout, rows, dtype=torch.float64, **kw)
-    naives = row_sampled_attention(q, k, v, dout, rows, dtype=case.dtype, **kw)
+    naives = row_sampled_attention(q, k, v, dout, rows, dtype=rule_dtype(case.dtype), **kw)
     q_rows, dout_rows = q[..., rows, :], dout[..., rows, :]
     a = abs_logit_bound(q_rows, k, case.scale)
     vis = visible_mask(case.Tq, case.Tk, case.causal, device)[rows.to(device)]
@@ -136,7 +140,7 @@ def equivalence(backend: Backend, case: Case, device: str) -> RuleResult:
         checked += [("dq", grads[0], case.Tk), ("dk", grads[1], len(rows)), ("dv", grads[2], len(rows))]
     # Pass rule, per tensor: max|x - ref64| <= 2 * max|naive_d - ref64| + atol_d (reference.py).
     for i, (name, x, n) in enumerate(checked):
-        atol = rounding_noise(case.dtype, mags[name], a, n_terms=n)
+        atol = rounding_noise(rule_dtype(case.dtype), mags[name], a, n_terms=n)
         results.append(check_rule(name, x, refs[i], naives[i], atol, ctx))
     return _worst(results)
 
@@ -217,7 +221,9 @@ def convex_combination(backend: Backend, case: Case, device: str) -> None:
     q, k, v = case.tensors(device)
     out = backend(q, k, v, causal=case.causal, scale=case.scale).double()  # (B, H, Tq, D)
     lo, hi = visible_value_range(v.double(), case)  # (B, H, Tq, D) each
-    atol = rounding_noise(case.dtype, float(v.abs().max()), abs_logit_bound(q, k, case.scale), n_terms=case.Tk)
+    atol = rounding_noise(
+        rule_dtype(case.dtype), float(v.abs().max()), abs_logit_bound(q, k, case.scale), n_terms=case.Tk
+    )
     outside = (out < lo - atol) | (out > hi + atol) | ~torch.isfinite(out)
     if outside.any():
         idx = tuple(int(i[0]) for i in torch.nonzero(outside, as_tuple=True))
@@ -281,7 +287,8 @@ def dropout_expected_value(backend: Backend, case: Case, device: str) -> None:
     # out_d = sum_j P_j m_j v_jd / (1 - p), m_j ~ Bernoulli(1 - p): Var = sum_j P_j^2 v_jd^2 p / (1 - p).
     var = (P**2) @ (v1[0] ** 2) * (p / (1 - p))  # (H, Tq, D)
     se = (var / DROPOUT_COPIES).sqrt()
-    atol = rounding_noise(case.dtype, float(v1.abs().max()), abs_logit_bound(q1, k1, case.scale), n_terms=case.Tk)
+    a1 = abs_logit_bound(q1, k1, case.scale)
+    atol = rounding_noise(rule_dtype(case.dtype), float(v1.abs().max()), a1, n_terms=case.Tk)
     z = 6.0  # a 6-sigma band: a false alarm once in ~5e8 elements, a real bias of a few percent is caught
     bad = (mean - ref).abs() > z * se + atol
     if bad.any():
@@ -634,7 +641,8 @@ def check_backend(name: str, backend: Backend, device: str, data, record_propert
     prop = PROPERTIES[name]
     dtypes = property_dtypes(prop, backend, device, record_property)
     case = data.draw(prop.strategy(dtypes), label="case")
-    _record(prop, backend, device, case, prop.check(backend, case, device), record_property)
+    with judging(backend):
+        _record(prop, backend, device, case, prop.check(backend, case, device), record_property)
 
 
 def check_examples(name: str, backend: Backend, device: str, record_property=None) -> int:
@@ -644,7 +652,8 @@ def check_examples(name: str, backend: Backend, device: str, record_property=Non
     if not fixed:
         pytest.skip(f"{name} has no fixed examples (its cost grows with the size: drawn toy sizes only)")
     for case in fixed:
-        _record(prop, backend, device, case, prop.check(backend, case, device), record_property)
+        with judging(backend):
+            _record(prop, backend, device, case, prop.check(backend, case, device), record_property)
     return len(fixed)
 
 
