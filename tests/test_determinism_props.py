@@ -14,7 +14,8 @@ import torch
 from attnbench import Backend
 from attnbench.bench.cli import RUN_PROFILES
 from attnbench.bench.suites import CONFORMANCE_DIR
-from attnbench.conformance.properties import PROPERTIES, missing_feature, run_property
+from attnbench.conformance.core import missing_feature
+from attnbench.conformance.properties import PROPERTIES, run_property
 from attnbench.conformance.strategies import Case
 from mutants_determinism import invariant_attention
 from spine_helpers import one_thread  # noqa: F401  (autouse: one torch thread)

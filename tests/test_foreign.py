@@ -13,7 +13,8 @@ import pytest
 import torch
 from attnbench import AttentionInputError, Backend, foreign, get_backend
 from attnbench.bench.measuring.measure import unavailable_reason
-from attnbench.conformance.properties import PROPERTIES, explicit_scale, property_dtypes, run_property
+from attnbench.conformance.equivalence import explicit_scale
+from attnbench.conformance.properties import PROPERTIES, property_dtypes, run_property
 from attnbench.conformance.strategies import Case
 from spine_helpers import one_thread  # noqa: F401  (autouse: one torch thread)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 from attnbench import Backend, manual
-from attnbench.conformance.model_features import PARITY_CASES
+from attnbench.conformance.model import PARITY_CASES
 from attnbench.conformance.properties import PROPERTIES, property_dtypes, run_property
 from attnbench.gpt.model import GPTConfig
 from hypothesis import Phase

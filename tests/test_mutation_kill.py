@@ -17,7 +17,8 @@ import json
 import pytest
 import torch
 from attnbench import Backend
-from attnbench.conformance.properties import PROPERTIES, missing_feature, run_property
+from attnbench.conformance.core import missing_feature
+from attnbench.conformance.properties import PROPERTIES, run_property
 from hypothesis import Phase
 from mutants import CATALOGUE, KILL_ROW, Mutant
 from mutants_determinism import MUTANTS as DETERMINISM

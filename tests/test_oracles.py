@@ -16,9 +16,10 @@ import torch
 from attnbench import Backend, NanDeparture, get_backend
 from attnbench.conformance import metamorphic
 from attnbench.conformance import nan_contract as nan_contract_module
+from attnbench.conformance.equivalence import equivalence
 from attnbench.conformance.features import FeatureCase
 from attnbench.conformance.nan_contract import nan_contract, nan_violations
-from attnbench.conformance.properties import PROPERTIES, equivalence, run_property
+from attnbench.conformance.properties import PROPERTIES, run_property
 from attnbench.conformance.reference import attention_formula, keep_rows_, row_sampled_attention, sample_rows
 from attnbench.conformance.strategies import MAX_T, Case, toy_sizes_only
 from mutants import softmax_over_queries, top_left_causal

@@ -21,7 +21,7 @@ def row(family: str, backend: attnbench.Backend, tokens: torch.Tensor, want: tor
         errors = "forward only | | "
     else:
         errors = "".join(f"{err:.2e} / {bound:.2e} | " for _, err, bound in hf_models.parity(backend, family, tokens))
-    if why := backend.why_unsupported("cpu", torch.float64):
+    if backend.why_unsupported("cpu", torch.float64):
         return f"{errors}n/a: refuses float64 (the backend's reason: see the README's findings)"
     model = hf_models.use_backend(hf_models.build(family, torch.float64), backend)
     return f"{errors}{torch.equal(hf_models.greedy(model, tokens[:, :PROMPT], STEPS), want)}"

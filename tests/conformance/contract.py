@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from attnbench import Backend
 
-from .core import Property, has_backward, register, two_run_bounds
+from .core import conformance_property, has_backward, two_run_bounds
 from .strategies import Case, cases
 
 
@@ -33,6 +33,7 @@ def _ctx(backend: Backend, case: Case, device: str) -> str:
     return f"[{backend.name} on {device}: {case}]"
 
 
+@conformance_property("output_contract", "contract", lambda d: cases(d), "out has q's dtype, shape and device")
 def output_contract(backend: Backend, case: Case, device: str) -> None:
     """out has q's dtype, shape and device."""
     q, k, v = case.tensors(device)
@@ -43,6 +44,7 @@ def output_contract(backend: Backend, case: Case, device: str) -> None:
         raise AssertionError(f"output (dtype, shape, device) {got} != q's {want} {_ctx(backend, case, device)}")
 
 
+@conformance_property("inputs_unchanged", "contract", lambda d: cases(d), "q, k, v and dO never written to")
 def inputs_unchanged(backend: Backend, case: Case, device: str) -> None:
     """q, k, v (forward) and the upstream gradient (backward) are never written to."""
     q, k, v = (t.requires_grad_(has_backward(backend, device)) for t in case.tensors(device))
@@ -69,6 +71,7 @@ def _bit_identical(what: str, first, second, names, ctx: str) -> None:
 NAMES = ("out", "dq", "dk", "dv")
 
 
+@conformance_property("call_independence", "contract", lambda d: cases(d), "A, B, A: A bit-identical")
 def call_independence(backend: Backend, case: Case, device: str) -> None:
     """Shape A, then shape B (module docstring), then A again: A bit-identical."""
     backward = has_backward(backend, device)
@@ -81,6 +84,7 @@ def call_independence(backend: Backend, case: Case, device: str) -> None:
     _bit_identical("a call depends on an earlier call", first, again, NAMES, ctx)
 
 
+@conformance_property("deterministic", "contract", lambda d: cases(d), "the same call twice: bit-identical fwd and bwd")
 def deterministic(backend: Backend, case: Case, device: str) -> None:
     """The same call twice is bit-identical in forward and backward (within rounding, if declared otherwise)."""
     backward = has_backward(backend, device)
@@ -94,11 +98,3 @@ def deterministic(backend: Backend, case: Case, device: str) -> None:
         err = float((a.double() - b.double()).abs().max())
         if not err <= bounds[name]:
             raise AssertionError(f"two identical calls differ beyond rounding: {name} by {err:.3e} {ctx}")
-
-
-register(
-    Property("output_contract", output_contract, lambda d: cases(d), "out has q's dtype, shape and device"),
-    Property("inputs_unchanged", inputs_unchanged, lambda d: cases(d), "q, k, v and dO never written to"),
-    Property("call_independence", call_independence, lambda d: cases(d), "A, B, A: A bit-identical"),
-    Property("deterministic", deterministic, lambda d: cases(d), "the same call twice: bit-identical fwd and bwd"),
-)

@@ -24,7 +24,7 @@ from attnbench import Backend
 from attnbench.bench.measuring.timers import cuda_graph
 
 from .contract import NAMES, _bit_identical
-from .core import Property, has_backward, register, rule_dtype
+from .core import conformance_property, has_backward, rule_dtype
 from .masked_reference import Features, masked_attention_formula
 from .reference import abs_logit_bound, check_rule, rounding_noise
 from .strategies import Case, cases
@@ -41,6 +41,22 @@ def _not_declared_invariant(backend: Backend, device: str) -> str | None:
     return None if backend.batch_invariant else f"{backend.name} does not declare batch_invariant"
 
 
+def _repeat_cases(dtypes):
+    return cases(dtypes, max_t=8, max_h=2, max_d=8, kernel=False).map(lambda c: c.with_(B=REPEAT_BATCH))
+
+
+def _repeat_examples(dtype: torch.dtype) -> list[Case]:
+    base = dict(dtype=dtype, magnitude=1.0, seed=7, layout="bthd")
+    return [Case(B=REPEAT_BATCH, H=2, Tq=5, Tk=8, D=8, causal=True, **base)]
+
+
+@conformance_property(
+    "batch_invariance",
+    "determinism",
+    lambda d: cases(d).map(lambda c: c.with_(B=c.B + 1)),
+    "a row is bit-identical whatever its batch, place in it and neighbouring queries",
+    applies=_not_declared_invariant,
+)
 def batch_invariance(backend: Backend, case: Case, device: str) -> None:
     """Each batch element alone, the batch reversed, and the last query rows alone: bit-identical rows."""
     q, k, v = case.tensors(device)
@@ -67,6 +83,14 @@ def _run(backend: Backend, case: Case, q, k, v, dout) -> tuple[torch.Tensor, ...
     return (out.detach(), *torch.autograd.grad(out, (q, k, v), dout)) if q.requires_grad else (out,)
 
 
+@conformance_property(
+    "repeatable",
+    "determinism",
+    _repeat_cases,
+    f"{REPEATS} calls at batch {REPEAT_BATCH}: bit-identical to the first",
+    examples=_repeat_examples,
+    applies=_not_deterministic,
+)
 def repeatable(backend: Backend, case: Case, device: str) -> None:
     """REPEATS identical calls, forward and backward: each bit-identical to the first."""
     q, k, v = (t.requires_grad_(has_backward(backend, device)) for t in case.tensors(device))
@@ -103,6 +127,13 @@ def _poisoned_pool(case: Case, device: str):
     return pool, poison
 
 
+@conformance_property(
+    "cuda_graph_replay",
+    "determinism",
+    lambda d: cases(d, kernel=False),
+    "a captured graph replayed on new inputs and metadata, output poisoned: float64 by the pass rule",
+    applies=_needs_cuda,
+)
 def cuda_graph_replay(backend: Backend, case: Case, device: str):
     """Capture on case's inputs into a poisoned pool, replay on another seed's inputs and metadata: the pass rule
     against float64."""
@@ -126,38 +157,3 @@ def cuda_graph_replay(backend: Backend, case: Case, device: str):
     naive = masked_attention_formula(q.to(d), k.to(d), v.to(d), causal=case.causal, scale=case.scale, f=replay_f)
     atol = rounding_noise(d, float(v.abs().max()), abs_logit_bound(q, k, case.scale), n_terms=case.Tk)
     return check_rule("out", out, ref, naive, atol, f"(replayed) {_ctx(backend, case, device)}")
-
-
-def _repeat_cases(dtypes):
-    return cases(dtypes, max_t=8, max_h=2, max_d=8, kernel=False).map(lambda c: c.with_(B=REPEAT_BATCH))
-
-
-def _repeat_examples(dtype: torch.dtype) -> list[Case]:
-    base = dict(dtype=dtype, magnitude=1.0, seed=7, layout="bthd")
-    return [Case(B=REPEAT_BATCH, H=2, Tq=5, Tk=8, D=8, causal=True, **base)]
-
-
-register(
-    Property(
-        "batch_invariance",
-        batch_invariance,
-        lambda d: cases(d).map(lambda c: c.with_(B=c.B + 1)),
-        "a row is bit-identical whatever its batch, place in it and neighbouring queries",
-        applies=_not_declared_invariant,
-    ),
-    Property(
-        "repeatable",
-        repeatable,
-        _repeat_cases,
-        f"{REPEATS} calls at batch {REPEAT_BATCH}: bit-identical to the first",
-        examples=_repeat_examples,
-        applies=_not_deterministic,
-    ),
-    Property(
-        "cuda_graph_replay",
-        cuda_graph_replay,
-        lambda d: cases(d, kernel=False),
-        "a captured graph replayed on new inputs and metadata, output poisoned: float64 by the pass rule",
-        applies=_needs_cuda,
-    ),
-)

@@ -17,7 +17,7 @@ import torch
 from attnbench import Backend
 from hypothesis import strategies as st
 
-from .core import has_backward, rule_dtype
+from .core import assert_within, conformance_property, has_backward, rule_dtype
 from .masked_reference import (
     Features,
     masked_attention_formula,
@@ -329,143 +329,6 @@ def _two_runs_bound(case: FeatureCase, device, q, k, v) -> float:
     return 2.0 * (2.0 * float((naive.double() - ref).abs().max()) + atol)
 
 
-def _same_within(name: str, x, y, bound: float, ctx: str) -> None:
-    err = (
-        float((x.double() - y.double()).abs().max())
-        if torch.isfinite(x).all() and torch.isfinite(y).all()
-        else float("inf")
-    )
-    if not err <= bound:
-        raise AssertionError(f"{name}: the two runs differ by {err:.3e} > {bound:.3e} {ctx}")
-
-
-# ------------------------------------------------------------------------------------------- properties
-
-
-def feature_equivalence(backend: Backend, case: FeatureCase, device: str) -> RuleResult:
-    """Output, lse and grads (q, k, v, sinks) with every combination of the features the backend runs, against
-    float64 by the rule."""
-    if case.for_scores and not set(case.restricted(backend, device).used()) & set(SCORE_FEATURES):
-        return None  # a kernel-size case kept for the score features, and the backend runs none of them
-    return _worst(run_checked(backend, case, device))
-
-
-def gqa_is_repeated_mha(backend: Backend, case: FeatureCase, device: str) -> None:
-    """GQA equals MHA with each key/value head repeated for its query heads: the output, and dk summed per group."""
-    case = case.restricted(backend, device)
-    q, k, v = _inputs(backend, device, *case.tensors(device))
-    group = case.base.H // case.hkv
-    kr, vr = _inputs(backend, device, k.repeat_interleave(group, 1), v.repeat_interleave(group, 1))  # (B, Hq, Tk, D)
-    dout = case.upstream(device)
-    gqa, mha = case.run(backend, q, k, v), case.run(backend, q, kr, vr)
-    ctx = _context(backend, device, case)
-    _same_within("out (GQA vs repeated MHA)", gqa, mha, _two_runs_bound(case, device, q, k, v), ctx)
-    if not q.requires_grad:
-        return  # no backward: the output alone
-    grads = torch.autograd.grad(gqa, (q, k, v), dout)
-    dk_mha = torch.autograd.grad(mha, kr, dout)[0].unflatten(1, (case.hkv, group)).sum(2)  # (B, Hkv, Tk, D)
-    got = dict(zip(("out", "dq", "dk", "dv"), (gqa, *grads), strict=True))
-    dk_rule = against_reference(backend, case, device, got, (q, k, v), dout, case.upstream_lse(device))["dk"]
-    _same_within("dk (GQA vs repeated MHA, summed per group)", grads[1], dk_mha, 2.0 * dk_rule.bound, ctx)
-
-
-def window_covering_is_causal(backend: Backend, case: FeatureCase, device: str) -> None:
-    """A window at least as long as the sequence (window >= Tk) is plain causal attention."""
-    case = case.restricted(backend, device)
-    q, k, v = case.tensors(device)
-    wide = case.run(backend, q, k, v, window=case.base.Tk + case.row)
-    plain = case.with_(window=None)
-    _same_within(
-        "out (window >= Tk vs causal)",
-        wide,
-        plain.run(backend, q, k, v),
-        _two_runs_bound(plain, device, q, k, v),
-        _context(backend, device, case),
-    )
-
-
-def documents_alone(backend: Backend, case: FeatureCase, device: str) -> None:
-    """Packed documents: each document's queries get what running that document on its own gives (mask_mod and
-    score_mod off: they read absolute positions and the batch index, which running alone shifts)."""
-    case = case.restricted(backend, device).with_(mask=None, score=None)
-    q, k, v = case.tensors(device)
-    b = case.base
-    full = case.run(backend, q, k, v)  # (B, Hq, Tq, D)
-    bound = _two_runs_bound(case, device, q, k, v)
-    off = b.Tk - b.Tq
-    for bi, ids in enumerate(case.docs):
-        starts = [0] + [j for j in range(1, b.Tk) if ids[j] != ids[j - 1]]
-        for s, e in zip(starts, starts[1:] + [b.Tk], strict=True):
-            r0 = max(s, off) - off  # the first query row inside [s, e)
-            if r0 >= e - off:
-                continue  # no query of this batch item lies in the document
-            alone = case.with_(docs=None).run(
-                backend, q[bi : bi + 1, :, r0 : e - off], k[bi : bi + 1, :, s:e], v[bi : bi + 1, :, s:e]
-            )
-            ctx = f"document [{s}, {e}) of batch item {bi} " + _context(backend, device, case)
-            _same_within("out (document alone vs packed)", alone, full[bi : bi + 1, :, r0 : e - off], bound, ctx)
-
-
-def mask_mod_causal_is_causal(backend: Backend, case: FeatureCase, device: str) -> None:
-    """mask_mod = (kv_idx <= q_idx) on absolute positions, without causal=True, is causal=True."""
-    case = case.restricted(backend, device).with_(mask=None, window=None)
-    q, k, v = case.tensors(device)
-    causal = case.with_(base=case.base.with_(causal=True))
-    as_mod = case.with_(base=case.base.with_(causal=False), mask="causal").run(backend, q, k, v)
-    bound = _two_runs_bound(causal, device, q, k, v)
-    _same_within(
-        "out (causal mask_mod vs causal=True)",
-        as_mod,
-        causal.run(backend, q, k, v),
-        bound,
-        _context(backend, device, case),
-    )
-
-
-def huge_softcap_is_none(backend: Backend, case: FeatureCase, device: str) -> RuleResult:
-    """softcap far above every logit (1e8 * max|logit|) changes nothing: against float64 without a cap."""
-    case = case.restricted(backend, device).with_(softcap=None)
-    q, k, v = case.tensors(device)
-    cap = 1e8 * max(1.0, abs_logit_bound(q, k.repeat_interleave(case.base.H // case.hkv, 1), case.base.scale))
-    out = case.run(backend, q, k, v, softcap=cap)  # cap*tanh(s/cap) - s = O(s^3 / cap^2): below float64 eps
-    dout, dlse = case.upstream(device), case.upstream_lse(device)
-    return _worst(against_reference(backend, case, device, {"out": out}, (q, k, v), dout, dlse))
-
-
-def hidden_keys_never_matter(backend: Backend, case: FeatureCase, device: str) -> None:
-    """Causality generalised: keys and values the mask hides from query row r (in every head of its group), and
-    other query rows, never change row r's output (exactly), and row r's gradient there is exactly zero."""
-    case = case.restricted(backend, device)
-    b, r = case.base, case.row
-    group = b.H // case.hkv
-    q, k, v = case.tensors(device)
-    hidden = ~case.visible(device)[:, :, r].unflatten(1, (case.hkv, group)).any(2)  # (B, Hkv, Tk)
-    other = case.with_(base=b.with_(seed=b.seed + 12345)).tensors(device)
-    q2, k2, v2 = case.tensors(device)
-    rows = torch.arange(b.Tq, device=device) != r  # (Tq,)
-    q2[:, :, rows] = other[0][:, :, rows]
-    k2[hidden], v2[hidden] = other[1][hidden], other[2][hidden]  # (n_hidden, D) rows replaced
-    a = case.run(backend, q, k, v)[:, :, r]  # (B, Hq, D)
-    c = case.run(backend, q2, k2, v2)[:, :, r]
-    ctx = f"row {r}, {int(hidden.sum())} hidden key positions " + _context(backend, device, case)
-    if not torch.equal(a, c):
-        raise AssertionError(
-            f"query row {r} changed when keys/values hidden from it changed: max diff "
-            f"{float((a.double() - c.double()).abs().max()):.3e} {ctx}"
-        )
-    if not has_backward(backend, device):
-        return  # no backward: the output alone
-    ql, kl, vl = _leaves(q, k, v)
-    out = case.run(backend, ql, kl, vl)[:, :, r]  # (B, Hq, D)
-    dq, dk, dv = torch.autograd.grad(out, (ql, kl, vl), case.upstream(device)[:, :, r], allow_unused=True)
-    for name, g, where in (("dq", dq, (slice(None), slice(None), rows)), ("dk", dk, hidden), ("dv", dv, hidden)):
-        leak = torch.zeros(0) if g is None else g[where]
-        if leak.numel() and (leak != 0).any():
-            raise AssertionError(
-                f"{name} of row {r} is not zero where hidden (max |.| {float(leak.abs().max()):.3e}) {ctx}"
-            )
-
-
 def _cases(**kw):
     return lambda dtypes: feature_cases(dtypes, **kw)
 
@@ -516,41 +379,206 @@ def score_feature_examples(dtype: torch.dtype) -> list[FeatureCase]:
     return [c.with_(for_scores=True) for c in cases]
 
 
-FIXED_EXAMPLES = {  # property -> examples
-    "feature_equiv": lambda dtype: feature_examples(dtype) + score_feature_examples(dtype),
-    "hidden_keys": feature_examples,
-}
+def _all_feature_examples(dtype: torch.dtype) -> list[FeatureCase]:
+    return feature_examples(dtype) + score_feature_examples(dtype)
 
 
-# (name, check, strategy, doc, features needed): properties.py registers each as a Property
-FEATURE_PROPERTIES = list(
-    (
-        ("feature_equiv", feature_equivalence, _cases(), "every feature combination vs float64 by the rule", ()),
-        ("gqa_repeat", gqa_is_repeated_mha, _cases(need=("gqa",)), "GQA == MHA with k/v repeated", ("gqa",)),
-        ("window_wide", window_covering_is_causal, _cases(need=("window",)), "window >= Tk == causal", ("window",)),
-        (
-            "docs_alone",
-            documents_alone,
-            _cases(need=("document_ids",), contiguous_docs=True),
-            "packed documents == each document alone",
-            ("document_ids",),
-        ),
-        ("mask_mod_causal", mask_mod_causal_is_causal, _cases(), "causal mask_mod == causal=True", ("mask_mod",)),
-        ("softcap_huge", huge_softcap_is_none, _cases(), "huge softcap == no softcap", ("softcap",)),
-        ("hidden_keys", hidden_keys_never_matter, _cases(), "hidden k/v never change a row; grad exactly 0", ()),
-        (
-            "empty_rows",
-            feature_equivalence,
-            _with_mask(["empty_rows"], min_tq=2),
-            "a row that sees no key is 0, gradient 0 (vs float64)",
-            ("mask_mod",),
-        ),
-        (
-            "mask_mod_heads",
-            feature_equivalence,
-            _with_mask(["head_stripes", "batch_shift"], need=("gqa",)),
-            "mask_mod gets the query head under GQA (vs float64)",
-            ("mask_mod", "gqa"),
-        ),
-    )
+def _no_examples(dtype: torch.dtype) -> list:
+    return []  # the boundary examples are plain Cases: feature properties without their own are drawn only
+
+
+# ------------------------------------------------------------------------------------------- properties
+
+
+@conformance_property(
+    "feature_equiv",
+    "features",
+    _cases(),
+    "every feature combination vs float64 by the rule",
+    examples=_all_feature_examples,
 )
+@conformance_property(
+    "empty_rows",
+    "features",
+    _with_mask(["empty_rows"], min_tq=2),
+    "a row that sees no key is 0, gradient 0 (vs float64)",
+    features=("mask_mod",),
+    examples=_no_examples,
+)
+@conformance_property(
+    "mask_mod_heads",
+    "features",
+    _with_mask(["head_stripes", "batch_shift"], need=("gqa",)),
+    "mask_mod gets the query head under GQA (vs float64)",
+    features=("mask_mod", "gqa"),
+    examples=_no_examples,
+)
+def feature_equivalence(backend: Backend, case: FeatureCase, device: str) -> RuleResult:
+    """Output, lse and grads (q, k, v, sinks) with every combination of the features the backend runs, against
+    float64 by the rule."""
+    if case.for_scores and not set(case.restricted(backend, device).used()) & set(SCORE_FEATURES):
+        return None  # a kernel-size case kept for the score features, and the backend runs none of them
+    return _worst(run_checked(backend, case, device))
+
+
+@conformance_property(
+    "gqa_repeat",
+    "features",
+    _cases(need=("gqa",)),
+    "GQA == MHA with k/v repeated",
+    features=("gqa",),
+    examples=_no_examples,
+)
+def gqa_is_repeated_mha(backend: Backend, case: FeatureCase, device: str) -> None:
+    """GQA equals MHA with each key/value head repeated for its query heads: the output, and dk summed per group."""
+    case = case.restricted(backend, device)
+    q, k, v = _inputs(backend, device, *case.tensors(device))
+    group = case.base.H // case.hkv
+    kr, vr = _inputs(backend, device, k.repeat_interleave(group, 1), v.repeat_interleave(group, 1))  # (B, Hq, Tk, D)
+    dout = case.upstream(device)
+    gqa, mha = case.run(backend, q, k, v), case.run(backend, q, kr, vr)
+    ctx = _context(backend, device, case)
+    assert_within("out (GQA vs repeated MHA)", gqa, mha, _two_runs_bound(case, device, q, k, v), ctx)
+    if not q.requires_grad:
+        return  # no backward: the output alone
+    grads = torch.autograd.grad(gqa, (q, k, v), dout)
+    dk_mha = torch.autograd.grad(mha, kr, dout)[0].unflatten(1, (case.hkv, group)).sum(2)  # (B, Hkv, Tk, D)
+    got = dict(zip(("out", "dq", "dk", "dv"), (gqa, *grads), strict=True))
+    dk_rule = against_reference(backend, case, device, got, (q, k, v), dout, case.upstream_lse(device))["dk"]
+    assert_within("dk (GQA vs repeated MHA, summed per group)", grads[1], dk_mha, 2.0 * dk_rule.bound, ctx)
+
+
+@conformance_property(
+    "window_wide",
+    "features",
+    _cases(need=("window",)),
+    "window >= Tk == causal",
+    features=("window",),
+    examples=_no_examples,
+)
+def window_covering_is_causal(backend: Backend, case: FeatureCase, device: str) -> None:
+    """A window at least as long as the sequence (window >= Tk) is plain causal attention."""
+    case = case.restricted(backend, device)
+    q, k, v = case.tensors(device)
+    wide = case.run(backend, q, k, v, window=case.base.Tk + case.row)
+    plain = case.with_(window=None)
+    assert_within(
+        "out (window >= Tk vs causal)",
+        wide,
+        plain.run(backend, q, k, v),
+        _two_runs_bound(plain, device, q, k, v),
+        _context(backend, device, case),
+    )
+
+
+@conformance_property(
+    "docs_alone",
+    "features",
+    _cases(need=("document_ids",), contiguous_docs=True),
+    "packed documents == each document alone",
+    features=("document_ids",),
+    examples=_no_examples,
+)
+def documents_alone(backend: Backend, case: FeatureCase, device: str) -> None:
+    """Packed documents: each document's queries get what running that document on its own gives (mask_mod and
+    score_mod off: they read absolute positions and the batch index, which running alone shifts)."""
+    case = case.restricted(backend, device).with_(mask=None, score=None)
+    q, k, v = case.tensors(device)
+    b = case.base
+    full = case.run(backend, q, k, v)  # (B, Hq, Tq, D)
+    bound = _two_runs_bound(case, device, q, k, v)
+    off = b.Tk - b.Tq
+    for bi, ids in enumerate(case.docs):
+        starts = [0] + [j for j in range(1, b.Tk) if ids[j] != ids[j - 1]]
+        for s, e in zip(starts, starts[1:] + [b.Tk], strict=True):
+            r0 = max(s, off) - off  # the first query row inside [s, e)
+            if r0 >= e - off:
+                continue  # no query of this batch item lies in the document
+            alone = case.with_(docs=None).run(
+                backend, q[bi : bi + 1, :, r0 : e - off], k[bi : bi + 1, :, s:e], v[bi : bi + 1, :, s:e]
+            )
+            ctx = f"document [{s}, {e}) of batch item {bi} " + _context(backend, device, case)
+            assert_within("out (document alone vs packed)", alone, full[bi : bi + 1, :, r0 : e - off], bound, ctx)
+
+
+@conformance_property(
+    "mask_mod_causal",
+    "features",
+    _cases(),
+    "causal mask_mod == causal=True",
+    features=("mask_mod",),
+    examples=_no_examples,
+)
+def mask_mod_causal_is_causal(backend: Backend, case: FeatureCase, device: str) -> None:
+    """mask_mod = (kv_idx <= q_idx) on absolute positions, without causal=True, is causal=True."""
+    case = case.restricted(backend, device).with_(mask=None, window=None)
+    q, k, v = case.tensors(device)
+    causal = case.with_(base=case.base.with_(causal=True))
+    as_mod = case.with_(base=case.base.with_(causal=False), mask="causal").run(backend, q, k, v)
+    bound = _two_runs_bound(causal, device, q, k, v)
+    assert_within(
+        "out (causal mask_mod vs causal=True)",
+        as_mod,
+        causal.run(backend, q, k, v),
+        bound,
+        _context(backend, device, case),
+    )
+
+
+@conformance_property(
+    "softcap_huge",
+    "features",
+    _cases(),
+    "huge softcap == no softcap",
+    features=("softcap",),
+    examples=_no_examples,
+)
+def huge_softcap_is_none(backend: Backend, case: FeatureCase, device: str) -> RuleResult:
+    """softcap far above every logit (1e8 * max|logit|) changes nothing: against float64 without a cap."""
+    case = case.restricted(backend, device).with_(softcap=None)
+    q, k, v = case.tensors(device)
+    cap = 1e8 * max(1.0, abs_logit_bound(q, k.repeat_interleave(case.base.H // case.hkv, 1), case.base.scale))
+    out = case.run(backend, q, k, v, softcap=cap)  # cap*tanh(s/cap) - s = O(s^3 / cap^2): below float64 eps
+    dout, dlse = case.upstream(device), case.upstream_lse(device)
+    return _worst(against_reference(backend, case, device, {"out": out}, (q, k, v), dout, dlse))
+
+
+@conformance_property(
+    "hidden_keys",
+    "features",
+    _cases(),
+    "hidden k/v never change a row; grad exactly 0",
+    examples=feature_examples,
+)
+def hidden_keys_never_matter(backend: Backend, case: FeatureCase, device: str) -> None:
+    """Causality generalised: keys and values the mask hides from query row r (in every head of its group), and
+    other query rows, never change row r's output (exactly), and row r's gradient there is exactly zero."""
+    case = case.restricted(backend, device)
+    b, r = case.base, case.row
+    group = b.H // case.hkv
+    q, k, v = case.tensors(device)
+    hidden = ~case.visible(device)[:, :, r].unflatten(1, (case.hkv, group)).any(2)  # (B, Hkv, Tk)
+    other = case.with_(base=b.with_(seed=b.seed + 12345)).tensors(device)
+    q2, k2, v2 = case.tensors(device)
+    rows = torch.arange(b.Tq, device=device) != r  # (Tq,)
+    q2[:, :, rows] = other[0][:, :, rows]
+    k2[hidden], v2[hidden] = other[1][hidden], other[2][hidden]  # (n_hidden, D) rows replaced
+    a = case.run(backend, q, k, v)[:, :, r]  # (B, Hq, D)
+    c = case.run(backend, q2, k2, v2)[:, :, r]
+    ctx = f"row {r}, {int(hidden.sum())} hidden key positions " + _context(backend, device, case)
+    if not torch.equal(a, c):
+        raise AssertionError(
+            f"query row {r} changed when keys/values hidden from it changed: max diff "
+            f"{float((a.double() - c.double()).abs().max()):.3e} {ctx}"
+        )
+    if not has_backward(backend, device):
+        return  # no backward: the output alone
+    ql, kl, vl = _leaves(q, k, v)
+    out = case.run(backend, ql, kl, vl)[:, :, r]  # (B, Hq, D)
+    dq, dk, dv = torch.autograd.grad(out, (ql, kl, vl), case.upstream(device)[:, :, r], allow_unused=True)
+    for name, g, where in (("dq", dq, (slice(None), slice(None), rows)), ("dk", dk, hidden), ("dv", dv, hidden)):
+        leak = torch.zeros(0) if g is None else g[where]
+        if leak.numel() and (leak != 0).any():
+            raise AssertionError(
+                f"{name} of row {r} is not zero where hidden (max |.| {float(leak.abs().max()):.3e}) {ctx}"
+            )

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from attnbench import Backend
 
-from .core import Property, has_backward, register
+from .core import conformance_property, has_backward
 from .strategies import Case, cases
 
 AUTOCAST_DEVICES = ("cpu", "cuda")
@@ -104,6 +104,9 @@ def _shown(value) -> str:
     return "(a generator state)" if isinstance(value, (torch.Tensor, list)) else str(value)
 
 
+@conformance_property(
+    "global_state", "global_state", lambda d: cases(d), "default dtype, RNG, threads, flags left as found"
+)
 def global_state(backend: Backend, case: Case, device: str) -> None:
     """A forward (and backward) call at dropout_p = 0 leaves every setting of `snapshot` as it was, RNG included:
     a call that draws no random numbers must not consume the user's random stream either."""
@@ -119,8 +122,3 @@ def global_state(backend: Backend, case: Case, device: str) -> None:
         raise AssertionError(
             f"the call changed process-wide torch state: {'; '.join(diff)} [{backend.name} on {device}: {case}]"
         )
-
-
-register(
-    Property("global_state", global_state, lambda d: cases(d), "default dtype, RNG, threads, flags left as found"),
-)

@@ -21,7 +21,7 @@ import torch
 from attnbench import Backend
 from hypothesis import strategies as st
 
-from .core import has_backward
+from .core import conformance_property, has_backward
 from .features import MASK_MODS, FeatureCase, against_reference, feature_cases
 from .reference import RuleResult
 from .strategies import Case
@@ -68,30 +68,6 @@ def _shard_mask(mask_mod, tk: int, s: int, e: int):
     return lambda b, h, q, kv: mask_mod(b, h, q + shift, kv + s)
 
 
-def lse_merge_oracle(backend: Backend, mc: MergeCase, device: str) -> RuleResult:
-    """Split the keys into shards, run each with return_lse, merge by lse: the merged output, lse and grads (dq
-    summed over the shards, dk and dv concatenated) meet the unsplit problem's pass rule against float64."""
-    case = mc.case.restricted(backend, device)
-    b = case.base
-    ins = [t.detach().requires_grad_(has_backward(backend, device)) for t in case.tensors(device)]
-    q, k, v = ins
-    kwargs = {"causal": False, "scale": b.scale} | ({} if case.softcap is None else {"softcap": case.softcap})
-    outs, lses = [], []
-    for s, e in mc.shards():
-        mask = {} if case.mask is None else {"mask_mod": _shard_mask(MASK_MODS[case.mask], b.Tk, s, e)}
-        o, lse = backend(q, k[:, :, s:e], v[:, :, s:e], **kwargs, **mask, return_lse=True)
-        outs.append(o)
-        lses.append(lse)
-    out, lse = merge_by_lse(outs, lses)
-    got = {"out": out, "lse": lse}
-    dout, dlse = case.upstream(device), case.upstream_lse(device)
-    if q.requires_grad:
-        grads = torch.autograd.grad((out, lse), ins, (dout.to(out.dtype), dlse.to(lse.dtype)))
-        got |= dict(zip(("dq", "dk", "dv"), grads, strict=True))
-    results = against_reference(backend, case, device, got, ins, dout, dlse)
-    return max(results.values(), key=lambda r: r.ratio)
-
-
 @st.composite
 def merge_cases(draw, dtypes) -> MergeCase:
     """A case with Tk >= 2 Tq cut into 2 to 4 shards of at least Tq keys each, masked (when drawn) by a mask_mod."""
@@ -120,13 +96,33 @@ def merge_examples(dtype: torch.dtype) -> list[MergeCase]:
     ]
 
 
-LSE_PROPERTIES = [  # (name, check, strategy, doc, features needed, fixed examples): properties.py registers them
-    (
-        "lse_merge",
-        lse_merge_oracle,
-        merge_cases,
-        "keys split in shards, merged by lse == the unsplit call (fwd, lse, grads) vs float64",
-        ("return_lse",),
-        merge_examples,
-    ),
-]
+@conformance_property(
+    "lse_merge",
+    "features",
+    merge_cases,
+    "keys split in shards, merged by lse == the unsplit call (fwd, lse, grads) vs float64",
+    features=("return_lse",),
+    examples=merge_examples,
+)
+def lse_merge_oracle(backend: Backend, mc: MergeCase, device: str) -> RuleResult:
+    """Split the keys into shards, run each with return_lse, merge by lse: the merged output, lse and grads (dq
+    summed over the shards, dk and dv concatenated) meet the unsplit problem's pass rule against float64."""
+    case = mc.case.restricted(backend, device)
+    b = case.base
+    ins = [t.detach().requires_grad_(has_backward(backend, device)) for t in case.tensors(device)]
+    q, k, v = ins
+    kwargs = {"causal": False, "scale": b.scale} | ({} if case.softcap is None else {"softcap": case.softcap})
+    outs, lses = [], []
+    for s, e in mc.shards():
+        mask = {} if case.mask is None else {"mask_mod": _shard_mask(MASK_MODS[case.mask], b.Tk, s, e)}
+        o, lse = backend(q, k[:, :, s:e], v[:, :, s:e], **kwargs, **mask, return_lse=True)
+        outs.append(o)
+        lses.append(lse)
+    out, lse = merge_by_lse(outs, lses)
+    got = {"out": out, "lse": lse}
+    dout, dlse = case.upstream(device), case.upstream_lse(device)
+    if q.requires_grad:
+        grads = torch.autograd.grad((out, lse), ins, (dout.to(out.dtype), dlse.to(lse.dtype)))
+        got |= dict(zip(("dq", "dk", "dv"), grads, strict=True))
+    results = against_reference(backend, case, device, got, ins, dout, dlse)
+    return max(results.values(), key=lambda r: r.ratio)

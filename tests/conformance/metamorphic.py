@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from attnbench import Backend
 
-from .core import Property, boundary_examples, has_backward, register, rule_dtype, two_run_bounds
+from .core import assert_within, boundary_examples, conformance_property, has_backward, rule_dtype, two_run_bounds
 from .reference import abs_logit_bound, rounding_noise
 from .strategies import Case, cases
 
@@ -25,14 +25,6 @@ def _noise(case: Case, q, k, v) -> float:
     """atol_d of one forward run: two runs of the same exact value differ by at most twice this."""
     a = abs_logit_bound(q, k, case.scale)
     return rounding_noise(rule_dtype(case.dtype), float(v.abs().max()), a, n_terms=case.Tk)
-
-
-def _assert_close(name: str, a: torch.Tensor, b: torch.Tensor, bound: float, what: str, ctx: str) -> None:
-    diff = (a.double() - b.double()).abs()
-    err = float(diff.max()) if torch.isfinite(diff).all() else float("inf")
-    if not err <= bound:
-        idx = tuple(int(i) for i in torch.unravel_index(torch.nan_to_num(diff, nan=float("inf")).argmax(), diff.shape))
-        raise AssertionError(f"{what}: {name} differs by {err:.3e} > {bound:.3e} at {idx} {ctx}")
 
 
 def _grads(backend: Backend, case: Case, q, k, v, dout):
@@ -49,6 +41,21 @@ def _pieces(case: Case) -> list[tuple[int, int]]:
     return list(zip(edges[:-1], edges[1:], strict=True))
 
 
+def _causal_examples(dtype):
+    return [c.with_(causal=True, Tq=max(c.Tq, 2)) for c in boundary_examples(dtype)]
+
+
+def _non_causal_examples(dtype):
+    return [c.with_(causal=False) for c in boundary_examples(dtype)]
+
+
+@conformance_property(
+    "chunked_prefill",
+    "metamorphic",
+    lambda d: cases(d, causal=True, min_tq=2),
+    "query pieces against their key prefixes == the full run",
+    examples=_causal_examples,
+)
 def chunked_prefill(backend: Backend, case: Case, device: str) -> None:
     """Causal queries split into pieces, each against its own prefix of keys, give the full run's rows."""
     q, k, v = case.tensors(device)
@@ -58,9 +65,16 @@ def chunked_prefill(backend: Backend, case: Case, device: str) -> None:
     parts = [backend(q[..., a:b, :], k[..., : off + b, :], v[..., : off + b, :], causal=True, scale=case.scale)
              for a, b in pieces]  # fmt: skip
     ctx = f"(pieces {pieces}) [{backend.name} on {device}: {case}]"
-    _assert_close("out", torch.cat(parts, dim=-2), full, 2.0 * _noise(case, q, k, v), "chunked prefill", ctx)
+    assert_within("chunked prefill: out", torch.cat(parts, dim=-2), full, 2.0 * _noise(case, q, k, v), ctx)
 
 
+@conformance_property(
+    "decode_chain",
+    "metamorphic",
+    lambda d: cases(d, causal=True),
+    "single-token decode steps == the prefill's last rows",
+    examples=_causal_examples,
+)
 def decode_chain(backend: Backend, case: Case, device: str) -> None:
     """Single-token decode steps (query i alone against keys 0 .. its position) equal the prefill's last rows."""
     q, k, v = case.tensors(device)
@@ -70,9 +84,10 @@ def decode_chain(backend: Backend, case: Case, device: str) -> None:
     steps = [backend(q[..., i : i + 1, :], k[..., : off + i + 1, :], v[..., : off + i + 1, :], causal=True,
                      scale=case.scale) for i in range(first, case.Tq)]  # fmt: skip
     ctx = f"(rows {first}..{case.Tq - 1}) [{backend.name} on {device}: {case}]"
-    _assert_close("out", torch.cat(steps, dim=-2), full[..., first:, :], 2.0 * _noise(case, q, k, v), "decode", ctx)
+    assert_within("decode: out", torch.cat(steps, dim=-2), full[..., first:, :], 2.0 * _noise(case, q, k, v), ctx)
 
 
+@conformance_property("key_shift", "metamorphic", lambda d: cases(d), "k + c leaves out and grads unchanged")
 def key_shift(backend: Backend, case: Case, device: str) -> None:
     """k + c (one vector c for every key) leaves out, dq, dk and dv unchanged."""
     q, k, v = case.tensors(device)
@@ -84,15 +99,22 @@ def key_shift(backend: Backend, case: Case, device: str) -> None:
     if not has_backward(backend, device):
         a = backend(q, k, v, causal=case.causal, scale=case.scale)
         b = backend(q, shifted, v, causal=case.causal, scale=case.scale)
-        return _assert_close("out", b, a, 2.0 * big, "key shift", ctx)
+        return assert_within("key shift: out", b, a, 2.0 * big, ctx)
     dout = case.upstream(device)
     base, moved = _grads(backend, case, q, k, v, dout), _grads(backend, case, q, shifted, v, dout)
     bounds = two_run_bounds(case, q, k, v, dout)
     moved_bounds = two_run_bounds(case, q, shifted, v, dout)
     for i, name in enumerate(("out", "dq", "dk", "dv")):
-        _assert_close(name, moved[i], base[i], max(bounds[name], moved_bounds[name]), "key shift", ctx)
+        assert_within(f"key shift: {name}", moved[i], base[i], max(bounds[name], moved_bounds[name]), ctx)
 
 
+@conformance_property(
+    "kv_permutation",
+    "metamorphic",
+    lambda d: cases(d, causal=False),
+    "permuting (k, v) pairs: non-causal out unchanged",
+    examples=_non_causal_examples,
+)
 def kv_permutation(backend: Backend, case: Case, device: str) -> None:
     """Non-causal: permuting the (k, v) pairs leaves out and dq unchanged and permutes dk and dv alike."""
     q, k, v = case.tensors(device)
@@ -102,44 +124,10 @@ def kv_permutation(backend: Backend, case: Case, device: str) -> None:
     if not has_backward(backend, device):
         a = backend(q, k, v, causal=False, scale=case.scale)
         b = backend(q, pk, pv, causal=False, scale=case.scale)
-        return _assert_close("out", b, a, 2.0 * _noise(case, q, k, v), "kv permutation", ctx)
+        return assert_within("kv permutation: out", b, a, 2.0 * _noise(case, q, k, v), ctx)
     dout = case.upstream(device)
     base, moved = _grads(backend, case, q, k, v, dout), _grads(backend, case, q, pk, pv, dout)
     bounds = two_run_bounds(case, q, k, v, dout)
     expected = (base[0], base[1], base[2][..., perm, :], base[3][..., perm, :])
     for i, name in enumerate(("out", "dq", "dk", "dv")):
-        _assert_close(name, moved[i], expected[i], bounds[name], "kv permutation", ctx)
-
-
-def _causal_examples(dtype):
-    return [c.with_(causal=True, Tq=max(c.Tq, 2)) for c in boundary_examples(dtype)]
-
-
-def _non_causal_examples(dtype):
-    return [c.with_(causal=False) for c in boundary_examples(dtype)]
-
-
-register(
-    Property(
-        "chunked_prefill",
-        chunked_prefill,
-        lambda d: cases(d, causal=True, min_tq=2),
-        "query pieces against their key prefixes == the full run",
-        examples=_causal_examples,
-    ),
-    Property(
-        "decode_chain",
-        decode_chain,
-        lambda d: cases(d, causal=True),
-        "single-token decode steps == the prefill's last rows",
-        examples=_causal_examples,
-    ),
-    Property("key_shift", key_shift, lambda d: cases(d), "k + c leaves out and grads unchanged"),
-    Property(
-        "kv_permutation",
-        kv_permutation,
-        lambda d: cases(d, causal=False),
-        "permuting (k, v) pairs: non-causal out unchanged",
-        examples=_non_causal_examples,
-    ),
-)
+        assert_within(f"kv permutation: {name}", moved[i], expected[i], bounds[name], ctx)

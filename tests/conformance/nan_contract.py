@@ -22,8 +22,9 @@ from dataclasses import dataclass
 import torch
 from attnbench import Backend
 
+from .core import conformance_property
 from .reference import causal_mask
-from .strategies import Case
+from .strategies import Case, cases
 
 
 def showcase(dtype: torch.dtype) -> Case:
@@ -109,6 +110,13 @@ def nan_violations(backend: Backend, case: Case, device: str) -> list[NanViolati
     return found
 
 
+@conformance_property(
+    "nan_contract",
+    "nan_contract",
+    lambda d: cases(d),
+    "a NaN reaches exactly the rows that see it",
+    examples=lambda dtype: [],  # a poisoned row per example: drawn sizes only
+)
 def nan_contract(backend: Backend, case: Case, device: str) -> None:
     """The contract, less what the backend declares (Backend.nan_departure): the first other violation fails."""
     declared = backend.nan_departure

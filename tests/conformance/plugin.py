@@ -22,7 +22,7 @@ from collections import defaultdict
 
 import pytest
 
-from . import backends, model_features, profiles  # noqa: F401  (registering properties, hypothesis profiles)
+from . import backends, profiles, properties  # noqa: F401  (declaring the properties, hypothesis profiles)
 from .global_state import restore, snapshot
 
 _outcomes: list[dict] = []  # the verdict cells of this pytest process (outcome_of), in the order the tests ran

@@ -23,7 +23,7 @@ from attnbench import Backend
 from attnbench.layouts import attend_paged, attend_varlen
 from hypothesis import strategies as st
 
-from .core import Property, has_backward, register, two_run_bounds
+from .core import assert_within, conformance_property, has_backward, two_run_bounds
 from .strategies import KERNEL_DTYPE, Case, kernel_sizes_enabled
 
 PAGE_SIZES = (1, 16, 256)  # one token a page, the common 16, and the largest page size kernels specialise
@@ -274,11 +274,8 @@ def _assert_close(name: str, got, want, bounds: Callable[[], dict[str, float]], 
     """got (out, dq, dk or dv: `name`'s first word) is within its bound of want; the bounds (_alone_bounds) are
     computed only where the two differ at all: the defaults repeat the dense call exactly, and the bounds cost
     float64 matmuls per sequence."""
-    if torch.equal(got, want):
-        return
-    err = float((got.detach().double() - want.detach().double()).abs().max()) if got.numel() else 0.0
-    if not (torch.isfinite(got).all() and err <= (limit := bounds()[name.split()[0]])):
-        raise AssertionError(f"{name}: differs from the sequence run alone by {err:.3e} > {limit:.3e} {ctx}")
+    if not torch.equal(got, want):
+        assert_within(f"{name} vs the sequence run alone", got, want, bounds()[name.split()[0]], ctx)
 
 
 def _alone_bounds(case, q, k, v, dout, lq: int, lk: int) -> dict[str, float]:
@@ -297,6 +294,20 @@ def _grads(out, inputs, dout) -> tuple[torch.Tensor, ...]:
     return torch.autograd.grad(out, inputs, dout, allow_unused=True, materialize_grads=True)
 
 
+@conformance_property(
+    "varlen_alone",
+    "serving",
+    lambda d: varlen_cases(d),
+    "ragged batch = each sequence alone",
+    examples=_varlen_examples,
+)
+@conformance_property(
+    "varlen_empty",
+    "serving",
+    lambda d: varlen_cases(d, empty=True),
+    "empty sequences: no rows, no key gradient, no NaN elsewhere",
+    examples=_empty_examples,
+)
 def varlen_alone(backend: Backend, case: VarlenCase, device: str) -> None:
     """Each sequence of the batch, out and grads, equals it run alone through the backend's dense call."""
     case = case.restricted(backend, device)
@@ -329,6 +340,9 @@ def varlen_alone(backend: Backend, case: VarlenCase, device: str) -> None:
         raise AssertionError(f"padding rows got a gradient {ctx}")
 
 
+@conformance_property(
+    "varlen_padding", "serving", lambda d: varlen_cases(d), "NaN padding rows never read", examples=_varlen_examples
+)
 def varlen_padding(backend: Backend, case: VarlenCase, device: str) -> None:
     """NaN in the padding rows (past cu_seqlens[-1]) of q, k and v leaves every real output row as it was."""
     case = replace(case.restricted(backend, device), pad=max(case.pad, 1))
@@ -342,6 +356,9 @@ def varlen_padding(backend: Backend, case: VarlenCase, device: str) -> None:
         raise AssertionError(f"NaN padding rows changed the output {_ctx(backend, device, case)}")
 
 
+@conformance_property(
+    "paged_contiguous", "serving", lambda d: paged_cases(d), "paged = contiguous cache", examples=_paged_examples
+)
 def paged_contiguous(backend: Backend, case: PagedCase, device: str) -> None:
     """The paged cache gives what each sequence's contiguous cache gives through the backend's dense call."""
     case = case.restricted(backend, device)
@@ -355,6 +372,13 @@ def paged_contiguous(backend: Backend, case: PagedCase, device: str) -> None:
             _assert_close(f"out of sequence {b}", out[b], want, bounds, _ctx(backend, device, case))
 
 
+@conformance_property(
+    "paged_poison",
+    "serving",
+    lambda d: paged_cases(d),
+    "NaN in unread pages and rows never read",
+    examples=_paged_examples,
+)
 def paged_poison(backend: Backend, case: PagedCase, device: str) -> None:
     """NaN in the spare pages, the block-table tails that name them and the rows past each sequence's length
     leaves the output as it was with finite garbage there."""
@@ -363,44 +387,3 @@ def paged_poison(backend: Backend, case: PagedCase, device: str) -> None:
         want, got = (case.run(backend, *case.paged(device, poison=p)) for p in (False, True))
     if not (torch.isfinite(got).all() and torch.equal(got, want)):
         raise AssertionError(f"a row no sequence owns reached the output {_ctx(backend, device, case)}")
-
-
-SERVING_PROPERTIES = ("varlen_alone", "varlen_empty", "varlen_padding", "paged_contiguous", "paged_poison")
-
-register(
-    Property(
-        "varlen_alone",
-        varlen_alone,
-        lambda d: varlen_cases(d),
-        "ragged batch = each sequence alone",
-        examples=_varlen_examples,
-    ),
-    Property(
-        "varlen_empty",
-        varlen_alone,
-        lambda d: varlen_cases(d, empty=True),
-        "empty sequences: no rows, no key gradient, no NaN elsewhere",
-        examples=_empty_examples,
-    ),
-    Property(
-        "varlen_padding",
-        varlen_padding,
-        lambda d: varlen_cases(d),
-        "NaN padding rows never read",
-        examples=_varlen_examples,
-    ),
-    Property(
-        "paged_contiguous",
-        paged_contiguous,
-        lambda d: paged_cases(d),
-        "paged = contiguous cache",
-        examples=_paged_examples,
-    ),
-    Property(
-        "paged_poison",
-        paged_poison,
-        lambda d: paged_cases(d),
-        "NaN in unread pages and rows never read",
-        examples=_paged_examples,
-    ),
-)

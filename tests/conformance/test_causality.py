@@ -2,6 +2,4 @@
 
 from attnbench.conformance.properties import property_tests
 
-test_causal, test_causal_at_kernel_sizes = property_tests(
-    ["causal_future", "causal_grad_zero", "causal_prefix", "model_causal"]
-)
+test_causal, test_causal_at_kernel_sizes = property_tests("causality")

@@ -2,6 +2,4 @@
 
 from attnbench.conformance.properties import property_tests
 
-test_contract, test_contract_at_kernel_sizes = property_tests(
-    ["output_contract", "inputs_unchanged", "call_independence", "deterministic"]
-)
+test_contract, test_contract_at_kernel_sizes = property_tests("contract")

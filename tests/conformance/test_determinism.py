@@ -2,6 +2,4 @@
 
 from attnbench.conformance.properties import property_tests
 
-test_determinism, test_determinism_at_kernel_sizes = property_tests(
-    ["batch_invariance", "repeatable", "cuda_graph_replay"]
-)
+test_determinism, test_determinism_at_kernel_sizes = property_tests("determinism")

@@ -1,10 +1,6 @@
 """The contract's optional features: GQA, window, mask_mod, document_ids, softcap, value_dim, score_mod, alibi,
 sinks, return_lse (properties in features.py and lse_merge.py)."""
 
-from attnbench.conformance.features import FEATURE_PROPERTIES
-from attnbench.conformance.lse_merge import LSE_PROPERTIES
 from attnbench.conformance.properties import property_tests
 
-test_feature_property, test_feature_property_at_fixed_sizes = property_tests(
-    [spec[0] for spec in FEATURE_PROPERTIES + LSE_PROPERTIES]
-)
+test_feature_property, test_feature_property_at_fixed_sizes = property_tests("features")

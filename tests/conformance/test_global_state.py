@@ -2,4 +2,4 @@
 
 from attnbench.conformance.properties import property_tests
 
-test_global_state, test_global_state_at_kernel_sizes = property_tests(["global_state"])
+test_global_state, test_global_state_at_kernel_sizes = property_tests("global_state")

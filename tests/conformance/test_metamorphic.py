@@ -2,6 +2,4 @@
 
 from attnbench.conformance.properties import property_tests
 
-test_metamorphic, test_metamorphic_at_kernel_sizes = property_tests(
-    ["chunked_prefill", "decode_chain", "key_shift", "kv_permutation"]
-)
+test_metamorphic, test_metamorphic_at_kernel_sizes = property_tests("metamorphic")

@@ -1,8 +1,5 @@
 """The GPT with grouped-query attention (n_kv_head) and a sliding window: causality, window reach, parity."""
 
-from attnbench.conformance.model_features import MODEL_FEATURE_PROPERTIES
 from attnbench.conformance.properties import property_tests
 
-test_model_feature_property, test_model_feature_property_at_kernel_sizes = property_tests(
-    [p.name for p in MODEL_FEATURE_PROPERTIES]
-)
+test_model_feature_property, test_model_feature_property_at_kernel_sizes = property_tests("model_features")

@@ -2,4 +2,4 @@
 
 from attnbench.conformance.properties import property_tests
 
-test_model_parity, test_model_parity_at_kernel_sizes = property_tests(["model_parity"])
+test_model_parity, test_model_parity_at_kernel_sizes = property_tests("model_parity")

@@ -2,6 +2,4 @@
 
 from attnbench.conformance.properties import property_tests
 
-test_property, test_property_at_kernel_sizes = property_tests(
-    ["convex", "permutation", "dropout_mean", "dropout_off", "huge_logits", "model_eval"]
-)
+test_property, test_property_at_kernel_sizes = property_tests("structure")
