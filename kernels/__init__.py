@@ -25,9 +25,7 @@ from . import (  # noqa: F401  (importing a backend module registers it)
     triton_flash,
     xformers_mea,
 )
-from .layouts import attend_paged, attend_varlen
-from .registry import (
-    ENTRY_POINT_GROUP,
+from .contract import (
     FEATURES,
     AttendFn,
     AttentionInputError,
@@ -37,16 +35,10 @@ from .registry import (
     NanDeparture,
     PrecisionDeparture,
     UnknownBackendError,
-    all_backends,
-    attend,
-    backend_names,
-    bottom_right_causal_mask,
-    default_scale,
-    get_backend,
-    register_backend,
-    use_backend,
-    visible_mask,
 )
+from .dense import bottom_right_causal_mask, default_scale, visible_mask
+from .layouts import attend_paged, attend_varlen
+from .registry import ENTRY_POINT_GROUP, all_backends, attend, backend_names, get_backend, register_backend, use_backend
 
 __all__ = [
     "ENTRY_POINT_GROUP",

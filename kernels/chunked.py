@@ -47,15 +47,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .contract import FEATURES, NAN_IN_FUTURE_VALUE, AttentionInputError, NanDeparture
+from .dense import default_scale
 from .layouts import varlen_as_documents
-from .registry import (
-    FEATURES,
-    NAN_IN_FUTURE_VALUE,
-    AttentionInputError,
-    NanDeparture,
-    default_scale,
-    register_backend,
-)
+from .registry import register_backend
 
 DEFAULT_BLOCK = 128  # keys per step: larger means fewer Python steps, more memory (Tq * block scores)
 

@@ -15,8 +15,9 @@ import functools
 
 import torch
 
+from .contract import NAN_IN_FUTURE_VALUE, score_matrix_bytes
 from .manual import manual_attention
-from .registry import NAN_IN_FUTURE_VALUE, register_backend, score_matrix_bytes
+from .registry import register_backend
 
 COMPILE_MIN_TK = 64  # shorter key sequences run eager: a compile (seconds) would never pay back
 

@@ -30,9 +30,10 @@ from __future__ import annotations
 
 import torch
 
+from .dense import default_scale
 from .foreign import bthd, missing_package_reason
 from .layouts import paged_by_gather
-from .registry import default_scale, get_backend, register_backend
+from .registry import get_backend, register_backend
 
 DTYPES = (torch.float16, torch.bfloat16)
 FLASH_ATTN_FEATURES = ("gqa", "window", "softcap", "alibi", "return_lse")

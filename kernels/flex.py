@@ -26,7 +26,9 @@ import functools
 
 import torch
 
-from .registry import BASE_FEATURES, default_scale, register_backend
+from .contract import BASE_FEATURES
+from .dense import default_scale
+from .registry import register_backend
 
 FLEX_FEATURES = (*BASE_FEATURES, "score_mod")
 

@@ -25,14 +25,10 @@ from pathlib import Path
 
 import torch
 
+from .contract import NAN_IN_FUTURE_KEY_OR_VALUE, EmptyRowDeparture
+from .dense import default_scale, visible_mask
 from .foreign import missing_package_reason
-from .registry import (
-    NAN_IN_FUTURE_KEY_OR_VALUE,
-    EmptyRowDeparture,
-    default_scale,
-    register_backend,
-    visible_mask,
-)
+from .registry import register_backend
 from .sdpa import SDPA_CPU_NAN
 
 INSTALL = "pip install 'attnbench[transformers]'"

@@ -28,8 +28,10 @@ import functools
 
 import torch
 
+from .contract import NAN_IN_FUTURE_VALUE
+from .dense import default_scale
 from .foreign import CROSSINGS, contiguous, missing_package_reason
-from .registry import NAN_IN_FUTURE_VALUE, default_scale, register_backend
+from .registry import register_backend
 
 DTYPES = (torch.float32, torch.float16)  # float64 too where jax_enable_x64 is on
 # bfloat16 is refused: XLA on CPU fails to compile the jitted bf16 attention of a single query and key

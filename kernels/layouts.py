@@ -35,7 +35,8 @@ import math
 
 import torch
 
-from .registry import AttentionInputError, Backend, BackendOutputError, get_backend
+from .contract import AttentionInputError, Backend, BackendOutputError
+from .registry import get_backend
 
 
 def _check_int32_vector(name: str, t, length: int | None, device: torch.device) -> None:

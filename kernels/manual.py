@@ -2,20 +2,9 @@
 
 import torch.nn.functional as F
 
-from .registry import (
-    FEATURES,
-    NAN_IN_FUTURE_VALUE,
-    default_scale,
-    lse_dtype,
-    mask_scores,
-    register_backend,
-    repeat_kv,
-    score_matrix_bytes,
-    shaped_scores,
-    sink_softmax,
-    visible_mask,
-    zero_empty_rows,
-)
+from .contract import FEATURES, NAN_IN_FUTURE_VALUE, lse_dtype, score_matrix_bytes
+from .dense import default_scale, mask_scores, repeat_kv, shaped_scores, sink_softmax, visible_mask, zero_empty_rows
+from .registry import register_backend
 
 
 def manual_attention(

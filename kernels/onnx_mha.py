@@ -22,9 +22,11 @@ import functools
 
 import torch
 
+from .contract import NAN_IN_FUTURE_KEY_OR_VALUE
+from .dense import bottom_right_causal_mask, default_scale
 from .foreign import CROSSINGS
 from .ort_session import ort_missing_reason, run
-from .registry import NAN_IN_FUTURE_KEY_OR_VALUE, bottom_right_causal_mask, default_scale, register_backend
+from .registry import register_backend
 
 DTYPES = (torch.float32, torch.float16)
 

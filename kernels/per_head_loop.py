@@ -3,16 +3,9 @@
 import torch
 import torch.nn.functional as F
 
-from .registry import (
-    BASE_FEATURES,
-    NAN_IN_FUTURE_VALUE,
-    default_scale,
-    mask_scores,
-    register_backend,
-    score_matrix_bytes,
-    visible_mask,
-    zero_empty_rows,
-)
+from .contract import BASE_FEATURES, NAN_IN_FUTURE_VALUE, score_matrix_bytes
+from .dense import default_scale, mask_scores, visible_mask, zero_empty_rows
+from .registry import register_backend
 
 
 def per_head_loop_attention(

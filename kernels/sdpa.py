@@ -26,14 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from .registry import (
-    NAN_IN_FUTURE_KEY_OR_VALUE,
-    NAN_IN_FUTURE_VALUE,
-    NanDeparture,
-    register_backend,
-    score_matrix_bytes,
-    visible_mask,
-)
+from .contract import NAN_IN_FUTURE_KEY_OR_VALUE, NAN_IN_FUTURE_VALUE, NanDeparture, score_matrix_bytes
+from .dense import visible_mask
+from .registry import register_backend
 
 FEATURES = frozenset({"gqa", "window", "mask_mod", "document_ids"})
 MASKS = ("window", "mask_mod", "document_ids")  # the features SDPA receives as a boolean attn_mask

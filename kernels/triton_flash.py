@@ -24,7 +24,8 @@ import os
 
 import torch
 
-from .registry import default_scale, register_backend
+from .dense import default_scale
+from .registry import register_backend
 
 BLOCK_M = 64  # queries per program
 BLOCK_N = 64  # keys per inner step

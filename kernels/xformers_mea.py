@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import torch
 
+from .dense import default_scale
 from .foreign import bthd, missing_package_reason
-from .registry import default_scale, register_backend
+from .registry import register_backend
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from attnbench.registry import NAN_IN_FUTURE_VALUE, NanDeparture
+from attnbench.contract import NAN_IN_FUTURE_VALUE, NanDeparture
 
 KILL_ROW = "kill_row"  # the user property test_mutation_kill.py records a mutant's verdicts under (JSON)
 

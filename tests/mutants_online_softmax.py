@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from attnbench import chunked
-from attnbench.registry import default_scale
+from attnbench.dense import default_scale
 from mutants import Mutant
 
 SMALL_BLOCK, TILE = 4, 64  # keys per step: SMALL_BLOCK up to 32 keys, then a kernel's tile

@@ -27,7 +27,7 @@ import math
 import torch
 import torch.nn.functional as F
 from attnbench import FEATURES
-from attnbench.registry import repeat_kv, score_indices, visible_mask
+from attnbench.dense import repeat_kv, score_indices, visible_mask
 from mutants import Mutant, one_bug
 
 ALL = frozenset(FEATURES)

@@ -17,9 +17,9 @@ the correct dense `manual` formula, each a bug seen in real serving kernels. Tes
 from __future__ import annotations
 
 import torch
+from attnbench.dense import default_scale, repeat_kv
 from attnbench.layouts import paged_by_gather, varlen_by_sequence
 from attnbench.manual import manual_attention
-from attnbench.registry import default_scale, repeat_kv
 from mutants import Mutant, top_left_causal
 
 

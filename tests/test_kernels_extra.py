@@ -16,7 +16,7 @@ from attnbench.bench.measuring.measure import peak_memory_bytes, score_matrix_by
 from attnbench.conformance.properties import PROPERTIES, run_property
 from attnbench.conformance.reference import attention_formula
 from attnbench.conformance.strategies import toy_sizes_only
-from attnbench.registry import AttentionInputError
+from attnbench.contract import AttentionInputError
 from spine_helpers import needs_triton
 
 

@@ -11,7 +11,7 @@ import torch
 from attnbench import FEATURES, Backend
 from attnbench.bench.cli import main
 from attnbench.conformance.probe import native_call, probe
-from attnbench.registry import NAN_IN_FUTURE_VALUE
+from attnbench.contract import NAN_IN_FUTURE_VALUE
 from mutants import no_scale, top_left_causal
 from mutants_features import MUTANTS as FEATURE_MUTANTS
 from spine_helpers import one_thread  # noqa: F401  (autouse: one torch thread)

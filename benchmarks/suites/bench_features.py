@@ -32,7 +32,7 @@ from attnbench.bench.schema import make_row
 from attnbench.bench.suites.bench_interleaved import config_measurement, interleaved_rounds
 from attnbench.bench.suites.bench_ops import budget_skip_reason
 from attnbench.bench.suites.pytest_benchmark_adapter import record_rounds
-from attnbench.registry import features_in_use
+from attnbench.contract import features_in_use
 
 B, D = 1, 64
 

@@ -1,0 +1,109 @@
+"""Dense helpers the backends share: the default scale, the visible mask (causal, window, mask_mod, documents) as one
+boolean tensor, masking, score transforms (softcap, score_mod, ALiBi), the softmax with sinks, and GQA's repeat."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .contract import AttentionInputError
+
+
+def default_scale(q: torch.Tensor, scale: float | None) -> float:
+    """1/sqrt(D), D the per-head size (not the model width), unless given."""
+    return 1.0 / math.sqrt(q.size(-1)) if scale is None else scale
+
+
+def bottom_right_causal_mask(tq: int, tk: int, device: torch.device) -> torch.Tensor:
+    """(Tq, Tk) bool, True where query i (absolute position Tk - Tq + i) may see key j."""
+    rows = torch.arange(tk - tq, tk, device=device)[:, None]  # (Tq, 1) absolute query positions
+    cols = torch.arange(tk, device=device)[None, :]  # (1, Tk)
+    return cols <= rows
+
+
+def score_indices(q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The index tensors of mask_mod and score_mod, broadcasting to (B, Hq, Tq, Tk): batch (B, 1, 1, 1), query
+    head (1, Hq, 1, 1), absolute query position (1, 1, Tq, 1) (query i sits at Tk - Tq + i), key (1, 1, 1, Tk)."""
+    (b, hq, tq, _), tk, dev = q.shape, k.size(-2), q.device
+    bi = torch.arange(b, device=dev).view(b, 1, 1, 1)
+    hi = torch.arange(hq, device=dev).view(1, hq, 1, 1)
+    pos = torch.arange(tk - tq, tk, device=dev).view(1, 1, tq, 1)
+    return bi, hi, pos, torch.arange(tk, device=dev).view(1, 1, 1, tk)
+
+
+def visible_mask(
+    q: torch.Tensor, k: torch.Tensor, *, causal: bool, window=None, mask_mod=None, document_ids=None
+) -> torch.Tensor | None:
+    """(B or 1, Hq or 1, Tq, Tk) bool, True where query i (absolute position Tk - Tq + i) may see key j, from
+    every mask given (AND); None when every key is visible."""
+    bi, hi, pos, keys = score_indices(q, k)
+    tq, tk = q.size(-2), k.size(-2)
+    vis = keys <= pos if causal else None  # (1, 1, Tq, Tk)
+    if window is not None:
+        vis = vis & (keys > pos - window)
+    if document_ids is not None:
+        same = document_ids[:, tk - tq :, None] == document_ids[:, None, :]  # (B, Tq, Tk)
+        vis = same[:, None] if vis is None else vis & same[:, None]  # (B, 1, Tq, Tk)
+    if mask_mod is not None:
+        m = torch.as_tensor(mask_mod(bi, hi, pos, keys), device=q.device)
+        if m.dtype != torch.bool:
+            raise AttentionInputError(f"mask_mod must return a bool tensor, got {m.dtype}")
+        m = m.reshape((1,) * (4 - m.dim()) + tuple(m.shape))  # (B or 1, Hq or 1, Tq or 1, Tk or 1)
+        vis = m if vis is None else vis & m
+    return vis
+
+
+def mask_scores(scores: torch.Tensor, visible: torch.Tensor | None) -> torch.Tensor:
+    """`scores` with the keys a query may not see set to -inf, ready for softmax over the last axis. A row with
+    no visible key is left unmasked (uniform weights, where a plain -inf fill would give NaN); `zero_empty_rows`
+    then zeroes its output, and so its gradient. Zeroing the (Tq, D) output rather than the (Tq, Tk) weights, and
+    returning the masked scores for the caller to rebind, keeps the scores' buffers as few as a plain fill's."""
+    if visible is None:
+        return scores
+    any_visible = visible.any(dim=-1, keepdim=True)  # (..., Tq, 1)
+    return scores.masked_fill(~(visible | ~any_visible), float("-inf"))
+
+
+def zero_empty_rows(out: torch.Tensor, visible: torch.Tensor | None) -> torch.Tensor:
+    """out: (..., Tq, D); the rows whose query sees no key (see mask_scores) become 0."""
+    return out if visible is None else out * visible.any(dim=-1, keepdim=True)
+
+
+def alibi_bias(alibi_slopes: torch.Tensor, hq: int, pos: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """-slope * |p - j| for absolute query positions `pos` and keys broadcasting to (Tq, Tk) (see score_indices):
+    (B or 1, Hq, Tq, Tk) in the slopes' dtype."""
+    slopes = alibi_slopes.reshape(-1, hq)[:, :, None, None]  # (B or 1, Hq, 1, 1)
+    return -slopes * (pos - keys).abs()  # (B or 1, Hq, Tq, Tk)
+
+
+def shaped_scores(scores: torch.Tensor, q, k, *, softcap=None, score_mod=None, alibi_slopes=None) -> torch.Tensor:
+    """scores (B, Hq, Tq, Tk) after the contract's transforms, in its order: softcap, score_mod, ALiBi."""
+    if softcap is not None:
+        scores = softcap * (scores / softcap).tanh()
+    if score_mod is not None or alibi_slopes is not None:
+        bi, hi, pos, keys = score_indices(q, k)
+        if score_mod is not None:
+            scores = score_mod(scores, bi, hi, pos, keys).to(scores.dtype)  # index arithmetic may promote
+        if alibi_slopes is not None:
+            scores = scores + alibi_bias(alibi_slopes.to(scores.dtype), q.size(1), pos, keys)
+    return scores
+
+
+def sink_softmax(scores: torch.Tensor, visible: torch.Tensor | None, sinks=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weights, lse) of masked scores (B, Hq, Tq, Tk) (see mask_scores) with an optional sink logit per head
+    (Hq,) in the denominator: weights (B, Hq, Tq, Tk), lse (B, Hq, Tq), -inf for a row with no key and no sink."""
+    weights = scores.softmax(dim=-1)
+    lse = scores.logsumexp(dim=-1)  # (B, Hq, Tq) over the visible keys
+    if visible is not None:
+        lse = lse.masked_fill(~visible.any(dim=-1), float("-inf"))
+    if sinks is not None:
+        with_sink = torch.logaddexp(lse, sinks.to(lse.dtype)[:, None])  # (B, Hq, Tq)
+        weights = weights * (lse - with_sink).exp()[..., None]  # the keys' share of the denominator
+        lse = with_sink
+    return weights, lse
+
+
+def repeat_kv(x: torch.Tensor, hq: int) -> torch.Tensor:
+    """(B, Hkv, T, D) -> (B, Hq, T, D): query head h gets key/value head h // (Hq // Hkv)."""
+    return x if x.size(1) == hq else x.repeat_interleave(hq // x.size(1), dim=1)
