@@ -1,5 +1,5 @@
-"""`hf_sdpa`, `hf_eager`: Hugging Face transformers' own attention functions, the code its models call, judged as
-backends (install with `pip install 'attnbench[transformers]'`).
+"""`hf_sdpa`, `hf_eager`, `hf_flex`: Hugging Face transformers' own attention functions, the code its models call,
+judged as backends (install with `pip install 'attnbench[transformers]'`).
 
 transformers' attention-function interface (`transformers.integrations.sdpa_attention.sdpa_attention_forward`,
 `transformers.models.llama.modeling_llama.eager_attention_forward`):
@@ -15,6 +15,10 @@ transformers' attention-function interface (`transformers.integrations.sdpa_atte
 - eager: the softmax runs in float32 whatever the input (`softmax(..., dtype=torch.float32)`), and a row that sees
   no key gets uniform weights over its masked keys (the dtype's minimum is finite): mean(v), not the contract's 0.
 - Dropout: applied by both when the module is in training mode; the adapter passes `training` from dropout_p > 0.
+- flex (`transformers.integrations.flex_attention.flex_attention_forward`): given the BlockMask a model builds (here
+  the contract's mask as flex's mask_mod on absolute positions, flex.block_mask), softcap and sinks (`s_aux`)
+  natively. CUDA only: on CPU FlexAttention has no backward, transformers refuses sinks there (it skips the LSE on
+  CPU), and each new shape compiles (5.5 s for the first call, measured on this 2-core CPU, torch 2.13.0).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import torch
 
 from .contract import NAN_IN_FUTURE_KEY_OR_VALUE, EmptyRowDeparture
 from .dense import default_scale, visible_mask
+from .flex import CUDA_DTYPES, block_mask
 from .foreign import missing_package_reason
 from .registry import register_backend
 from .sdpa import SDPA_CPU_NAN
@@ -70,10 +75,11 @@ def import_transformers():
 @functools.cache
 def _functions():
     import_transformers()
+    from transformers.integrations.flex_attention import flex_attention_forward
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
     from transformers.models.llama.modeling_llama import eager_attention_forward
 
-    return {"sdpa": sdpa_attention_forward, "eager": eager_attention_forward}
+    return {"sdpa": sdpa_attention_forward, "eager": eager_attention_forward, "flex": flex_attention_forward}
 
 
 def _call(kind: str, q, k, v, *, causal=True, dropout_p=0.0, scale=None, window=None, mask_mod=None, document_ids=None):
@@ -95,6 +101,27 @@ def _call(kind: str, q, k, v, *, causal=True, dropout_p=0.0, scale=None, window=
         module, q, k, v, mask, scaling=default_scale(q, scale), dropout=dropout_p, is_causal=module.is_causal
     )
     return out.transpose(1, 2)  # (B, Tq, Hq, D) -> (B, Hq, Tq, D)
+
+
+def _flex(q, k, v, *, causal=True, dropout_p=0.0, scale=None, window=None, mask_mod=None, document_ids=None,
+          softcap=None, sinks=None):  # fmt: skip
+    """q: (B, Hq, Tq, D), k, v: (B, Hkv, Tk, D) -> (B, Hq, Tq, D) through transformers' flex_attention_forward."""
+    module = _Module(q.size(1) // k.size(1), causal, training=False)
+    mask = block_mask(q, k, causal=causal, window=window, mask_mod=mask_mod, document_ids=document_ids)
+    scaling = default_scale(q, scale)
+    out, _ = _functions()["flex"](module, q, k, v, mask, scaling=scaling, softcap=softcap, s_aux=sinks)
+    return out.transpose(1, 2)  # (B, Tq, Hq, D) -> (B, Hq, Tq, D)
+
+
+def _flex_reason(device: torch.device, dtype: torch.dtype) -> str | None:
+    if reason := _reason(device, dtype):
+        return reason
+    if device.type != "cuda":
+        return (
+            "transformers' flex_attention_forward needs CUDA: on CPU FlexAttention has no backward, sinks are refused "
+            "(no LSE on CPU) and every new shape compiles (5.5 s measured)"
+        )
+    return None if dtype in CUDA_DTYPES else f"flex on CUDA takes fp16/bf16/fp32, not {dtype}"
 
 
 def _reason(device: torch.device, dtype: torch.dtype) -> str | None:
@@ -125,4 +152,12 @@ register_backend(
         "key weighs every key alike and comes out as mean(v), not 0",
         outputs={"mean_v"},
     ),
+)
+register_backend(
+    "hf_flex",
+    _flex,
+    "transformers' flex_attention_forward (compiled FlexAttention with the model's BlockMask, softcap, sinks)",
+    _flex_reason,
+    no_dropout_reason=lambda device: "FlexAttention has no dropout",
+    features=MASK_FEATURES | {"softcap", "sinks"},
 )
