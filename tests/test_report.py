@@ -12,13 +12,14 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 from attnbench.bench.cli import main as cli
 from attnbench.bench.measuring import heatmap
 from attnbench.bench.measuring.scaling import scaling_table
 from attnbench.bench.options import RunConfig
-from attnbench.bench.report import build, compare
+from attnbench.bench.report import build, compare, plots, sections, tables
 from attnbench.bench.schema import ReportInputError, load_benchmark_json
 
 BACKENDS = ["manual", "per_head_loop", "sdpa"]
@@ -215,7 +216,7 @@ def test_build_report_from_synthetic_run(tmp_path):
         assert f"]({png})" in md
     html = (run / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 5 and 'src="time_vs_T.png"' not in html
-    csv = build.pd.read_csv(run / "results.csv")
+    csv = pd.read_csv(run / "results.csv")
     assert len(csv) == 3 * 8 + 3 * 8 + 3 * 3 + 3  # one row per measurement
     assert {"kind", "backend", "T", "mode", "stats_median", "speedup_median", "recipe_lr"} <= set(csv.columns)
 
@@ -287,7 +288,7 @@ def test_interrupted_regen_leaves_earlier_report_intact(tmp_path, monkeypatch):
     def interrupted(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(build.plots, "loss_curves", interrupted)  # Ctrl-C in the middle of writing plots
+    monkeypatch.setattr(sections.plots, "loss_curves", interrupted)  # Ctrl-C in the middle of writing plots
     with pytest.raises(KeyboardInterrupt):
         build.regen(run)
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
@@ -340,16 +341,16 @@ def interleaved_row(backend, device, dtype, T, ratio):
 
 
 def test_speedups_of_cpu_and_cuda_never_share_a_cell(tmp_path):
-    df = build.pd.DataFrame(
+    df = pd.DataFrame(
         [interleaved_row(b, "cpu", "float32", 1024, r) for b, r in (("manual", 1.0), ("sdpa", 0.5))]
         + [interleaved_row(b, "cuda", "bfloat16", 1024, r) for b, r in (("manual", 1.0), ("sdpa", 0.25))]
     )
-    t = build.speedup_table(df).set_index("backend")
+    t = tables.speedup_table(df).set_index("backend")
     assert t.loc["sdpa", "cpu float32 fwd+bwd T=1024"].startswith("2.00x")
     assert t.loc["sdpa", "cuda bfloat16 fwd+bwd T=1024"].startswith("4.00x")
-    one_device = build.speedup_table(df[df["device"] == "cpu"])
+    one_device = tables.speedup_table(df[df["device"] == "cpu"])
     assert list(one_device.columns) == ["backend", "fwd+bwd T=1024"]  # no prefix when there is one pair
-    assert build.plots.speedup_vs_T(df, tmp_path / "s.png").stat().st_size > 1000
+    assert plots.speedup_vs_T(df, tmp_path / "s.png").stat().st_size > 1000
 
 
 # ------------------------------------------------------------------------------ inputs, gates and leftovers
