@@ -199,63 +199,83 @@ def train(
     signals are not deferred there (one rank saving alone would leave the others waiting): a stop ends the run,
     which resumes from its best-val checkpoint.
     """
+    check_splits(dataset, model_cfg)
+    run = _Training(cfg, model_cfg, dataset, on_eval, log)
+    if resume is not None:
+        run.resume_from(resume)
+    run.loop(resume)
+    return run.result
+
+
+def check_splits(dataset: Dataset, model_cfg: GPTConfig) -> None:
+    """Both splits hold a block: found here, not at the first evaluation after all the training."""
     model_cfg.vocab_size = dataset.tokenizer.vocab_size
     for name, split in (("train", dataset.train), ("validation", dataset.val)):
-        if len(split) <= model_cfg.block_size:  # found here, not at the first evaluation after all the training
+        if len(split) <= model_cfg.block_size:
             raise ValueError(
                 f"the {name} split has {len(split)} tokens: too short for block_size {model_cfg.block_size}"
             )
-    dp = distributed.current()  # None: one process
-    if dp and cfg.batch_size % dp.world_size:
-        raise ValueError(f"batch_size {cfg.batch_size} must be divisible by the {dp.world_size} data-parallel ranks")
-    is_main = dp is None or dp.is_main  # only rank 0 logs, shows progress and writes checkpoints
-    log = log if is_main else lambda s: None
-    dtype = getattr(torch, cfg.dtype)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
-    model = GPT(model_cfg).to(cfg.device)
-    if dtype == torch.float64:
-        model = model.double()
-    optimizer = make_optimizer(model, cfg)
-    rng = RunRNG.seeded(cfg.seed, cfg.device)
-    watch_text = torch.zeros((1, 1), dtype=torch.long, device=cfg.device)  # (1, chars so far), starts at id 0
-    on_cuda = torch.device(cfg.device).type == "cuda"
-    result = TrainResult(model, dataset.tokenizer)
-    start, evaluated_at = 0, None
-    if resume is not None:
-        _, _, ckpt = load_checkpoint(resume, device=cfg.device)
-        check_resumable(ckpt, resume)
-        check_same_vocabulary(ckpt, dataset.tokenizer, resume)
-        if cfg.max_iters <= ckpt["step"]:  # nothing to train: never reach the clean-up of the resumed checkpoint
-            raise CheckpointError(f"max_iters {cfg.max_iters} is not past step {ckpt['step']} of {resume}")
-        restored_text = restore_state(ckpt, model, optimizer, rng, cfg.device)
-        watch_text = watch_text if restored_text is None else restored_text
-        start = ckpt["step"]
-        evaluated_at = start if ckpt.get("evaluated", True) else None  # the eval at `start` already ran
-        result.history = ckpt["history"]
-        result.best_val = ckpt["best_val"]
-        log(f"resumed from {resume} at step {start} (best val {result.best_val:.4f})")
-    autocast = cfg.autocast()
 
-    def save(path, step: int, evaluated: bool) -> None:
+
+class _Training:
+    """One training run's state (model, optimizer, every RNG, the watch text, the result) and its steps."""
+
+    def __init__(self, cfg: TrainConfig, model_cfg: GPTConfig, dataset: Dataset, on_eval, log):
+        self.dp = distributed.current()  # None: one process
+        if self.dp and cfg.batch_size % self.dp.world_size:
+            raise ValueError(
+                f"batch_size {cfg.batch_size} must be divisible by the {self.dp.world_size} data-parallel ranks"
+            )
+        self.is_main = self.dp is None or self.dp.is_main  # only rank 0 logs, shows progress and writes checkpoints
+        self.cfg, self.model_cfg, self.dataset, self.on_eval = cfg, model_cfg, dataset, on_eval
+        self.log = log if self.is_main else lambda s: None
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        torch.manual_seed(cfg.seed)
+        self.model = GPT(model_cfg).to(cfg.device)
+        if getattr(torch, cfg.dtype) == torch.float64:
+            self.model = self.model.double()
+        self.optimizer = make_optimizer(self.model, cfg)
+        self.rng = RunRNG.seeded(cfg.seed, cfg.device)
+        self.watch_text = torch.zeros((1, 1), dtype=torch.long, device=cfg.device)  # (1, chars so far), id 0 first
+        self.result = TrainResult(self.model, dataset.tokenizer)
+        self.start, self.evaluated_at = 0, None
+        self.autocast = cfg.autocast()
+
+    def resume_from(self, resume: str | os.PathLike) -> None:
+        _, _, ckpt = load_checkpoint(resume, device=self.cfg.device)
+        check_resumable(ckpt, resume)
+        check_same_vocabulary(ckpt, self.dataset.tokenizer, resume)
+        if self.cfg.max_iters <= ckpt["step"]:  # nothing to train: never reach the clean-up of the resumed checkpoint
+            raise CheckpointError(f"max_iters {self.cfg.max_iters} is not past step {ckpt['step']} of {resume}")
+        restored_text = restore_state(ckpt, self.model, self.optimizer, self.rng, self.cfg.device)
+        self.watch_text = self.watch_text if restored_text is None else restored_text
+        self.start = ckpt["step"]
+        self.evaluated_at = self.start if ckpt.get("evaluated", True) else None  # the eval at `start` already ran
+        self.result.history = ckpt["history"]
+        self.result.best_val = ckpt["best_val"]
+        self.log(f"resumed from {resume} at step {self.start} (best val {self.result.best_val:.4f})")
+
+    def save(self, path, step: int, evaluated: bool) -> None:
         save_checkpoint(
             path,
-            **resumable_state(model, optimizer, rng, watch_text),
-            model_config=asdict(model.config),
-            train_config=asdict(cfg),
-            tokenizer=dataset.tokenizer.state_dict(),
+            **resumable_state(self.model, self.optimizer, self.rng, self.watch_text),
+            model_config=asdict(self.model.config),
+            train_config=asdict(self.cfg),
+            tokenizer=self.dataset.tokenizer.state_dict(),
             step=step,  # the next step to train
             evaluated=evaluated,  # whether the evaluation due at `step` already ran
-            history=result.history,
-            best_val=result.best_val,
+            history=self.result.history,
+            best_val=self.result.best_val,
         )
 
-    def run_eval(step: int) -> bool:
+    def run_eval(self, step: int) -> bool:
+        """Evaluate, log, keep the best-val checkpoint; True when on_eval asks to stop."""
+        cfg, result = self.cfg, self.result
         t0 = time.perf_counter()
-        with autocast:
-            train_loss = evaluate(model, dataset.train, cfg, rng.eval)
-            val_loss = evaluate(model, dataset.val, cfg, rng.eval)
+        with self.autocast:
+            train_loss = evaluate(self.model, self.dataset.train, cfg, self.rng.eval)
+            val_loss = evaluate(self.model, self.dataset.val, cfg, self.rng.eval)
         result.eval_seconds += time.perf_counter() - t0
         row = {
             "step": step,
@@ -269,66 +289,89 @@ def train(
         result.history.append(row)
         if val_loss < result.best_val:
             result.best_val = val_loss
-            if cfg.out and is_main:
-                save(cfg.out, step, evaluated=True)
-        log(
+            if cfg.out and self.is_main:
+                self.save(cfg.out, step, evaluated=True)
+        self.log(
             f"step {step:5d} | train {train_loss:.4f} (ppl {row['train_ppl']:.2f}) | "
             f"val {val_loss:.4f} (ppl {row['val_ppl']:.2f}) | lr {row['lr']:.2e}"
         )
-        return bool(on_eval and on_eval(row, model))
+        return bool(self.on_eval and self.on_eval(row, self.model))
 
-    if cfg.out and is_main:
-        for path in (cfg.out, last_checkpoint_path(cfg.out)):
-            for stale in remove_stale_temporaries(path):
-                log(f"removed {stale}: a temporary file left by a killed writer (process gone)")
-    train_step = TrainStep(
-        model, optimizer, grad_clip=cfg.grad_clip, compile=cfg.compile, autocast=autocast, data_parallel=dp
-    )
-    model.train()
-    show = cfg.progress and is_main
-    bar = tqdm(range(start, cfg.max_iters), initial=start, total=cfg.max_iters, disable=not show, desc="train")
-    result.steps_done = start
-    last_finite: tuple[int, float] | None = None  # (step, training loss) of the last finite step
-    with stop_signals(enabled=bool(cfg.out) and dp is None) as stop, contextlib.closing(bar):
-        for step in bar:
-            if stop.signum is not None:  # SIGINT / SIGTERM: keep everything needed to continue this very run
-                path = last_checkpoint_path(cfg.out)
-                save(path, step, evaluated=False)
-                bar.write(f"interrupted at step {step}: saved {path} (continue with --resume {path})")
-                raise Interrupted(stop.signum, path)
-            if cfg.eval_interval and step % cfg.eval_interval == 0 and step > 0 and step != evaluated_at:
-                if run_eval(step):
-                    break
-            t0 = time.perf_counter()
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, cfg)
-            x, y = (t.to(cfg.device) for t in get_batch(dataset.train, cfg.batch_size, model_cfg.block_size, rng.batch))
-            if dp:
-                x, y = dp.shard(x), dp.shard(y)  # (batch_size / world_size, T): this rank's part of the global batch
-            loss = train_step(x, y)
-            if not math.isfinite(loss_value := loss.item()):  # one sync per step: a NaN stops training where it starts
-                raise TrainingDiverged(step, "loss", loss_value, last_finite)
-            if train_step.grad_norm is not None and not math.isfinite(norm := train_step.grad_norm.item()):
-                raise TrainingDiverged(step, "gradient norm", norm, (step, loss_value))
-            last_finite = (step, loss_value)
-            if on_cuda:
-                torch.cuda.synchronize()
-            result.step_times.append(time.perf_counter() - t0)
-            result.steps_done = step + 1
-            if cfg.watch and is_main and (step + 1) % cfg.watch == 0:
-                model.eval()
-                sampled = model.generate(watch_text[:, -model_cfg.block_size :], 1, generator=rng.watch)  # (1, ctx+1)
-                model.train()
-                watch_text = torch.cat([watch_text, sampled[:, -1:]], dim=1)  # (1, chars so far): the growing text
-                line = dataset.tokenizer.decode(watch_text[0, -72:].tolist()).replace("\n", "⏎")
-                bar.write(f"step {step + 1:5d} | loss {loss_value:.3f} | {line}")
-            if show and step % 10 == 0:
-                bar.set_postfix(loss=f"{loss_value:.3f}")
-        else:
-            if evaluated_at != cfg.max_iters:
-                run_eval(cfg.max_iters)
-            own_last = last_checkpoint_path(cfg.out) if cfg.out and is_main else None  # rank 0 owns the files
-            if resume is not None and own_last and Path(resume).resolve() == own_last.resolve():
-                Path(resume).unlink()  # the interrupted state this run continued: superseded, it has finished
-                log(f"removed {resume}: this run resumed from it and ran to max_iters")
-    return result
+    def one_step(self, train_step: TrainStep, step: int, last_finite: tuple[int, float] | None) -> float:
+        """One optimizer step at its learning rate on this rank's part of the global batch; its loss (finite)."""
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        x, y = (
+            t.to(cfg.device)
+            for t in get_batch(self.dataset.train, cfg.batch_size, self.model_cfg.block_size, self.rng.batch)
+        )
+        if self.dp:
+            x, y = self.dp.shard(x), self.dp.shard(y)  # (batch_size / world_size, T): this rank's part of the batch
+        loss = train_step(x, y)
+        if not math.isfinite(loss_value := loss.item()):  # one sync per step: a NaN stops training where it starts
+            raise TrainingDiverged(step, "loss", loss_value, last_finite)
+        if train_step.grad_norm is not None and not math.isfinite(norm := train_step.grad_norm.item()):
+            raise TrainingDiverged(step, "gradient norm", norm, (step, loss_value))
+        if torch.device(cfg.device).type == "cuda":
+            torch.cuda.synchronize()
+        self.result.step_times.append(time.perf_counter() - t0)
+        self.result.steps_done = step + 1
+        return loss_value
+
+    def watch(self, bar: tqdm, step: int, loss_value: float) -> None:
+        """Sample one more character of the watch text and show its tail."""
+        self.model.eval()
+        context = self.watch_text[:, -self.model_cfg.block_size :]
+        sampled = self.model.generate(context, 1, generator=self.rng.watch)  # (1, ctx + 1)
+        self.model.train()
+        self.watch_text = torch.cat([self.watch_text, sampled[:, -1:]], dim=1)  # (1, chars so far): the growing text
+        line = self.dataset.tokenizer.decode(self.watch_text[0, -72:].tolist()).replace("\n", "⏎")
+        bar.write(f"step {step + 1:5d} | loss {loss_value:.3f} | {line}")
+
+    def loop(self, resume: str | os.PathLike | None) -> None:
+        """Steps from `start` to max_iters with their evaluations; a stop signal saves the `.last` checkpoint."""
+        cfg, is_main = self.cfg, self.is_main
+        if cfg.out and is_main:
+            for path in (cfg.out, last_checkpoint_path(cfg.out)):
+                for stale in remove_stale_temporaries(path):
+                    self.log(f"removed {stale}: a temporary file left by a killed writer (process gone)")
+        train_step = TrainStep(
+            self.model,
+            self.optimizer,
+            grad_clip=cfg.grad_clip,
+            compile=cfg.compile,
+            autocast=self.autocast,
+            data_parallel=self.dp,
+        )
+        self.model.train()
+        show = cfg.progress and is_main
+        bar = tqdm(
+            range(self.start, cfg.max_iters), initial=self.start, total=cfg.max_iters, disable=not show, desc="train"
+        )
+        self.result.steps_done = self.start
+        last_finite: tuple[int, float] | None = None  # (step, training loss) of the last finite step
+        with stop_signals(enabled=bool(cfg.out) and self.dp is None) as stop, contextlib.closing(bar):
+            for step in bar:
+                if stop.signum is not None:  # SIGINT / SIGTERM: keep everything needed to continue this very run
+                    path = last_checkpoint_path(cfg.out)
+                    self.save(path, step, evaluated=False)
+                    bar.write(f"interrupted at step {step}: saved {path} (continue with --resume {path})")
+                    raise Interrupted(stop.signum, path)
+                if cfg.eval_interval and step % cfg.eval_interval == 0 and step > 0 and step != self.evaluated_at:
+                    if self.run_eval(step):
+                        break
+                loss_value = self.one_step(train_step, step, last_finite)
+                last_finite = (step, loss_value)
+                if cfg.watch and is_main and (step + 1) % cfg.watch == 0:
+                    self.watch(bar, step, loss_value)
+                if show and step % 10 == 0:
+                    bar.set_postfix(loss=f"{loss_value:.3f}")
+            else:
+                if self.evaluated_at != cfg.max_iters:
+                    self.run_eval(cfg.max_iters)
+                own_last = last_checkpoint_path(cfg.out) if cfg.out and is_main else None  # rank 0 owns the files
+                if resume is not None and own_last and Path(resume).resolve() == own_last.resolve():
+                    Path(resume).unlink()  # the interrupted state this run continued: superseded, it has finished
+                    self.log(f"removed {resume}: this run resumed from it and ran to max_iters")
