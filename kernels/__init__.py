@@ -39,6 +39,7 @@ from .contract import (
 from .dense import bottom_right_causal_mask, default_scale, visible_mask
 from .layouts import attend_paged, attend_varlen
 from .registry import ENTRY_POINT_GROUP, all_backends, attend, backend_names, get_backend, register_backend, use_backend
+from .visibility import Visibility
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -51,6 +52,7 @@ __all__ = [
     "NanDeparture",
     "PrecisionDeparture",
     "UnknownBackendError",
+    "Visibility",
     "all_backends",
     "attend",
     "attend_paged",

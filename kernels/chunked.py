@@ -51,6 +51,7 @@ from .contract import FEATURES, NAN_IN_FUTURE_VALUE, AttentionInputError, NanDep
 from .dense import default_scale
 from .layouts import varlen_as_documents
 from .registry import register_backend
+from .visibility import Visibility
 
 DEFAULT_BLOCK = 128  # keys per step: larger means fewer Python steps, more memory (Tq * block scores)
 
@@ -77,16 +78,17 @@ class Plan:
     score_mod: Callable | None = None
     alibi_slopes: torch.Tensor | None = None  # (B or 1, Hq)
     spans: list = field(default_factory=list)  # (j, j0, j1, i0, i1): query rows [i0, i1) see key block [j0, j1)
+    visibility: Visibility = field(init=False)  # the masks above as one value: what each query row sees
 
     def __post_init__(self):
         off = self.tk - self.tq  # query i sits at absolute position off + i
+        self.visibility = Visibility(self.causal, self.window, self.mask_mod, self.document_ids)
         first = last = None
         if self.document_ids is not None:
             first, last = _document_extent(self.document_ids)  # (B, Tk) each
         for j, j0 in enumerate(range(0, self.tk, self.block)):
             j1 = min(j0 + self.block, self.tk)
-            i0 = max(0, j0 - off) if self.causal else 0  # earlier queries see nothing of this block
-            i1 = self.tq if self.window is None else min(self.tq, j1 - 1 + self.window - off)
+            i0, i1 = self.visibility.query_rows(j0, j1, self.tq, self.tk)  # causal and the window
             if first is not None:  # only queries inside the documents present in the block
                 i0 = max(i0, int(first[:, j0:j1].min()) - off)
                 i1 = min(i1, int(last[:, j0:j1].max()) + 1 - off)
@@ -103,20 +105,11 @@ class Plan:
             return 0, None
         pos = torch.arange(off + i0, off + i0 + n, device=device).view(1, 1, n, 1, 1)  # absolute positions
         keys = torch.arange(j0, j1, device=device).view(1, 1, 1, 1, -1)  # (1, 1, 1, 1, bk)
-        vis = keys <= pos if self.causal else torch.ones(1, 1, 1, 1, 1, dtype=torch.bool, device=device)
-        if self.window is not None:
-            vis = vis & (keys > pos - self.window)
-        if self.document_ids is not None:
-            docs = self.document_ids
-            same = docs[:, off + i0 : off + i0 + n, None] == docs[:, None, j0:j1]  # (B, n, bk)
-            vis = vis & same[:, None, :, None, :]
-        if self.mask_mod is not None:
-            b = torch.arange(self.batch, device=device).view(-1, 1, 1, 1, 1)
-            h = torch.arange(self.hkv * g, device=device).view(1, self.hkv, 1, g, 1)  # query head kv_head * g + i
-            m = torch.as_tensor(self.mask_mod(b, h, pos, keys), device=device)
-            if m.dtype != torch.bool:
-                raise AttentionInputError(f"mask_mod must return a bool tensor, got {m.dtype}")
-            vis = vis & m.reshape((1,) * (5 - m.dim()) + tuple(m.shape))
+        b = torch.arange(self.batch, device=device).view(-1, 1, 1, 1, 1)
+        h = torch.arange(self.hkv * g, device=device).view(1, self.hkv, 1, g, 1)  # query head kv_head * g + i
+        vis = self.visibility.sees(b, h, pos, keys)  # (B or 1, Hkv or 1, n, g or 1, bk)
+        if vis is None:
+            vis = torch.ones(1, 1, 1, 1, 1, dtype=torch.bool, device=device)
         per_item = vis.size(0) > 1 or vis.size(1) > 1
         shape = (self.batch, self.hkv) if per_item else (1, 1)
         return n, ~vis.expand(*shape, n, g, j1 - j0).reshape(-1, n * g, j1 - j0)

@@ -294,6 +294,27 @@ class Backend:
         reason = self.no_backward_reason
         return reason(torch.device(device)) if callable(reason) else reason
 
+    def why_not(
+        self, device: torch.device | str, dtype: torch.dtype, *, features=(), dropout=False, backward=False
+    ) -> str | None:
+        """The one question before a call: None if the backend runs it (on `device`, in `dtype`, with these
+        contract `features`, dropout or not, a backward or not), else why not, from the first of its declared
+        refusals that applies (dropout, backward, a feature, the device and dtype)."""
+        device = torch.device(device)
+        if dropout and (reason := self.why_no_dropout(device)):
+            return f"cannot apply dropout here: {reason}"
+        if backward and (reason := self.why_no_backward(device)):
+            return (
+                f"is forward-only on {device.type} ({reason}); call it on inputs without requires_grad or under "
+                "torch.no_grad()"
+            )
+        for feature in features:
+            if reason := self.why_no_feature(feature, device):
+                return f"cannot run {feature} on {device.type}: {reason}"
+        if reason := self.why_unsupported(device, dtype):
+            return f"cannot run on {device}/{dtype}: {reason}"
+        return None
+
     def why_no_feature(self, feature: str, device: torch.device | str) -> str | None:
         """None if the backend implements `feature` (one of FEATURES) on `device`, else one sentence why not."""
         if feature not in FEATURES:
@@ -323,19 +344,10 @@ class Backend:
         extras = {"window": window, "mask_mod": mask_mod, "document_ids": document_ids, "softcap": softcap}
         extras |= {"score_mod": score_mod, "alibi_slopes": alibi_slopes, "sinks": sinks}
         check_inputs(q, k, v, causal=causal, dropout_p=dropout_p, scale=scale, return_lse=return_lse, **extras)
-        if dropout_p > 0 and (reason := self.why_no_dropout(q.device)):
-            raise AttentionInputError(f"{self.name} cannot apply dropout here: {reason}")
-        if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
-            if reason := self.why_no_backward(q.device):  # refused, not a silently detached output
-                raise AttentionInputError(
-                    f"{self.name} is forward-only on {q.device.type} ({reason}); call it on inputs without "
-                    "requires_grad or under torch.no_grad()"
-                )
-        for feature in features_in_use(q, k, v, return_lse=return_lse, **extras):
-            if reason := self.why_no_feature(feature, q.device):
-                raise AttentionInputError(f"{self.name} cannot run {feature} on {q.device.type}: {reason}")
-        if reason := self.why_unsupported(q.device, q.dtype):
-            raise AttentionInputError(f"{self.name} cannot run on {q.device}/{q.dtype}: {reason}")
+        backward = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+        features = features_in_use(q, k, v, return_lse=return_lse, **extras)
+        if why := self.why_not(q.device, q.dtype, features=features, dropout=dropout_p > 0, backward=backward):
+            raise AttentionInputError(f"{self.name} {why}")  # refused, never a silently detached or wrong output
         if self.working_set is not None:
             check_fits_in_memory(self.name, self.working_set(q, k), q.device)
         used = {name: value for name, value in extras.items() if value is not None}  # an old-style fn never sees them

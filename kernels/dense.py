@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from .contract import AttentionInputError
+from .visibility import Visibility
 
 
 def default_scale(q: torch.Tensor, scale: float | None) -> float:
@@ -36,22 +36,9 @@ def visible_mask(
     q: torch.Tensor, k: torch.Tensor, *, causal: bool, window=None, mask_mod=None, document_ids=None
 ) -> torch.Tensor | None:
     """(B or 1, Hq or 1, Tq, Tk) bool, True where query i (absolute position Tk - Tq + i) may see key j, from
-    every mask given (AND); None when every key is visible."""
-    bi, hi, pos, keys = score_indices(q, k)
-    tq, tk = q.size(-2), k.size(-2)
-    vis = keys <= pos if causal else None  # (1, 1, Tq, Tk)
-    if window is not None:
-        vis = vis & (keys > pos - window)
-    if document_ids is not None:
-        same = document_ids[:, tk - tq :, None] == document_ids[:, None, :]  # (B, Tq, Tk)
-        vis = same[:, None] if vis is None else vis & same[:, None]  # (B, 1, Tq, Tk)
-    if mask_mod is not None:
-        m = torch.as_tensor(mask_mod(bi, hi, pos, keys), device=q.device)
-        if m.dtype != torch.bool:
-            raise AttentionInputError(f"mask_mod must return a bool tensor, got {m.dtype}")
-        m = m.reshape((1,) * (4 - m.dim()) + tuple(m.shape))  # (B or 1, Hq or 1, Tq or 1, Tk or 1)
-        vis = m if vis is None else vis & m
-    return vis
+    every mask given (AND: visibility.Visibility); None when every key is visible."""
+    vis = Visibility(causal, window, mask_mod, document_ids)
+    return vis.dense(q.size(0), q.size(1), q.size(-2), k.size(-2), q.device)
 
 
 def mask_scores(scores: torch.Tensor, visible: torch.Tensor | None) -> torch.Tensor:

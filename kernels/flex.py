@@ -29,6 +29,7 @@ import torch
 from .contract import BASE_FEATURES
 from .dense import default_scale
 from .registry import register_backend
+from .visibility import Visibility
 
 FLEX_FEATURES = (*BASE_FEATURES, "score_mod")
 
@@ -44,20 +45,13 @@ def _compiled_flex():
 
 def _mask_mod(tq: int, tk: int, causal: bool, window, mask_mod, document_ids):
     """The flex mask_mod (q_idx from 0) of every mask given, or None when every key is visible."""
-    if not causal and mask_mod is None and document_ids is None:
+    vis = Visibility(causal, window, mask_mod, document_ids)
+    if vis.everything:
         return None
     off = tk - tq
 
     def visible(b, h, q_idx, kv_idx):
-        pos = q_idx + off  # absolute position of the query
-        ok = kv_idx <= pos if causal else kv_idx >= 0
-        if window is not None:
-            ok = ok & (kv_idx > pos - window)
-        if document_ids is not None:
-            ok = ok & (document_ids[b, pos] == document_ids[b, kv_idx])
-        if mask_mod is not None:
-            ok = ok & mask_mod(b, h, pos, kv_idx)
-        return ok
+        return vis.sees(b, h, q_idx + off, kv_idx)  # the absolute position of the query
 
     return visible
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 from attnbench import (
     AttentionInputError,
+    Backend,
     BackendOutputError,
     UnknownBackendError,
     attend,
@@ -376,3 +377,23 @@ def test_the_memory_check_counts_what_each_backend_materializes():
     assert get_backend("manual").working_set(q, k) == 2 * 2 * 4 * 8 * 32 * 4  # scores and weights, float32
     assert get_backend("per_head_loop").working_set(q, k) == 2 * 2 * 1 * 8 * 32 * 4  # one head at a time
     assert get_backend("sdpa").working_set is None and get_backend("chunked").working_set is None
+
+
+def test_why_not_is_the_one_refusal_question_and_old_hooks_answer_it():
+    # A plug-in written with the four separate hooks (dtype, dropout, backward, feature) is asked one question.
+    old_style = Backend(
+        "old_style",
+        lambda q, k, v, **kw: q,
+        "declares its refusals by hook",
+        unsupported_reason=lambda device, dtype: "fp64 only" if dtype != torch.float64 else None,
+        no_dropout_reason=lambda device: "no dropout",
+        features={"window"},
+        no_feature_reason=lambda feature, device: "no window on cpu" if device.type == "cpu" else None,
+        no_backward_reason="forward only",
+    )
+    assert old_style.why_not("cpu", torch.float64) is None
+    assert old_style.why_not("cpu", torch.float32) == "cannot run on cpu/torch.float32: fp64 only"
+    assert old_style.why_not("cpu", torch.float64, dropout=True) == "cannot apply dropout here: no dropout"
+    assert old_style.why_not("cpu", torch.float64, backward=True).startswith("is forward-only on cpu (forward only)")
+    assert old_style.why_not("cpu", torch.float64, features=["window"]) == "cannot run window on cpu: no window on cpu"
+    assert old_style.why_not("cpu", torch.float64, features=["gqa"]).endswith("old_style does not implement gqa")

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import torch
-from attnbench import visible_mask
+from attnbench import Visibility
 
 from .measure import synchronize, time_call
 
@@ -40,19 +40,10 @@ def attention_flops(B: int, H: int, Tq: int, Tk: int, D: int, mode: str = "fwd")
 def mask_visible_pairs(
     B: int, H: int, Tq: int, Tk: int, *, causal: bool = True, window=None, document_ids=None, mask_mod=None
 ) -> int:
-    """(query, key) pairs the mask lets attend, summed over batch and (query) heads: the work attention must do.
-
-    Causal and window masks are counted in closed form; documents and mask_mod from the mask itself
-    (attnbench.visible_mask, the definition every backend is checked against)."""
-    if document_ids is None and mask_mod is None:
-        off = Tk - Tq  # query i sits at absolute position off + i and sees keys max(0, p - window + 1) .. p
-        if not causal:
-            return B * H * Tq * Tk
-        return B * H * sum(p + 1 if window is None else min(p + 1, window) for p in range(off, Tk))
-    q, k = torch.empty(B, H, Tq, 0), torch.empty(B, 1, Tk, 0)  # only shapes matter to the mask
+    """(query, key) pairs the mask lets attend, summed over batch and (query) heads: the work attention must do
+    (attnbench.Visibility: causal and window in closed form, documents and mask_mod from the mask itself)."""
     ids = None if document_ids is None else document_ids.cpu()
-    vis = visible_mask(q, k, causal=causal, window=window, mask_mod=mask_mod, document_ids=ids)
-    return int(vis.expand(B, H, Tq, Tk).sum())
+    return Visibility(causal, window, mask_mod, ids).visible_pairs(B, H, Tq, Tk)
 
 
 def pairs_flops(pairs: int, D: int, mode: str = "fwd") -> float:
