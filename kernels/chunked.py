@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .contract import FEATURES, NAN_IN_FUTURE_VALUE, AttentionInputError, NanDeparture
-from .dense import default_scale
+from .dense import default_scale, takes_fp8
 from .layouts import varlen_as_documents
 from .registry import register_backend
 from .visibility import Visibility
@@ -327,7 +327,7 @@ def chunked_attention(
 
 register_backend(
     "chunked",
-    chunked_attention,
+    takes_fp8(chunked_attention),
     "flash-attention algorithm in plain PyTorch: online softmax over key blocks, recomputing backward, O(T) memory",
     features=FEATURES,
     nan_departure=NanDeparture(f"{NAN_IN_FUTURE_VALUE} (within its key block)", spreads={"value"}),

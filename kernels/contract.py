@@ -4,7 +4,7 @@ A backend computes multi-head attention on already-projected tensors:
 
     out = backend(q, k, v, *, causal=True, dropout_p=0.0, scale=None,
                   window=None, mask_mod=None, document_ids=None, softcap=None,
-                  score_mod=None, alibi_slopes=None, sinks=None, return_lse=False)
+                  score_mod=None, alibi_slopes=None, sinks=None, return_lse=False, descale=None)
     q: (B, Hq, Tq, D); k: (B, Hkv, Tk, D); v: (B, Hkv, Tk, Dv) with Tq <= Tk and Hq % Hkv == 0; same dtype
     and device; out: (B, Hq, Tq, Dv), or (out, lse) with return_lse=True
 
@@ -31,6 +31,10 @@ Optional features (FEATURES), each off by default; a backend declares those it i
   the softmax denominator after every transform and mask (sink included), differentiable; -inf for a row that
   sees no key and has no sink. Shards of the keys merge by it: lse = logsumexp_s lse_s, out = sum_s
   exp(lse_s - lse) out_s (split-KV, ring and context-parallel attention).
+- fp8 (q, k, v in torch.float8_e4m3fn, with descale=(q_descale, k_descale, v_descale), float32 tensors of shape
+  () or (B, Hkv), FlashAttention-3's convention; a query head reads the q_descale of its key/value head): the
+  attention of q * q_descale, k * k_descale, v * v_descale, returned in bfloat16 (the lse in float32). A descale
+  is required with fp8 inputs and refused without them.
 Every mask given is combined by AND. A query row that sees no key at all (possible with mask_mod) outputs
 zeros, and its gradient with respect to q, k and v is zero.
 
@@ -56,7 +60,7 @@ import torch
 BASE_FEATURES = ("gqa", "window", "mask_mod", "document_ids", "softcap")  # masks, GQA and softcap
 
 
-FEATURES = (*BASE_FEATURES, "value_dim", "score_mod", "alibi", "sinks", "return_lse")  # every optional feature
+FEATURES = (*BASE_FEATURES, "value_dim", "score_mod", "alibi", "sinks", "return_lse", "fp8")  # every optional feature
 
 
 MaskMod = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -83,6 +87,7 @@ class AttendFn(Protocol):
         alibi_slopes: torch.Tensor | None = None,
         sinks: torch.Tensor | None = None,
         return_lse: bool = False,
+        descale: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]: ...
 
 
@@ -340,9 +345,10 @@ class Backend:
         alibi_slopes=None,
         sinks=None,
         return_lse=False,
+        descale=None,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         extras = {"window": window, "mask_mod": mask_mod, "document_ids": document_ids, "softcap": softcap}
-        extras |= {"score_mod": score_mod, "alibi_slopes": alibi_slopes, "sinks": sinks}
+        extras |= {"score_mod": score_mod, "alibi_slopes": alibi_slopes, "sinks": sinks, "descale": descale}
         check_inputs(q, k, v, causal=causal, dropout_p=dropout_p, scale=scale, return_lse=return_lse, **extras)
         backward = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
         features = features_in_use(q, k, v, return_lse=return_lse, **extras)
@@ -366,14 +372,22 @@ class Backend:
 
 def check_output(name: str, out, q: torch.Tensor, v: torch.Tensor) -> None:
     """Raise BackendOutputError unless `out` is what the contract promises: (B, Hq, Tq, D) like q, on q's device."""
-    expected = (*q.shape[:-1], v.size(-1))
+    expected, dtype = (*q.shape[:-1], v.size(-1)), output_dtype(q.dtype)
     if not isinstance(out, torch.Tensor):
         raise BackendOutputError(f"backend {name!r} returned {type(out).__name__}, not a torch.Tensor")
-    if tuple(out.shape) != expected or out.dtype != q.dtype or out.device != q.device:
+    if tuple(out.shape) != expected or out.dtype != dtype or out.device != q.device:
         raise BackendOutputError(
             f"backend {name!r} returned shape {tuple(out.shape)} {out.dtype} on {out.device}; the contract needs "
-            f"shape {expected} {q.dtype} on {q.device}"
+            f"shape {expected} {dtype} on {q.device}"
         )
+
+
+FP8 = torch.float8_e4m3fn  # the fp8 inputs the contract takes (e4m3: 3 mantissa bits, up to 448)
+
+
+def output_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The output's dtype for inputs of `dtype`: the same, but bfloat16 for fp8 inputs (FlashAttention-3's)."""
+    return torch.bfloat16 if dtype == FP8 else dtype
 
 
 def lse_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -430,11 +444,11 @@ def score_matrix_bytes(q: torch.Tensor, k: torch.Tensor, copies: int = 2) -> int
 
 def features_in_use(
     q, k, v=None, *, window=None, mask_mod=None, document_ids=None, softcap=None, score_mod=None, alibi_slopes=None,
-    sinks=None, return_lse=False
+    sinks=None, return_lse=False, descale=None
 ) -> list[str]:  # fmt: skip
     """The optional features (FEATURES) a call with these arguments needs (value_dim only when v is given)."""
     value_dim = v is not None and v.size(-1) != k.size(-1)
-    shapes = {"gqa": q.size(1) != k.size(1), "value_dim": value_dim, "return_lse": return_lse}
+    shapes = {"gqa": q.size(1) != k.size(1), "value_dim": value_dim, "return_lse": return_lse, "fp8": q.dtype == FP8}
     given = {"window": window, "mask_mod": mask_mod, "document_ids": document_ids, "softcap": softcap}
     given |= {"score_mod": score_mod, "alibi": alibi_slopes, "sinks": sinks}
     return [name for name, on in shapes.items() if on] + [name for name, value in given.items() if value is not None]
@@ -456,6 +470,7 @@ def check_inputs(
     alibi_slopes=None,
     sinks=None,
     return_lse: bool = False,
+    descale=None,
 ) -> None:
     """Raise AttentionInputError naming the first broken rule of the backend contract."""
     if not isinstance(causal, bool):  # a string such as 'no' is truthy: it would silently mean causal
@@ -497,6 +512,27 @@ def check_inputs(
         raise AttentionInputError(f"scale must be a positive finite number or None, got {scale!r}")
     _check_features(q, k, causal, window, mask_mod, document_ids, softcap)
     _check_score_features(q, score_mod, alibi_slopes, sinks, return_lse)
+    _check_descale(q, k, descale)
+
+
+def _check_descale(q, k, descale) -> None:
+    if q.dtype != FP8:
+        if descale is not None:  # a descale given to bf16 inputs would be silently ignored
+            raise AttentionInputError(f"descale is only for fp8 (float8_e4m3fn) inputs, not {q.dtype}")
+        return
+    if descale is None:  # fp8 values without their scales are not the numbers they stand for
+        raise AttentionInputError("fp8 inputs need descale=(q_descale, k_descale, v_descale)")
+    if not (isinstance(descale, tuple | list) and len(descale) == 3):
+        raise AttentionInputError(f"descale must be (q_descale, k_descale, v_descale), got {type(descale).__name__}")
+    shapes = {(), (k.size(0), k.size(1))}
+    for name, d in zip(("q_descale", "k_descale", "v_descale"), descale, strict=True):
+        if not (isinstance(d, torch.Tensor) and d.dtype == torch.float32 and tuple(d.shape) in shapes):
+            raise AttentionInputError(
+                f"{name} must be a float32 tensor of shape () or (B, Hkv) = {(k.size(0), k.size(1))}, got "
+                + (f"{d.dtype} {tuple(d.shape)}" if isinstance(d, torch.Tensor) else type(d).__name__)
+            )
+        if d.device != q.device or not (torch.isfinite(d).all() and (d > 0).all()):
+            raise AttentionInputError(f"{name} must be positive and finite, on q's device")
 
 
 def _check_score_features(q, score_mod, alibi_slopes, sinks, return_lse) -> None:

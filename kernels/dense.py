@@ -3,6 +3,7 @@ boolean tensor, masking, score transforms (softcap, score_mod, ALiBi), the softm
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -94,3 +95,25 @@ def sink_softmax(scores: torch.Tensor, visible: torch.Tensor | None, sinks=None)
 def repeat_kv(x: torch.Tensor, hq: int) -> torch.Tensor:
     """(B, Hkv, T, D) -> (B, Hq, T, D): query head h gets key/value head h // (Hq // Hkv)."""
     return x if x.size(1) == hq else x.repeat_interleave(hq // x.size(1), dim=1)
+
+
+def dequantize(q, k, v, descale) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """fp8 q, k, v times their descales (each () or (B, Hkv); a query head reads its key/value head's q_descale),
+    in float32: q (B, Hq, Tq, D), k (B, Hkv, Tk, D), v (B, Hkv, Tk, Dv)."""
+    qd, kd, vd = (d.reshape(*d.shape, 1, 1) if d.dim() else d for d in descale)  # (B, Hkv, 1, 1) or ()
+    qd = qd.repeat_interleave(q.size(1) // k.size(1), 1) if qd.dim() else qd  # (B, Hq, 1, 1) or ()
+    return q.float() * qd, k.float() * kd, v.float() * vd
+
+
+def takes_fp8(fn):
+    """`fn` taking the contract's fp8 inputs: with a descale, q, k, v are dequantized to float32 (dequantize), `fn`
+    computes in float32 and the output comes back in bfloat16 (FlashAttention-3's), the lse in float32."""
+
+    @functools.wraps(fn)
+    def call(q, k, v, *, descale=None, **kwargs):
+        if descale is None:
+            return fn(q, k, v, **kwargs)
+        result = fn(*dequantize(q, k, v, descale), **kwargs)
+        return (result[0].to(torch.bfloat16), result[1]) if isinstance(result, tuple) else result.to(torch.bfloat16)
+
+    return call

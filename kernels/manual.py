@@ -3,7 +3,16 @@
 import torch.nn.functional as F
 
 from .contract import FEATURES, NAN_IN_FUTURE_VALUE, lse_dtype, score_matrix_bytes
-from .dense import default_scale, mask_scores, repeat_kv, shaped_scores, sink_softmax, visible_mask, zero_empty_rows
+from .dense import (
+    default_scale,
+    mask_scores,
+    repeat_kv,
+    shaped_scores,
+    sink_softmax,
+    takes_fp8,
+    visible_mask,
+    zero_empty_rows,
+)
 from .registry import register_backend
 
 
@@ -29,7 +38,7 @@ def manual_attention(
 
 register_backend(
     "manual",
-    manual_attention,
+    takes_fp8(manual_attention),
     "all heads batched, explicit boolean mask, softmax, matmul",
     features=FEATURES,
     working_set=score_matrix_bytes,  # scores and weights, (B, H, Tq, Tk) each

@@ -193,9 +193,11 @@ def attend(
     alibi_slopes=None,
     sinks=None,
     return_lse=False,
+    descale=None,
     backend: str | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Attention with the named backend (or the one chosen by `use_backend`, default 'sdpa')."""
     extras = {"window": window, "mask_mod": mask_mod, "document_ids": document_ids, "softcap": softcap}
     extras |= {"score_mod": score_mod, "alibi_slopes": alibi_slopes, "sinks": sinks, "return_lse": return_lse}
+    extras["descale"] = descale
     return get_backend(backend)(q, k, v, causal=causal, dropout_p=dropout_p, scale=scale, **extras)

@@ -23,6 +23,7 @@ from hypothesis import Phase
 from mutants import CATALOGUE, KILL_ROW, Mutant
 from mutants_determinism import MUTANTS as DETERMINISM
 from mutants_features import MUTANTS as FEATURE_MUTANTS
+from mutants_fp8 import MUTANTS as FP8_MUTANTS
 from mutants_global_state import MUTANTS as GLOBAL_STATE
 from mutants_kernel_scale import MUTANTS as KERNEL_SCALE
 from mutants_online_softmax import MUTANTS as ONLINE_SOFTMAX
@@ -94,6 +95,7 @@ KILLED_BY = {  # mutant -> the property designed to catch it (the full table sho
     "mla_scale_from_v": "feature_equiv",
     "alibi_top_left": "feature_equiv",
     "score_mod_relative_q": "feature_equiv",
+    **dict.fromkeys([m.name for m in FP8_MUTANTS], "fp8_equivalence"),
 }
 
 
@@ -104,6 +106,7 @@ def all_mutants() -> list[Mutant]:
         + KERNEL_SCALE
         + FEATURE_MUTANTS
         + SCORE_MUTANTS
+        + FP8_MUTANTS
         + DETERMINISM
         + SERVING
         + GLOBAL_STATE

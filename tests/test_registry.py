@@ -397,3 +397,17 @@ def test_why_not_is_the_one_refusal_question_and_old_hooks_answer_it():
     assert old_style.why_not("cpu", torch.float64, backward=True).startswith("is forward-only on cpu (forward only)")
     assert old_style.why_not("cpu", torch.float64, features=["window"]) == "cannot run window on cpu: no window on cpu"
     assert old_style.why_not("cpu", torch.float64, features=["gqa"]).endswith("old_style does not implement gqa")
+
+
+def test_fp8_inputs_need_their_descales_and_come_back_in_bfloat16():
+    q, k, v = (torch.randn(1, 2, 4, 8).to(torch.float8_e4m3fn) for _ in range(3))
+    one = torch.tensor(1.0)
+    with pytest.raises(AttentionInputError, match="fp8 inputs need descale"):  # fp8 values without their scales
+        attend(q, k, v, backend="manual")
+    with pytest.raises(AttentionInputError, match="descale is only for fp8"):  # would be silently ignored
+        attend(q.float(), k.float(), v.float(), backend="manual", descale=(one, one, one))
+    with pytest.raises(AttentionInputError, match=r"k_descale must be a float32 tensor of shape \(\) or \(B, Hkv\)"):
+        attend(q, k, v, backend="manual", descale=(one, torch.ones(3), one))
+    with pytest.raises(AttentionInputError, match="sdpa cannot run fp8 on cpu"):
+        attend(q, k, v, backend="sdpa", descale=(one, one, one))
+    assert attend(q, k, v, backend="manual", descale=(one, one, one)).dtype == torch.bfloat16

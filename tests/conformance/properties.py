@@ -21,6 +21,7 @@ from . import (  # noqa: F401  (importing a module of properties declares them)
     determinism,
     equivalence,
     features,
+    fp8,
     global_state,
     lse_merge,
     metamorphic,
