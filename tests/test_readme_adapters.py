@@ -27,14 +27,14 @@ def test_the_readme_has_both_worked_adapters():
 @pytest.mark.parametrize(
     "file, package, args, verdict",
     [
-        ("hf_eager_adapter.py", "transformers", [], "PASS  (41 properties passed, 0 failed, 5 skipped, 2 declared"),
+        ("hf_eager_adapter.py", "transformers", [], r"PASS  \(41 properties passed, 0 failed, \d+ skipped, 2 declared"),
         # JAX compiles every new shape (seconds each on 2 cores): the quick selection, then the declared departures
-        ("jax_adapter.py", "jax", ["--quick"], "PASS  (6 properties passed, 0 failed, 1 skipped)"),
+        ("jax_adapter.py", "jax", ["--quick"], r"PASS  \(6 properties passed, 0 failed, 1 skipped\)"),
         (
             "jax_adapter.py",
             "jax",
             ["--", "-k", "departure or nan_contract"],
-            "PASS  (0 properties passed, 0 failed, 0 skipped, 2 declared",
+            r"PASS  \(0 properties passed, 0 failed, 0 skipped, 2 declared",
         ),
     ],
     ids=["transformers-eager", "jax-quick", "jax-departures"],
@@ -50,4 +50,4 @@ def test_a_readme_adapter_passes_check_as_printed(tmp_path, file, package, args,
     )
     table = run.stdout[run.stdout.rfind("conformance verdict") :]
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
-    assert f"{spec}: {verdict}" in table, table
+    assert re.search(f"{spec}: {verdict}", table), table

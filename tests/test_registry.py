@@ -200,6 +200,7 @@ def test_undeclared_features_are_refused_with_the_reason():
     torch.testing.assert_close(plain(q, k, v), get_backend("manual")(q, k, v), rtol=0, atol=0)  # still works
     k2, v2 = k[:, :2], v[:, :2]  # (B, 2, Tk, D): GQA with 2 query heads per key/value head
     docs = torch.zeros(1, 3, dtype=torch.long)
+    q8, one = q.to(torch.float8_e4m3fn), torch.tensor(1.0)
     refused = {
         "gqa": ((q, k2, v2), {}),
         "window": ((q, k, v), {"window": 2}),
@@ -211,6 +212,7 @@ def test_undeclared_features_are_refused_with_the_reason():
         "alibi": ((q, k, v), {"alibi_slopes": torch.ones(4)}),
         "sinks": ((q, k, v), {"sinks": torch.zeros(4)}),
         "return_lse": ((q, k, v), {"return_lse": True}),
+        "fp8": ((q8, q8, q8), {"descale": (one, one, one)}),
     }
     assert set(refused) == set(attnbench.FEATURES)
     for feature, (args, kwargs) in refused.items():
@@ -250,7 +252,7 @@ def test_a_declared_feature_can_be_refused_per_device():
     with pytest.raises(AttentionInputError, match="on CUDA only"):
         b(q, k, v, mask_mod=lambda b_, h, qi, ki: ki <= qi)
     with pytest.raises(ValueError, match="unknown feature"):
-        b.why_no_feature("fp8", "cpu")
+        b.why_no_feature("int4", "cpu")
 
 
 def test_unknown_declared_feature_is_rejected(scratch_registry):
