@@ -13,9 +13,17 @@ and each a bug seen in real kernels. Test assets only, never registered.
   the vllm#51363 fix added a test with non-unity per-KV-head descales because a unity one hid exactly this).
 - scores_in_fp8: the scores rounded to e4m3 before the softmax, not the probabilities after it (a logit's rounding
   is amplified by exp: what FlashAttention-3 avoids by keeping S in float32 and quantizing P).
+- p_without_prescale: FlashAttention-3's P path, but P in (0, 1] cast to e4m3 with no 2^8 pre-scale, the denominator
+  from the unrounded P, so a diffuse tail below 2^-10 flushes to 0 from the numerator only
+  (flashinfer-ai/flashinfer#5020; ROCm/FlyDSL#1020: "fp8 gives 0.637" where V is all ones).
+- p_saturates_at_stale_max: P pre-scaled by 2^8 against a stale max (the first 128-key block's, kept while the true
+  max is less than 4 log2 units above it, to skip a rescale), so the cast saturates it at 448
+  (Dao-AILab/flash-attention#2716, fixed by #2717: max_offset + rescale_threshold must stay within log2(448)).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from attnbench.contract import FP8
@@ -24,6 +32,25 @@ from attnbench.manual import manual_attention
 from mutants import Mutant
 
 FEATURES = frozenset({"gqa", "fp8"})
+STALE_BLOCK = 128  # the key block whose max a rescale-skipping kernel keeps
+RESCALE_THRESHOLD = 4.0  # log2 units the true max may exceed the kept one by before the kernel rescales
+
+
+def fa3_p_path(q, k, v, *, causal=True, scale=None, dropout_p=0.0, bug=""):
+    """FlashAttention-3's fp8 P path on dequantized float32 q (B, Hq, Tq, D), k, v (B, Hkv, Tk, D): P = 2^8 exp(s - m)
+    cast to e4m3 (saturating at 448) for P @ V, the denominator summed from the unrounded P; bug="" is correct."""
+    k, v = (t.repeat_interleave(q.size(1) // t.size(1), 1) for t in (k, v))  # (B, Hq, Tk, D)
+    s = (q @ k.transpose(-2, -1)) * (q.size(-1) ** -0.5 if scale is None else scale)  # (B, Hq, Tq, Tk)
+    if causal:
+        tq, tk = s.shape[-2:]
+        s = s.masked_fill(~torch.ones(tq, tk, dtype=torch.bool).tril(tk - tq), float("-inf"))
+    m = s.amax(-1, keepdim=True)  # (B, Hq, Tq, 1)
+    if bug == "p_saturates_at_stale_max":
+        first = s[..., :STALE_BLOCK].amax(-1, keepdim=True)  # -inf where the row sees nothing there
+        m = torch.where((m - first) / math.log(2.0) < RESCALE_THRESHOLD, first, m)
+    p = (s - m).exp() * (1.0 if bug == "p_without_prescale" else 2.0**8)  # (B, Hq, Tq, Tk)
+    p8 = p.clamp(max=448.0).to(FP8).float()  # the cast saturates (satfinite)
+    return ((p8 @ v) / p.sum(-1, keepdim=True)).to(torch.bfloat16)  # (B, Hq, Tq, D)
 
 
 def _scores_in_fp8(q, k, v, *, causal=True, scale=None, dropout_p=0.0):
@@ -55,6 +82,8 @@ def _one_bug(bug: str):
         q, k, v = dequantize(q, k, v, (qd, kd, vd))  # float32
         if bug == "scores_in_fp8":
             return _scores_in_fp8(q, k, v, **kw)
+        if bug in ("p_without_prescale", "p_saturates_at_stale_max"):
+            return fa3_p_path(q, k, v, **kw, bug=bug)
         return manual_attention(q, k, v, **kw).to(torch.bfloat16)
 
     return fn
@@ -69,5 +98,7 @@ MUTANTS = [
         ("divides_by_descale", "x / descale instead of x * descale"),
         ("first_head_descale", "kv head 0's descale used for every head"),
         ("scores_in_fp8", "scores rounded to e4m3 before the softmax"),
+        ("p_without_prescale", "P cast to e4m3 from (0, 1], no 2^8 pre-scale"),
+        ("p_saturates_at_stale_max", "P pre-scaled against a stale max, saturated at 448"),
     )
 ]
