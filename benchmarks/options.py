@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 DEVICE_CHOICES = ("cpu", "cuda", "all")
@@ -142,7 +142,9 @@ def positive_finite(value: float | None, option: str) -> float | None:
 class RunConfig:
     """What `attnbench run` was asked for: one serialized configuration that every stage reads."""
 
-    backends: list[str] | None = None  # None: every registered backend
+    backends: list[str] | None = None  # as asked; None: every registered backend
+    # the backends every stage runs: `backends`, else every registered one, resolved once by the main job (resolve)
+    run_backends: list[str] | None = None
     T: list[int] | None = None  # None: the benchmarks' default sweep
     dtype: list[str] | None = None  # dtypes of the op benchmarks; None: the benchmarks' default per device
     device: str | None = None  # cpu | cuda | all; None: cpu, plus cuda when available
@@ -151,7 +153,7 @@ class RunConfig:
     name: str | None = None  # reports/<name>; None: a timestamp
     out_dir: str = "reports"
     data: str | None = None  # tiny Shakespeare path for the heat-map model (else ATTNBENCH_DATA / cache)
-    heat_steps: int | None = None  # training steps of the heat-map model; None: 150 quick, 500 default
+    heat_steps: int | None = None  # training steps of the heat-map model; None: 150 quick, 500 default (resolve)
     correctness_k: str | None = None  # pytest -k expression for the correctness stage; None: the whole suite
     nanogpt: str | None = None  # nanoGPT's model.py (or its folder): bench_model.py times its step against ours
     verbose: bool = False  # stream every subprocess line (else the current test shows beside the bar)
@@ -161,6 +163,14 @@ class RunConfig:
     def interleaved_T(self) -> list[int] | None:
         """The interleaved ratios are timed at the largest three T of the sweep."""
         return self.T[-3:] if self.T else None
+
+    def resolve(self) -> RunConfig:
+        """This configuration with its defaults resolved (the backend list, the heat-map steps), as every stage of
+        one run reads it."""
+        from attnbench import backend_names
+
+        steps = self.heat_steps or (150 if self.quick else 500)
+        return replace(self, run_backends=self.backends or backend_names(), heat_steps=steps)
 
     def write(self, path: Path) -> None:
         Path(path).write_text(json.dumps(asdict(self), indent=1))

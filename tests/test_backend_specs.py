@@ -78,7 +78,8 @@ def test_every_benchmark_stage_takes_a_spec_from_the_run_config(kernel_module, t
     """The stages' option parsing (suites/conftest.py), as `attnbench run` starts them: --bench-config and
     PYTHONPATH, from another directory; collected, not run."""
     fn, obj = f"{kernel_module}:attention", f"{kernel_module}:as_backend"
-    RunConfig(backends=[fn, "manual", obj], T=[128], device="cpu", quick=True).write(tmp_path / "run-config.json")
+    cfg = RunConfig(backends=[fn, "manual", obj], T=[128], device="cpu", quick=True)
+    cfg.resolve().write(tmp_path / "run-config.json")  # as the main job writes it
     stages = ["bench_ops.py", "bench_interleaved.py", "bench_features.py", "bench_model.py", "bench_train_to_target.py"]
     cmd = [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", "--benchmark-only",
            *(str(REPO / "benchmarks" / "suites" / s) for s in stages), f"--bench-config={tmp_path / 'run-config.json'}",

@@ -312,6 +312,35 @@ def test_interrupted_run_leaves_earlier_reports_intact(tmp_path, monkeypatch):
     assert sorted(p.name for p in earlier.iterdir()) == before
 
 
+def test_every_stage_reads_the_one_resolved_plan(tmp_path, monkeypatch):
+    """No --backends: the job resolves every registered backend once; run-config.json, the correctness stage's
+    --backend values, the heat map and run.json all carry that same list (the benchmarks read run-config.json)."""
+    from attnbench import backend_names
+    from attnbench.bench.job import main_job
+
+    handed = {}
+
+    def pytest_stage(self, stage, args, bar):
+        handed[stage] = args
+        return 0
+
+    def heatmap_stage(self, stage, bar):
+        handed[stage] = (self.cfg.run_backends, self.cfg.heat_steps)
+        return "ok", ""
+
+    monkeypatch.setattr(main_job.Job, "pytest", pytest_stage)
+    monkeypatch.setattr(main_job.Job, "heatmap_stage", heatmap_stage)
+    main_job.Job(RunConfig(name="plan", quick=True, out_dir=str(tmp_path)), "attnbench run").run()
+    plan = RunConfig.read(tmp_path / "plan" / "run-config.json")
+    assert plan.backends is None and plan.run_backends == backend_names() and plan.heat_steps == 150
+    given = [a.removeprefix("--backend=") for a in handed["correctness"] if a.startswith("--backend=")]
+    assert given == backend_names()
+    assert all(any(a.startswith("--bench-config=") for a in handed[s]) for s in ("bench_ops", "bench_model"))
+    assert handed["heatmap"] == (backend_names(), 150)
+    assert json.loads((tmp_path / "plan" / "run.json").read_text())["backends"] == backend_names()
+    assert RunConfig(backends=["manual"], heat_steps=7).resolve().run_backends == ["manual"]
+
+
 def test_parse_T():
     from attnbench.bench.options import parse_T
 

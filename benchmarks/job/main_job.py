@@ -214,7 +214,7 @@ class Job:
     def correctness_stage(self, stage: str, bar: tqdm) -> tuple[str, str]:
         xml = self.dir / schema.CORRECTNESS_XML
         args = [*suites.conformance_paths(self.cfg.quick), f"--junitxml={xml}"]
-        args += [f"--backend={name}" for name in self.cfg.backends or ["all"]]
+        args += [f"--backend={name}" for name in self.cfg.run_backends]
         if self.cfg.correctness_k:
             args += ["-k", self.cfg.correctness_k]
         rc = self.pytest(stage, args, bar)
@@ -228,15 +228,12 @@ class Job:
         return ("ok" if rc in (0, 1) else "failed"), detail + ("" if rc in (0, 1) else f" (pytest exit {rc})")
 
     def heatmap_stage(self, stage: str, bar: tqdm) -> tuple[str, str]:
-        from attnbench import backend_names
-
         from ..measuring import heatmap
 
         device = "cuda" if self.cfg.device == "cuda" else "cpu"
-        steps = self.cfg.heat_steps or (150 if self.cfg.quick else 500)
+        steps = self.cfg.heat_steps  # resolved by RunConfig.resolve
         model, tok, val = heatmap.train_small_model(self.cfg.data, steps, device, log=bar.write)
-        names = self.cfg.backends or backend_names()
-        heat = heatmap.compute(model, tok, HEAT_PROMPT, names, device)
+        heat = heatmap.compute(model, tok, HEAT_PROMPT, self.cfg.run_backends, device)
         heat["model"] = f"2 layers, 4 heads, width 64, {steps} steps, val loss {val:.3f}, trained with 'manual'"
         (self.dir / schema.HEATMAP).write_text(json.dumps(heat))
         diffs = heat["max_abs_diff_vs_reference"]
@@ -268,9 +265,8 @@ class Job:
         (self.dir / schema.LOGS).mkdir()
         started = time.time()
         try:
-            from attnbench import backend_names
-
-            names = cfg.backends or backend_names()
+            cfg = self.cfg = cfg.resolve()  # the backend list, once: every stage reads it from run-config.json
+            names = cfg.run_backends
             support = support_matrix(names)  # also validates --backends: unknown names fail here, clearly
             cfg.write(self.dir / schema.CONFIG)
             (self.dir / schema.ENV).write_text(json.dumps(envinfo.collect(), indent=1))

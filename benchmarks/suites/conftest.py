@@ -283,7 +283,8 @@ def _settings(config) -> BenchSettings:
     cfg = run_config(config)
     interleaved_T = config.getoption("bench_interleaved_T")
     try:
-        backends = parse_backends(cfg.backends, "--bench-backends") or backend_names()
+        # the main job's resolved list (run-config.json), else --bench-backends, else every registered backend
+        backends = cfg.run_backends or parse_backends(cfg.backends, "--bench-backends") or backend_names()
         devices = parse_devices(cfg.device)
         dtypes = parse_dtypes(cfg.dtype, "--bench-dtypes")
         it = parse_T(interleaved_T, "--bench-interleaved-T") if interleaved_T else None
