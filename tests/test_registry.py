@@ -211,6 +211,7 @@ def test_undeclared_features_are_refused_with_the_reason():
         "alibi": ((q, k, v), {"alibi_slopes": torch.ones(4)}),
         "sinks": ((q, k, v), {"sinks": torch.zeros(4)}),
         "return_lse": ((q, k, v), {"return_lse": True}),
+        "fp8": ([x.to(torch.float8_e4m3fn) for x in (q, k, v)], {"descale": (torch.ones(()),) * 3}),
     }
     assert set(refused) == set(attnbench.FEATURES)
     for feature, (args, kwargs) in refused.items():
@@ -250,7 +251,7 @@ def test_a_declared_feature_can_be_refused_per_device():
     with pytest.raises(AttentionInputError, match="on CUDA only"):
         b(q, k, v, mask_mod=lambda b_, h, qi, ki: ki <= qi)
     with pytest.raises(ValueError, match="unknown feature"):
-        b.why_no_feature("fp8", "cpu")
+        b.why_no_feature("fp4", "cpu")
 
 
 def test_unknown_declared_feature_is_rejected(scratch_registry):
