@@ -8,7 +8,7 @@ import math
 
 import torch
 
-from .visibility import Visibility
+from .visibility import Visibility, index_grid
 
 
 def default_scale(q: torch.Tensor, scale: float | None) -> float:
@@ -18,19 +18,12 @@ def default_scale(q: torch.Tensor, scale: float | None) -> float:
 
 def bottom_right_causal_mask(tq: int, tk: int, device: torch.device) -> torch.Tensor:
     """(Tq, Tk) bool, True where query i (absolute position Tk - Tq + i) may see key j."""
-    rows = torch.arange(tk - tq, tk, device=device)[:, None]  # (Tq, 1) absolute query positions
-    cols = torch.arange(tk, device=device)[None, :]  # (1, Tk)
-    return cols <= rows
+    return Visibility(causal=True).dense(1, 1, tq, tk, device)[0, 0]  # (Tq, Tk)
 
 
 def score_indices(q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """The index tensors of mask_mod and score_mod, broadcasting to (B, Hq, Tq, Tk): batch (B, 1, 1, 1), query
-    head (1, Hq, 1, 1), absolute query position (1, 1, Tq, 1) (query i sits at Tk - Tq + i), key (1, 1, 1, Tk)."""
-    (b, hq, tq, _), tk, dev = q.shape, k.size(-2), q.device
-    bi = torch.arange(b, device=dev).view(b, 1, 1, 1)
-    hi = torch.arange(hq, device=dev).view(1, hq, 1, 1)
-    pos = torch.arange(tk - tq, tk, device=dev).view(1, 1, tq, 1)
-    return bi, hi, pos, torch.arange(tk, device=dev).view(1, 1, 1, tk)
+    """visibility.index_grid for q (B, Hq, Tq, D) and k (B, Hkv, Tk, D)."""
+    return index_grid(q.size(0), q.size(1), q.size(-2), k.size(-2), q.device)
 
 
 def visible_mask(

@@ -22,6 +22,15 @@ import torch
 from .contract import AttentionInputError
 
 
+def index_grid(b: int, hq: int, tq: int, tk: int, device) -> tuple[torch.Tensor, ...]:
+    """The index tensors of mask_mod and score_mod, broadcasting to (B, Hq, Tq, Tk): batch (B, 1, 1, 1), query
+    head (1, Hq, 1, 1), absolute query position (1, 1, Tq, 1) (query i sits at Tk - Tq + i), key (1, 1, 1, Tk)."""
+    bi = torch.arange(b, device=device).view(b, 1, 1, 1)
+    hi = torch.arange(hq, device=device).view(1, hq, 1, 1)
+    pos = torch.arange(tk - tq, tk, device=device).view(1, 1, tq, 1)
+    return bi, hi, pos, torch.arange(tk, device=device).view(1, 1, 1, tk)
+
+
 @dataclass(frozen=True, eq=False)
 class Visibility:
     causal: bool = True
@@ -60,10 +69,7 @@ class Visibility:
         """(B or 1, Hq or 1, Tq, Tk) bool, True where query i may see key j; None when every key is visible."""
         if self.everything:
             return None
-        bi = torch.arange(b, device=device).view(b, 1, 1, 1)
-        hi = torch.arange(hq, device=device).view(1, hq, 1, 1)
-        pos = torch.arange(tk - tq, tk, device=device).view(1, 1, tq, 1)
-        return self.sees(bi, hi, pos, torch.arange(tk, device=device).view(1, 1, 1, tk))
+        return self.sees(*index_grid(b, hq, tq, tk, device))
 
     def query_rows(self, j0: int, j1: int, tq: int, tk: int) -> tuple[int, int]:
         """[i0, i1): the only query rows that causal and the window let see a key of [j0, j1) (empty if i0 >= i1)."""

@@ -79,3 +79,18 @@ def test_a_window_off_by_one_is_caught(case):
     case = case.with_(docs=None, mask=None)
     wrong = OneKeyTooMany(causal=True, window=case.window)
     assert not torch.equal(_dense(wrong, case), _reference(case)), case
+
+
+@settings(max_examples=40, deadline=None)
+@given(case=cases.filter(lambda c: c.base.causal))
+def test_the_masks_compose_by_and(case):
+    # Pass criterion: the call's mask is the AND of each mask given alone (causal, window, documents, mask_mod),
+    # so a feature added to the value narrows what a query sees and never widens it.
+    f = case.features("cpu")
+    alone = [
+        Visibility(True, f.window),
+        Visibility(True, mask_mod=f.mask_mod),
+        Visibility(True, document_ids=f.document_ids),
+    ]
+    expected = torch.stack([_dense(v, case) for v in alone]).all(0)  # (B, Hq, Tq, Tk)
+    assert torch.equal(_dense(_visibility(case), case), expected), case
