@@ -17,8 +17,8 @@ transformers' attention-function interface (`transformers.integrations.sdpa_atte
 - Dropout: applied by both when the module is in training mode; the adapter passes `training` from dropout_p > 0.
 - flex (`transformers.integrations.flex_attention.flex_attention_forward`): given the BlockMask a model builds (here
   the contract's mask as flex's mask_mod on absolute positions, flex.block_mask), softcap and sinks (`s_aux`)
-  natively. CUDA only: on CPU FlexAttention has no backward, transformers refuses sinks there (it skips the LSE on
-  CPU), and each new shape compiles (5.5 s for the first call, measured on this 2-core CPU, torch 2.13.0).
+  natively. On CPU (torch 2.13.0) it is forward-only in fp32/fp16/bf16: FlexAttention raises on a CPU backward and
+  on float64, and transformers refuses sinks there (it skips the LSE on CPU); each new shape compiles.
 """
 
 from __future__ import annotations
@@ -116,12 +116,17 @@ def _flex(q, k, v, *, causal=True, dropout_p=0.0, scale=None, window=None, mask_
 def _flex_reason(device: torch.device, dtype: torch.dtype) -> str | None:
     if reason := _reason(device, dtype):
         return reason
-    if device.type != "cuda":
-        return (
-            "transformers' flex_attention_forward needs CUDA: on CPU FlexAttention has no backward, sinks are refused "
-            "(no LSE on CPU) and every new shape compiles (5.5 s measured)"
-        )
-    return None if dtype in CUDA_DTYPES else f"flex on CUDA takes fp16/bf16/fp32, not {dtype}"
+    return None if dtype in CUDA_DTYPES else f"FlexAttention takes fp16/bf16/fp32, not {dtype}"
+
+
+def _flex_no_backward(device: torch.device) -> str | None:
+    return f"FlexAttention has no backward on CPU in torch {torch.__version__}" if device.type == "cpu" else None
+
+
+def _flex_no_feature(feature: str, device: torch.device) -> str | None:
+    if feature == "sinks" and device.type == "cpu":
+        return "transformers refuses sinks with flex on CPU (FlexAttention returns no LSE there)"
+    return None
 
 
 def _reason(device: torch.device, dtype: torch.dtype) -> str | None:
@@ -160,4 +165,6 @@ register_backend(
     _flex_reason,
     no_dropout_reason=lambda device: "FlexAttention has no dropout",
     features=MASK_FEATURES | {"softcap", "sinks"},
+    no_feature_reason=_flex_no_feature,
+    no_backward_reason=_flex_no_backward,
 )

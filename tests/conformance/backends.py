@@ -10,7 +10,8 @@
 
 By default every registered backend (attnbench.all_backends(), entry-point plug-ins included) is covered, but
 those in OWN_RUN: `jax_dpa`, where XLA compiles every new shape (3-7 s each on 2 busy cores, ~20 minutes for the
-suite), runs in a step of its own (`--backend jax_dpa`, in .ci/run) so that the default run stays fast.
+suite), and `hf_flex`, where torch.compile does (0.4-0.5 s each), run in steps of their own (`--backend NAME`, in
+.ci/run) so that the default run stays fast.
 `pytest --backend NAME[,NAME...]` (repeatable) narrows the run to those registered names; a value of the
 form `package.module:function` is imported and covered too; `all` stands for every registered backend
 (so `--backend all,mypkg.attn:fn` adds a plug-in to the full set). tests/conftest.py calls `configure`.
@@ -24,7 +25,7 @@ import torch
 from attnbench import Backend
 
 _requested: list[str] | None = None  # the --backend values, None when not given
-OWN_RUN = ("jax_dpa",)  # left out of the default selection (named, or with `all`, they are covered)
+OWN_RUN = ("jax_dpa", "hf_flex")  # left out of the default selection (named, or with `all`, they are covered)
 
 
 def configure(values: list[str] | None) -> None:
