@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from .contract import NAN_IN_FUTURE_KEY_OR_VALUE, EmptyRowDeparture
+from .contract import NAN_IN_FUTURE_KEY_OR_VALUE, EmptyRowDeparture, NanDeparture
 from .dense import default_scale, visible_mask
 from .flex import CUDA_DTYPES, block_mask
 from .foreign import missing_package_reason
@@ -116,12 +116,17 @@ def _flex(q, k, v, *, causal=True, dropout_p=0.0, scale=None, window=None, mask_
 def _flex_reason(device: torch.device, dtype: torch.dtype) -> str | None:
     if reason := _reason(device, dtype):
         return reason
-    if device.type != "cuda":
-        return (
-            "transformers' flex_attention_forward needs CUDA: on CPU FlexAttention has no backward, sinks are refused "
-            "(no LSE on CPU) and every new shape compiles (5.5 s measured)"
-        )
-    return None if dtype in CUDA_DTYPES else f"flex on CUDA takes fp16/bf16/fp32, not {dtype}"
+    return None if dtype in CUDA_DTYPES else f"FlexAttention takes fp16/bf16/fp32, not {dtype} (Inductor raises)"
+
+
+def _flex_no_backward(device: torch.device) -> str | None:
+    return f"FlexAttention has no backward on CPU (torch {torch.__version__})" if device.type == "cpu" else None
+
+
+def _flex_no_feature(feature: str, device: torch.device) -> str | None:
+    if feature == "sinks" and device.type == "cpu":
+        return "transformers refuses sinks with flex on CPU (it asks FlexAttention for no LSE there)"
+    return None
 
 
 def _reason(device: torch.device, dtype: torch.dtype) -> str | None:
@@ -160,4 +165,12 @@ register_backend(
     _flex_reason,
     no_dropout_reason=lambda device: "FlexAttention has no dropout",
     features=MASK_FEATURES | {"softcap", "sinks"},
+    no_feature_reason=_flex_no_feature,
+    no_backward_reason=_flex_no_backward,
+    nan_departure=NanDeparture(
+        "transformers' flex_attention_forward on CPU (compiled FlexAttention): a NaN in a future value reaches every "
+        "earlier row (0 * NaN in weights @ values), and a row whose query is NaN comes out finite (attnbench probe)",
+        spreads={"value"},
+        hides={"q"},
+    ),
 )
