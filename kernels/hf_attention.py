@@ -17,8 +17,10 @@ transformers' attention-function interface (`transformers.integrations.sdpa_atte
 - Dropout: applied by both when the module is in training mode; the adapter passes `training` from dropout_p > 0.
 - flex (`transformers.integrations.flex_attention.flex_attention_forward`): given the BlockMask a model builds (here
   the contract's mask as flex's mask_mod on absolute positions, flex.block_mask), softcap and sinks (`s_aux`)
-  natively. CUDA only: on CPU FlexAttention has no backward, transformers refuses sinks there (it skips the LSE on
-  CPU), and each new shape compiles (5.5 s for the first call, measured on this 2-core CPU, torch 2.13.0).
+  natively. On CPU (torch 2.13.0) forward only, fp32/fp16/bf16: FlexAttention has no CPU backward, Inductor raises
+  on float64, transformers refuses sinks there (it asks for no LSE on CPU); a NaN query row comes out 0. Each new
+  shape compiles (6-27 s on 2 busy cores) until dynamo's recompile limit, then eager flex runs: `attnbench check
+  hf_flex --quick` took 4 min 20 s.
 """
 
 from __future__ import annotations
