@@ -17,8 +17,10 @@ transformers' attention-function interface (`transformers.integrations.sdpa_atte
 - Dropout: applied by both when the module is in training mode; the adapter passes `training` from dropout_p > 0.
 - flex (`transformers.integrations.flex_attention.flex_attention_forward`): given the BlockMask a model builds (here
   the contract's mask as flex's mask_mod on absolute positions, flex.block_mask), softcap and sinks (`s_aux`)
-  natively. On CPU (torch 2.13.0) it is forward-only in fp32/fp16/bf16: FlexAttention raises on a CPU backward and
-  on float64, and transformers refuses sinks there (it skips the LSE on CPU); each new shape compiles.
+  natively. On CPU (torch 2.13.0) forward only, fp32/fp16/bf16: FlexAttention has no CPU backward, Inductor raises
+  on float64, transformers refuses sinks there (it asks for no LSE on CPU); a NaN query row comes out 0. Each new
+  shape compiles (6-27 s on 2 busy cores) until dynamo's recompile limit, then eager flex runs: `attnbench check
+  hf_flex --quick` took 4 min 20 s.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from .contract import NAN_IN_FUTURE_KEY_OR_VALUE, EmptyRowDeparture
+from .contract import NAN_IN_FUTURE_KEY_OR_VALUE, EmptyRowDeparture, NanDeparture
 from .dense import default_scale, visible_mask
 from .flex import CUDA_DTYPES, block_mask
 from .foreign import missing_package_reason
@@ -116,16 +118,16 @@ def _flex(q, k, v, *, causal=True, dropout_p=0.0, scale=None, window=None, mask_
 def _flex_reason(device: torch.device, dtype: torch.dtype) -> str | None:
     if reason := _reason(device, dtype):
         return reason
-    return None if dtype in CUDA_DTYPES else f"FlexAttention takes fp16/bf16/fp32, not {dtype}"
+    return None if dtype in CUDA_DTYPES else f"FlexAttention takes fp16/bf16/fp32, not {dtype} (Inductor raises)"
 
 
 def _flex_no_backward(device: torch.device) -> str | None:
-    return f"FlexAttention has no backward on CPU in torch {torch.__version__}" if device.type == "cpu" else None
+    return f"FlexAttention has no backward on CPU (torch {torch.__version__})" if device.type == "cpu" else None
 
 
 def _flex_no_feature(feature: str, device: torch.device) -> str | None:
     if feature == "sinks" and device.type == "cpu":
-        return "transformers refuses sinks with flex on CPU (FlexAttention returns no LSE there)"
+        return "transformers refuses sinks with flex on CPU (it asks FlexAttention for no LSE there)"
     return None
 
 
@@ -167,4 +169,10 @@ register_backend(
     features=MASK_FEATURES | {"softcap", "sinks"},
     no_feature_reason=_flex_no_feature,
     no_backward_reason=_flex_no_backward,
+    nan_departure=NanDeparture(
+        "transformers' flex_attention_forward on CPU (compiled FlexAttention): a NaN in a future value reaches every "
+        "earlier row (0 * NaN in weights @ values), and a row whose query is NaN comes out finite (attnbench probe)",
+        spreads={"value"},
+        hides={"q"},
+    ),
 )
