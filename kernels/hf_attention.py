@@ -20,7 +20,7 @@ transformers' attention-function interface (`transformers.integrations.sdpa_atte
   natively. On CPU (torch 2.13.0) forward only, fp32/fp16/bf16: FlexAttention has no CPU backward, Inductor raises
   on float64, transformers refuses sinks there (it asks for no LSE on CPU); a NaN query row comes out 0. Each new
   shape compiles (6-27 s on 2 busy cores) until dynamo's recompile limit, then eager flex runs: `attnbench check
-  hf_flex --quick` took 4 min 20 s.
+  hf_flex --quick` took 4 min 20 s, the default profile 20 min (PASS: 37 properties, the NaN departure declared).
 """
 
 from __future__ import annotations
