@@ -90,12 +90,13 @@ def repeat_kv(x: torch.Tensor, hq: int) -> torch.Tensor:
     return x if x.size(1) == hq else x.repeat_interleave(hq // x.size(1), dim=1)
 
 
-def dequantize(q, k, v, descale) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def dequantize(q, k, v, descale, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """fp8 q, k, v times their descales (each () or (B, Hkv); a query head reads its key/value head's q_descale),
-    in float32: q (B, Hq, Tq, D), k (B, Hkv, Tk, D), v (B, Hkv, Tk, Dv)."""
-    qd, kd, vd = (d.reshape(*d.shape, 1, 1) if d.dim() else d for d in descale)  # (B, Hkv, 1, 1) or ()
+    in `dtype` (float32, what a kernel computes in; float64 gives the exact values): q (B, Hq, Tq, D), k (B, Hkv, Tk,
+    D), v (B, Hkv, Tk, Dv)."""
+    qd, kd, vd = (d.to(dtype).reshape(*d.shape, 1, 1) if d.dim() else d.to(dtype) for d in descale)  # (B, Hkv, 1, 1)
     qd = qd.repeat_interleave(q.size(1) // k.size(1), 1) if qd.dim() else qd  # (B, Hq, 1, 1) or ()
-    return q.float() * qd, k.float() * kd, v.float() * vd
+    return q.to(dtype) * qd, k.to(dtype) * kd, v.to(dtype) * vd
 
 
 def takes_fp8(fn):

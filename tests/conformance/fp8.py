@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from attnbench import Backend
 from attnbench.contract import FP8
+from attnbench.dense import dequantize
 from hypothesis import strategies as st
 
 from .core import conformance_property
@@ -104,16 +105,6 @@ def fp8_examples(dtype) -> list[Fp8Case]:
     ]
 
 
-def _dequantized64(q8, k8, v8, descale, group: int) -> tuple[torch.Tensor, ...]:
-    """The exact values the fp8 inputs stand for, in float64."""
-    out = []
-    for t, d, g in zip((q8, k8, v8), descale, (group, 1, 1), strict=True):
-        d = d.double()
-        d = d.reshape(*d.shape, 1, 1).repeat_interleave(g, 1) if d.dim() else d  # (B, H, 1, 1) or ()
-        out.append(t.double() * d)
-    return tuple(out)
-
-
 def _allowed(q64, k64, v64, *, causal: bool, scale) -> torch.Tensor:
     """The coarsest computation the contract allows an fp8 kernel (module docstring): float32 scores, P = 2^8 exp(s -
     max) rounded to e4m3, P @ V in float32 over the unrounded P's sum, the output stored in bfloat16. q (B, Hq, Tq,
@@ -140,7 +131,7 @@ def fp8_equivalence(backend: Backend, case: Fp8Case, device: str) -> RuleResult:
     b = case.base
     q8, k8, v8, descale = case.inputs(device)
     out = backend(q8, k8, v8, causal=b.causal, scale=b.scale, descale=descale)  # (B, Hq, Tq, D) bfloat16
-    q64, k64, v64 = _dequantized64(q8, k8, v8, descale, b.H // case.hkv)
+    q64, k64, v64 = dequantize(q8, k8, v8, descale, torch.float64)  # the exact values the fp8 inputs stand for
     ref = masked_attention_formula(q64, k64, v64, causal=b.causal, scale=b.scale, f=Features())
     naive = _allowed(q64, k64, v64, causal=b.causal, scale=b.scale)
     vmax = float(v64.abs().max())
