@@ -25,32 +25,27 @@ from . import (  # noqa: F401  (importing a backend module registers it)
     triton_flash,
     xformers_mea,
 )
-from .contract import (
-    FEATURES,
-    AttendFn,
-    AttentionInputError,
-    Backend,
-    BackendOutputError,
-    EmptyRowDeparture,
-    NanDeparture,
-    PrecisionDeparture,
-    UnknownBackendError,
-)
+from .call import FEATURES, AttentionCall
+from .contract import AttendFn, Backend, EmptyRowDeparture, NanDeparture, PrecisionDeparture
 from .dense import bottom_right_causal_mask, default_scale, visible_mask
+from .errors import AttentionInputError, BackendOutputError, UnknownBackendError
 from .layouts import attend_paged, attend_varlen
 from .registry import ENTRY_POINT_GROUP, all_backends, attend, backend_names, get_backend, register_backend, use_backend
+from .scores import Scores
 from .visibility import Visibility
 
 __all__ = [
     "ENTRY_POINT_GROUP",
     "FEATURES",
     "AttendFn",
+    "AttentionCall",
     "AttentionInputError",
     "Backend",
     "BackendOutputError",
     "EmptyRowDeparture",
     "NanDeparture",
     "PrecisionDeparture",
+    "Scores",
     "UnknownBackendError",
     "Visibility",
     "all_backends",

@@ -41,16 +41,19 @@ Low-precision inputs (fp16/bf16) are computed in fp32 and the output is cast bac
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
-from .contract import FEATURES, NAN_IN_FUTURE_VALUE, AttentionInputError, NanDeparture
+from .call import FEATURES, AttentionCall
+from .contract import NAN_IN_FUTURE_VALUE, NanDeparture
 from .dense import default_scale, takes_fp8
+from .errors import AttentionInputError
 from .layouts import varlen_as_documents
 from .registry import register_backend
+from .scores import Scores
 from .visibility import Visibility
 
 DEFAULT_BLOCK = 128  # keys per step: larger means fewer Python steps, more memory (Tq * block scores)
@@ -70,22 +73,16 @@ class Plan:
     batch: int
     hkv: int
     group: int  # query heads per key/value head
-    causal: bool
     block: int
-    window: int | None = None
-    mask_mod: Callable | None = None
-    document_ids: torch.Tensor | None = None  # (B, Tk)
-    score_mod: Callable | None = None
-    alibi_slopes: torch.Tensor | None = None  # (B or 1, Hq)
+    visibility: Visibility  # the call's masks: what each query row sees
+    scores: Scores  # the call's score transforms (softcap, score_mod, ALiBi in the compute dtype)
     spans: list = field(default_factory=list)  # (j, j0, j1, i0, i1): query rows [i0, i1) see key block [j0, j1)
-    visibility: Visibility = field(init=False)  # the masks above as one value: what each query row sees
 
     def __post_init__(self):
         off = self.tk - self.tq  # query i sits at absolute position off + i
-        self.visibility = Visibility(self.causal, self.window, self.mask_mod, self.document_ids)
         first = last = None
-        if self.document_ids is not None:
-            first, last = _document_extent(self.document_ids)  # (B, Tk) each
+        if self.visibility.document_ids is not None:
+            first, last = _document_extent(self.visibility.document_ids)  # (B, Tk) each
         for j, j0 in enumerate(range(0, self.tk, self.block)):
             j1 = min(j0 + self.block, self.tk)
             i0, i1 = self.visibility.query_rows(j0, j1, self.tq, self.tk)  # causal and the window
@@ -99,9 +96,9 @@ class Plan:
         """(n, mask): the first n query rows from i0 need `mask`, (B * Hkv or 1, n * group, j1 - j0) bool, True
         where the key is hidden; the other rows see the whole block."""
         off, g = self.tk - self.tq, self.group
-        only_causal = self.window is None and self.mask_mod is None and self.document_ids is None
+        only_causal = self.visibility.positional and self.visibility.window is None
         n = min(i1 - i0, max(0, j1 - 1 - (off + i0))) if only_causal else i1 - i0  # rows crossing the diagonal
-        if n == 0 or (only_causal and not self.causal):
+        if n == 0 or (only_causal and not self.visibility.causal):
             return 0, None
         pos = torch.arange(off + i0, off + i0 + n, device=device).view(1, 1, n, 1, 1)  # absolute positions
         keys = torch.arange(j0, j1, device=device).view(1, 1, 1, 1, -1)  # (1, 1, 1, 1, bk)
@@ -144,44 +141,36 @@ def _slab_indices(plan: Plan, i0: int, i1: int, j0: int, j1: int, device) -> tup
     return b, h, pos, torch.arange(j0, j1, device=device).view(1, 1, 1, 1, -1)
 
 
-def _slab_scores(qs, kb, plan: Plan, i0, i1, j0, j1, softcap, need_back: bool = False):
+def _slab_scores(qs, kb, plan: Plan, i0, i1, j0, j1, need_back: bool = False):
     """Scores of query rows [i0, i1) against key block [j0, j1), transformed (softcap, score_mod, ALiBi) and
     masked: (BHkv, R, bk), plus `back`, which takes dS with respect to them to dS with respect to the raw scores
     (None: the identity), when need_back."""
-    g = plan.group
+    g, shape = plan.group, plan.scores
     s = qs[:, i0 * g : i1 * g] @ kb.transpose(1, 2)  # (BHkv, R, bk), R = (i1 - i0) * group
     back = None
-    if plan.score_mod is not None or plan.alibi_slopes is not None:
+    if shape.positional:
         idx = _slab_indices(plan, i0, i1, j0, j1, qs.device)
         as5 = (plan.batch, plan.hkv, i1 - i0, g, j1 - j0)  # the slab as (B, Hkv, n, group, bk)
-    if plan.score_mod is not None:
+    if shape.score_mod is not None:
         with torch.enable_grad():
             raw = s.detach().requires_grad_(need_back)
-            mod = _softcapped(raw, softcap)
-            mod = plan.score_mod(mod.view(as5), *idx).to(s.dtype).reshape(s.shape)
+            mod = shape.modded(raw.view(as5), *idx).reshape(s.shape)  # softcap, then score_mod
         if need_back:
             back = lambda ds: torch.autograd.grad(mod, raw, ds)[0]  # noqa: E731
         s = mod.detach().clone()  # masked in place below; `mod` stays as autograd saved it
-    elif softcap is not None:
-        t = s.div_(softcap).tanh_()
-        s = t * softcap
+    elif shape.softcap is not None:  # fused in place, its derivative by hand
+        t = s.div_(shape.softcap).tanh_()
+        s = t * shape.softcap
         back = lambda ds: ds.mul_(1.0 - t * t)  # noqa: E731  d(c tanh(s / c)) / ds = 1 - tanh^2
-    if plan.alibi_slopes is not None:
-        slopes = plan.alibi_slopes.view(-1, plan.hkv, 1, g, 1)  # (B or 1, Hkv, 1, group, 1)
-        s = s.view(as5).sub_(slopes * (idx[2] - idx[3]).abs()).view(s.shape)  # -slope * |p - j|
+    if shape.alibi_slopes is not None:
+        s = s.view(as5).add_(shape.alibi(*idx, dtype=s.dtype)).view(s.shape)  # -slope * |p - j|
     n, hidden = plan.hidden(i0, i1, j0, j1, qs.device)
     if hidden is not None:
         s[:, : n * g].masked_fill_(hidden, float("-inf"))
     return s, back
 
 
-def _softcapped(s: torch.Tensor, softcap) -> torch.Tensor:
-    return s if softcap is None else softcap * torch.tanh(s / softcap)
-
-
-def online_softmax_forward(
-    qs, k3, v3, plan: Plan, dropout_p: float = 0.0, seed: int = 0, softcap=None, sink_rows=None
-):  # fmt: skip
+def online_softmax_forward(qs, k3, v3, plan: Plan, dropout_p: float = 0.0, seed: int = 0, sink_rows=None):
     """The forward loop on the (BHkv, Tq * group, D) layout, qs already scaled, v3 (BHkv, Tk, Dv). Returns out
     (BHkv, Tq * group, Dv), the running max m and the denominator den (BHkv, Tq * group); lse = m + log(den).
     sink_rows (BHkv, Tq * group): each row's sink logit, where the loop starts from."""
@@ -194,7 +183,7 @@ def online_softmax_forward(
     acc = torch.zeros((bh, rows, v3.size(-1)), dtype=qs.dtype, device=qs.device)  # running numerator
     for j, j0, j1, i0, i1 in plan.spans:
         r0, r1 = i0 * g, i1 * g
-        s, _ = _slab_scores(qs, k3[:, j0:j1], plan, i0, i1, j0, j1, softcap)  # (BHkv, R, bk)
+        s, _ = _slab_scores(qs, k3[:, j0:j1], plan, i0, i1, j0, j1)  # (BHkv, R, bk)
         m_old = m[:, r0:r1]  # (BHkv, R) view
         m_new = torch.maximum(m_old, s.amax(dim=-1))  # -inf only for rows that have seen no key yet
         m_ref = m_new.nan_to_num(neginf=0.0)  # such rows take their exps relative to 0: exp(-inf) = 0, no NaN
@@ -239,7 +228,7 @@ def from_rows(x3: torch.Tensor, b: int, hq: int, t: int) -> torch.Tensor:
 
 class _ChunkedAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, sinks, plan: Plan, scale: float, softcap, dropout_p: float):
+    def forward(ctx, q, k, v, sinks, plan: Plan, scale: float, dropout_p: float):
         in_dtype, cdt = q.dtype, _compute_dtype(q.dtype)
         b, hq, tq, d = q.shape
         hkv, tk = k.size(1), k.size(-2)
@@ -248,9 +237,9 @@ class _ChunkedAttention(torch.autograd.Function):
         v3 = v.reshape(b * hkv, tk, v.size(-1)).to(cdt)  # (BHkv, Tk, Dv)
         sink_rows = None if sinks is None else sinks_as_rows(sinks.to(cdt), b, tq, hkv)  # (BHkv, Tq * group)
         seed = int(torch.randint(0, 2**31 - 1, ())) if dropout_p > 0 else 0
-        out, m, den = online_softmax_forward(q3 * scale, k3, v3, plan, dropout_p, seed, softcap, sink_rows)
+        out, m, den = online_softmax_forward(q3 * scale, k3, v3, plan, dropout_p, seed, sink_rows)
         ctx.save_for_backward(q3, k3, v3, out, log_sum_exp(m, den), sink_rows)  # lse: (BHkv, Tq * group)
-        ctx.plan, ctx.scale, ctx.softcap, ctx.dropout_p, ctx.seed = plan, scale, softcap, dropout_p, seed
+        ctx.plan, ctx.scale, ctx.dropout_p, ctx.seed = plan, scale, dropout_p, seed
         ctx.in_dtype, ctx.shapes = in_dtype, (q.shape, k.shape, v.shape)
         ctx.sinks_dtype = None if sinks is None else sinks.dtype
         lse = from_rows(public_lse(m, den)[..., None], b, hq, tq)[..., 0]  # (B, Hq, Tq)
@@ -273,7 +262,7 @@ class _ChunkedAttention(torch.autograd.Function):
         for j, j0, j1, i0, i1 in plan.spans:
             r0, r1 = i0 * g, i1 * g
             kb, vb = k3[:, j0:j1], v3[:, j0:j1]  # (BHkv, bk, D)
-            s, back = _slab_scores(qs, kb, plan, i0, i1, j0, j1, ctx.softcap, need_back=True)  # (BHkv, R, bk)
+            s, back = _slab_scores(qs, kb, plan, i0, i1, j0, j1, need_back=True)  # (BHkv, R, bk)
             p = s.sub_(lse[:, r0:r1, None]).exp_()  # (BHkv, R, bk) normalized probabilities, in place
             dp = do[:, r0:r1] @ vb.transpose(1, 2)  # (BHkv, R, bk) gradient w.r.t. the dropped P
             if p_drop > 0:
@@ -293,36 +282,23 @@ class _ChunkedAttention(torch.autograd.Function):
         if sink_rows is not None:  # dsink = sum_i P_sink,i (dlse_i - Dlt_i), over batch, rows and the group
             p_sink = (sink_rows - lse).exp()  # (BHkv, Tq * group)
             dsinks = (-p_sink * delta).view(b, shape_k[1], tq, g).sum((0, 2)).reshape(hq).to(ctx.sinks_dtype)
-        return dq, dk, dv, dsinks, None, None, None, None
+        return dq, dk, dv, dsinks, None, None, None
 
 
-def chunked_attention(
-    q,
-    k,
-    v,
-    *,
-    causal=True,
-    dropout_p=0.0,
-    scale=None,
-    window=None,
-    mask_mod=None,
-    document_ids=None,
-    softcap=None,
-    score_mod=None,
-    alibi_slopes=None,
-    sinks=None,
-    return_lse=False,
-    block: int = DEFAULT_BLOCK,
-):
+def chunked_attention(q, k, v, *, block: int = DEFAULT_BLOCK, **keywords):
     # q: (B, Hq, Tq, D); k: (B, Hkv, Tk, D); v: (B, Hkv, Tk, Dv) -> (B, Hq, Tq, Dv) [, lse (B, Hq, Tq)]
+    # keywords: the contract's (call.AttentionCall)
     if not (isinstance(block, int) and block > 0):
         raise AttentionInputError(f"block must be a positive int, got {block!r}")
+    call = AttentionCall.of(keywords)
     b, hq, tq, _ = q.shape
     hkv, tk = k.size(1), k.size(-2)
-    slopes = None if alibi_slopes is None else alibi_slopes.to(_compute_dtype(q.dtype))
-    plan = Plan(tq, tk, b, hkv, hq // hkv, causal, block, window, mask_mod, document_ids, score_mod, slopes)
-    out, lse = _ChunkedAttention.apply(q, k, v, sinks, plan, default_scale(q, scale), softcap, dropout_p)
-    return (out, lse) if return_lse else out
+    scores = call.scores
+    if scores.alibi_slopes is not None:
+        scores = dataclasses.replace(scores, alibi_slopes=scores.alibi_slopes.to(_compute_dtype(q.dtype)))
+    plan = Plan(tq, tk, b, hkv, hq // hkv, block, call.visibility, scores)
+    out, lse = _ChunkedAttention.apply(q, k, v, call.sinks, plan, default_scale(q, call.scale), call.dropout_p)
+    return (out, lse) if call.return_lse else out
 
 
 register_backend(

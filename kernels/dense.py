@@ -1,5 +1,5 @@
 """Dense helpers the backends share: the default scale, the visible mask (causal, window, mask_mod, documents) as one
-boolean tensor, masking, score transforms (softcap, score_mod, ALiBi), the softmax with sinks, and GQA's repeat."""
+boolean tensor, masking, the softmax with sinks, GQA's repeat and fp8's dequantization (score transforms: scores.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import math
 
 import torch
 
-from .visibility import Visibility, index_grid
+from .visibility import Visibility
 
 
 def default_scale(q: torch.Tensor, scale: float | None) -> float:
@@ -19,11 +19,6 @@ def default_scale(q: torch.Tensor, scale: float | None) -> float:
 def bottom_right_causal_mask(tq: int, tk: int, device: torch.device) -> torch.Tensor:
     """(Tq, Tk) bool, True where query i (absolute position Tk - Tq + i) may see key j."""
     return Visibility(causal=True).dense(1, 1, tq, tk, device)[0, 0]  # (Tq, Tk)
-
-
-def score_indices(q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """visibility.index_grid for q (B, Hq, Tq, D) and k (B, Hkv, Tk, D)."""
-    return index_grid(q.size(0), q.size(1), q.size(-2), k.size(-2), q.device)
 
 
 def visible_mask(
@@ -49,26 +44,6 @@ def mask_scores(scores: torch.Tensor, visible: torch.Tensor | None) -> torch.Ten
 def zero_empty_rows(out: torch.Tensor, visible: torch.Tensor | None) -> torch.Tensor:
     """out: (..., Tq, D); the rows whose query sees no key (see mask_scores) become 0."""
     return out if visible is None else out * visible.any(dim=-1, keepdim=True)
-
-
-def alibi_bias(alibi_slopes: torch.Tensor, hq: int, pos: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-    """-slope * |p - j| for absolute query positions `pos` and keys broadcasting to (Tq, Tk) (see score_indices):
-    (B or 1, Hq, Tq, Tk) in the slopes' dtype."""
-    slopes = alibi_slopes.reshape(-1, hq)[:, :, None, None]  # (B or 1, Hq, 1, 1)
-    return -slopes * (pos - keys).abs()  # (B or 1, Hq, Tq, Tk)
-
-
-def shaped_scores(scores: torch.Tensor, q, k, *, softcap=None, score_mod=None, alibi_slopes=None) -> torch.Tensor:
-    """scores (B, Hq, Tq, Tk) after the contract's transforms, in its order: softcap, score_mod, ALiBi."""
-    if softcap is not None:
-        scores = softcap * (scores / softcap).tanh()
-    if score_mod is not None or alibi_slopes is not None:
-        bi, hi, pos, keys = score_indices(q, k)
-        if score_mod is not None:
-            scores = score_mod(scores, bi, hi, pos, keys).to(scores.dtype)  # index arithmetic may promote
-        if alibi_slopes is not None:
-            scores = scores + alibi_bias(alibi_slopes.to(scores.dtype), q.size(1), pos, keys)
-    return scores
 
 
 def sink_softmax(scores: torch.Tensor, visible: torch.Tensor | None, sinks=None) -> tuple[torch.Tensor, torch.Tensor]:

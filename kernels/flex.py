@@ -12,26 +12,30 @@ FlexAttention has no dropout: dropout_p > 0 raises.
 
 Features, all native: GQA through flex's `enable_gqa=True`; window, document_ids and a user mask_mod become one
 mask_mod (AND of them, on absolute positions: flex's own q_idx counts from 0, so it is shifted by Tk - Tq) and one
-BlockMask, whose block sparsity makes flex skip fully masked blocks; softcap is a score_mod, and a user score_mod
-follows it on absolute positions (q_idx shifted by Tk - Tq, like the mask). A BlockMask that
-depends only on (Tq, Tk, causal, window) is cached; one with documents or a mask_mod is built per call.
+BlockMask, whose block sparsity makes flex skip fully masked blocks; the call's score transforms (scores.Scores:
+softcap, a user score_mod, ALiBi) become one score_mod on absolute positions (q_idx shifted by Tk - Tq, like the
+mask). A BlockMask that depends only on (Tq, Tk, causal, window) is cached; one with documents or a mask_mod is
+built per call.
 On CPU the features are checked on eager flex's forward (tests/test_flex_triton_features.py); the compiled CPU
-forward gave a wrong output with a per-head mask_mod and GQA in torch 2.13, which the suite cannot cover (flex is
-unsupported on CPU) and a GPU must check.
+forward gave a wrong output with a per-head mask_mod and GQA in torch 2.13, and with a window and a score_mod that
+reads q_idx (max error 2.9 on unit-scale values); on CPU inductor's flex template fails to build an ALiBi score_mod
+(CppCompileError). The suite cannot cover these (flex is unsupported on CPU) and a GPU must check.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import torch
 
-from .contract import BASE_FEATURES
+from .call import BASE_FEATURES, AttentionCall
 from .dense import default_scale
 from .registry import register_backend
+from .scores import Scores
 from .visibility import Visibility
 
-FLEX_FEATURES = (*BASE_FEATURES, "score_mod")
+FLEX_FEATURES = (*BASE_FEATURES, "score_mod", "alibi")  # every score transform is a score_mod
 
 CUDA_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -43,9 +47,8 @@ def _compiled_flex():
     return torch.compile(flex_attention, dynamic=True)
 
 
-def _mask_mod(tq: int, tk: int, causal: bool, window, mask_mod, document_ids):
-    """The flex mask_mod (q_idx from 0) of every mask given, or None when every key is visible."""
-    vis = Visibility(causal, window, mask_mod, document_ids)
+def _mask_mod(tq: int, tk: int, vis: Visibility):
+    """The flex mask_mod (q_idx from 0) of the call's masks, or None when every key is visible."""
     if vis.everything:
         return None
     off = tk - tq
@@ -61,71 +64,50 @@ def positional_block_mask(tq: int, tk: int, causal: bool, window, device: torch.
     """BlockMask for bottom-right causal attention, with a sliding window or not (cached)."""
     from torch.nn.attention.flex_attention import create_block_mask
 
-    mod = _mask_mod(tq, tk, causal, window, None, None)
+    mod = _mask_mod(tq, tk, Visibility(causal, window))
     return create_block_mask(mod, B=None, H=None, Q_LEN=tq, KV_LEN=tk, device=device)
 
 
-def block_mask(q, k, *, causal, window=None, mask_mod=None, document_ids=None):
-    """The BlockMask of this call, or None when every key is visible."""
+def block_mask(q, k, vis: Visibility):
+    """The BlockMask of a call that sees `vis`, or None when every key is visible."""
     from torch.nn.attention.flex_attention import create_block_mask
 
     (b, hq, tq, _), tk = q.shape, k.size(-2)
-    if mask_mod is None and document_ids is None:
-        return positional_block_mask(tq, tk, causal, window, q.device) if causal else None
-    mod = _mask_mod(tq, tk, causal, window, mask_mod, document_ids)
-    return create_block_mask(mod, B=b, H=hq if mask_mod is not None else None, Q_LEN=tq, KV_LEN=tk, device=q.device)
+    if vis.positional:
+        return positional_block_mask(tq, tk, vis.causal, vis.window, q.device) if vis.causal else None
+    heads = hq if vis.mask_mod is not None else None  # documents are the same for every head
+    return create_block_mask(_mask_mod(tq, tk, vis), B=b, H=heads, Q_LEN=tq, KV_LEN=tk, device=q.device)
 
 
-@functools.lru_cache(maxsize=16)
-def softcap_score_mod(softcap: float, device: torch.device):
-    """score_mod applying softcap * tanh(score / softcap) to the scaled logits (one function per cap value). The
-    cap is a captured 0-dim tensor: a captured Python float fails to compile under dynamic=True in torch 2.13
-    (InductorError "unbacked_bindings", seen on CPU)."""
-    cap = torch.tensor(softcap, device=device)
-
-    def capped(score, b, h, q_idx, kv_idx):
-        return cap * torch.tanh(score / cap)
-
-    return capped
-
-
-def call_score_mod(tq: int, tk: int, softcap, score_mod, device):
-    """flex's score_mod for a call: softcap, then the contract's score_mod on absolute positions; None for neither."""
-    cap = None if softcap is None else softcap_score_mod(float(softcap), device)
-    if score_mod is None:
-        return cap
+def call_score_mod(tq: int, tk: int, scores: Scores, device):
+    """flex's score_mod (q_idx from 0) of the call's score transforms (softcap, score_mod, ALiBi on absolute
+    positions), or None when they are the identity."""
+    if scores.identity:
+        return None
+    if scores.softcap is not None:  # a captured Python float fails to compile under dynamic=True in torch 2.13
+        scores = dataclasses.replace(scores, softcap=torch.tensor(scores.softcap, device=device))  # (InductorError)
     off = tk - tq
 
-    def shaped(score, b, h, q_idx, kv_idx):
-        if cap is not None:
-            score = cap(score, b, h, q_idx, kv_idx)
-        return score_mod(score, b, h, q_idx + off, kv_idx)
+    def capped(score, b, h, q_idx, kv_idx):  # no index arithmetic: inductor's CPU template miscompiled it (2.13)
+        return scores.cap(score)
 
-    return shaped
+    def shaped(score, b, h, q_idx, kv_idx):
+        return scores(score, b, h, q_idx + off, kv_idx)  # the absolute position of the query
+
+    return shaped if scores.positional else capped
 
 
 def flex_attention_fn(
-    q,
-    k,
-    v,
-    *,
-    causal=True,
-    dropout_p=0.0,
-    scale=None,
-    window=None,
-    mask_mod=None,
-    document_ids=None,
-    softcap=None,
-    score_mod=None,
-    compiled: bool = True,
-):
-    # q: (B, Hq, Tq, D); k, v: (B, Hkv, Tk, D) -> (B, Hq, Tq, D)
+    q, k, v, *, causal=True, dropout_p=0.0, scale=None, compiled: bool = True, **features
+):  # fmt: skip
+    # q: (B, Hq, Tq, D); k, v: (B, Hkv, Tk, D) -> (B, Hq, Tq, D); features: the contract's FLEX_FEATURES keywords
     from torch.nn.attention.flex_attention import flex_attention
 
     if q.device.type == "cpu" and torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
         raise NotImplementedError("flex: FlexAttention has no backward on CPU in this PyTorch; run it without grad")
-    mask = block_mask(q, k, causal=causal, window=window, mask_mod=mask_mod, document_ids=document_ids)
-    score_mod = call_score_mod(q.size(-2), k.size(-2), softcap, score_mod, q.device)
+    call = AttentionCall.of({"causal": causal, "scale": scale, **features})
+    mask = block_mask(q, k, call.visibility)
+    score_mod = call_score_mod(q.size(-2), k.size(-2), call.scores, q.device)
     fn = _compiled_flex() if compiled else flex_attention
     gqa = q.size(1) != k.size(1)
     return fn(q, k, v, score_mod=score_mod, block_mask=mask, scale=default_scale(q, scale), enable_gqa=gqa)

@@ -31,8 +31,9 @@ from pathlib import Path
 
 import torch
 
+from .call import AttentionCall
 from .contract import NAN_IN_FUTURE_KEY_OR_VALUE, EmptyRowDeparture, NanDeparture
-from .dense import default_scale, visible_mask
+from .dense import default_scale
 from .flex import CUDA_DTYPES, block_mask
 from .foreign import missing_package_reason
 from .registry import register_backend
@@ -84,11 +85,13 @@ def _functions():
     return {"sdpa": sdpa_attention_forward, "eager": eager_attention_forward, "flex": flex_attention_forward}
 
 
-def _call(kind: str, q, k, v, *, causal=True, dropout_p=0.0, scale=None, window=None, mask_mod=None, document_ids=None):
-    """q: (B, Hq, Tq, D), k, v: (B, Hkv, Tk, D) -> (B, Hq, Tq, D) through transformers' `kind` attention function."""
+def _call(kind: str, q, k, v, *, causal=True, dropout_p=0.0, scale=None, **masks):
+    """q: (B, Hq, Tq, D), k, v: (B, Hkv, Tk, D) -> (B, Hq, Tq, D) through transformers' `kind` attention function;
+    masks: the contract's window, mask_mod and document_ids keywords."""
     module = _Module(q.size(1) // k.size(1), causal, training=dropout_p > 0)
-    vis = visible_mask(q, k, causal=causal, window=window, mask_mod=mask_mod, document_ids=document_ids)
-    plain_causal = causal and window is None and mask_mod is None and document_ids is None
+    sees = AttentionCall.of({"causal": causal, **masks}).visibility
+    vis = sees.dense(q.size(0), q.size(1), q.size(2), k.size(2), q.device)  # (B|1, Hq|1, Tq, Tk), None: all
+    plain_causal = causal and sees.positional and sees.window is None
     if kind == "sdpa" and plain_causal and q.size(2) == k.size(2):
         mask = None  # what a model passes sdpa for plain causal prefill: is_causal, no mask (eager always gets one)
     elif vis is None:
@@ -105,11 +108,11 @@ def _call(kind: str, q, k, v, *, causal=True, dropout_p=0.0, scale=None, window=
     return out.transpose(1, 2)  # (B, Tq, Hq, D) -> (B, Hq, Tq, D)
 
 
-def _flex(q, k, v, *, causal=True, dropout_p=0.0, scale=None, window=None, mask_mod=None, document_ids=None,
-          softcap=None, sinks=None):  # fmt: skip
-    """q: (B, Hq, Tq, D), k, v: (B, Hkv, Tk, D) -> (B, Hq, Tq, D) through transformers' flex_attention_forward."""
+def _flex(q, k, v, *, causal=True, dropout_p=0.0, scale=None, softcap=None, sinks=None, **masks):
+    """q: (B, Hq, Tq, D), k, v: (B, Hkv, Tk, D) -> (B, Hq, Tq, D) through transformers' flex_attention_forward;
+    masks: the contract's window, mask_mod and document_ids keywords."""
     module = _Module(q.size(1) // k.size(1), causal, training=False)
-    mask = block_mask(q, k, causal=causal, window=window, mask_mod=mask_mod, document_ids=document_ids)
+    mask = block_mask(q, k, AttentionCall.of({"causal": causal, **masks}).visibility)
     scaling = default_scale(q, scale)
     out, _ = _functions()["flex"](module, q, k, v, mask, scaling=scaling, softcap=softcap, s_aux=sinks)
     return out.transpose(1, 2)  # (B, Tq, Hq, D) -> (B, Hq, Tq, D)

@@ -35,7 +35,8 @@ import math
 
 import torch
 
-from .contract import AttentionInputError, Backend, BackendOutputError
+from .contract import Backend
+from .errors import AttentionInputError, BackendOutputError
 from .registry import get_backend
 
 

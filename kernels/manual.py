@@ -2,38 +2,27 @@
 
 import torch.nn.functional as F
 
-from .contract import FEATURES, NAN_IN_FUTURE_VALUE, lse_dtype, score_matrix_bytes
-from .dense import (
-    default_scale,
-    mask_scores,
-    repeat_kv,
-    shaped_scores,
-    sink_softmax,
-    takes_fp8,
-    visible_mask,
-    zero_empty_rows,
-)
+from .call import FEATURES, AttentionCall
+from .contract import NAN_IN_FUTURE_VALUE, lse_dtype, score_matrix_bytes
+from .dense import default_scale, mask_scores, repeat_kv, sink_softmax, takes_fp8, zero_empty_rows
 from .registry import register_backend
 
 
-def manual_attention(
-    q, k, v, *, causal=True, dropout_p=0.0, scale=None, window=None, mask_mod=None, document_ids=None, softcap=None,
-    score_mod=None, alibi_slopes=None, sinks=None, return_lse=False
-):  # fmt: skip
-    # q: (B, Hq, Tq, D); k: (B, Hkv, Tk, D); v: (B, Hkv, Tk, Dv)
+def manual_attention(q, k, v, **keywords):
+    # q: (B, Hq, Tq, D); k: (B, Hkv, Tk, D); v: (B, Hkv, Tk, Dv); keywords: the contract's (call.AttentionCall)
+    call = AttentionCall.of(keywords)
     k, v = repeat_kv(k, q.size(1)), repeat_kv(v, q.size(1))  # (B, Hq, Tk, D), (B, Hq, Tk, Dv)
-    att = (q @ k.transpose(-2, -1)) * default_scale(q, scale)  # (B, Hq, Tq, Tk)
-    att = shaped_scores(att, q, k, softcap=softcap, score_mod=score_mod, alibi_slopes=alibi_slopes)
-    vis = visible_mask(q, k, causal=causal, window=window, mask_mod=mask_mod, document_ids=document_ids)
+    att = call.scores.dense((q @ k.transpose(-2, -1)) * default_scale(q, call.scale), q, k)  # (B, Hq, Tq, Tk)
+    vis = call.visibility.dense(q.size(0), q.size(1), q.size(-2), k.size(-2), q.device)  # (B|1, Hq|1, Tq, Tk)
     att = mask_scores(att, vis)  # (B, Hq, Tq, Tk), -inf where hidden
-    if sinks is None and not return_lse:
+    if call.sinks is None and not call.return_lse:
         att = att.softmax(dim=-1)  # (B, Hq, Tq, Tk)
     else:
-        att, lse = sink_softmax(att, vis, sinks)  # (B, Hq, Tq, Tk), (B, Hq, Tq)
-    if dropout_p > 0.0:
-        att = F.dropout(att, p=dropout_p)
+        att, lse = sink_softmax(att, vis, call.sinks)  # (B, Hq, Tq, Tk), (B, Hq, Tq)
+    if call.dropout_p > 0.0:
+        att = F.dropout(att, p=call.dropout_p)
     out = zero_empty_rows(att @ v, vis)  # (B, Hq, Tq, Dv); rows seeing no key are 0
-    return (out, lse.to(lse_dtype(q.dtype))) if return_lse else out
+    return (out, lse.to(lse_dtype(q.dtype))) if call.return_lse else out
 
 
 register_backend(

@@ -3,9 +3,11 @@
 import torch
 import torch.nn.functional as F
 
-from .contract import BASE_FEATURES, NAN_IN_FUTURE_VALUE, score_matrix_bytes
-from .dense import default_scale, mask_scores, shaped_scores, visible_mask, zero_empty_rows
+from .call import BASE_FEATURES
+from .contract import NAN_IN_FUTURE_VALUE, score_matrix_bytes
+from .dense import default_scale, mask_scores, visible_mask, zero_empty_rows
 from .registry import register_backend
+from .scores import Scores
 
 
 def per_head_loop_attention(
@@ -19,7 +21,7 @@ def per_head_loop_attention(
     for h in range(q.size(1)):
         kh, vh = k[:, h // group], v[:, h // group]  # (B, Tk, D): the key/value head this query head reads
         wei = (q[:, h] @ kh.transpose(-2, -1)) * scale  # (B, Tq, Tk)
-        wei = shaped_scores(wei, q, k, softcap=softcap)  # (B, Tq, Tk)
+        wei = Scores(softcap).cap(wei)  # (B, Tq, Tk)
         vis_h = None if vis is None else vis[:, min(h, vis.size(1) - 1)]  # (B or 1, Tq, Tk)
         wei = mask_scores(wei, vis_h).softmax(dim=-1)  # (B, Tq, Tk)
         if dropout_p > 0.0:

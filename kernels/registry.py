@@ -19,11 +19,11 @@ from .contract import (
     EmptyRowDeparture,
     NanDeparture,
     PrecisionDeparture,
-    UnknownBackendError,
     always_supported,
     declared_features_supported,
     dropout_supported,
 )
+from .errors import UnknownBackendError
 
 ENTRY_POINT_GROUP = "attnbench.backends"
 
@@ -177,27 +177,8 @@ def use_backend(name: str) -> Iterator[Backend]:
         _default_backend.reset(token)
 
 
-def attend(
-    q,
-    k,
-    v,
-    *,
-    causal=True,
-    dropout_p=0.0,
-    scale=None,
-    window=None,
-    mask_mod=None,
-    document_ids=None,
-    softcap=None,
-    score_mod=None,
-    alibi_slopes=None,
-    sinks=None,
-    return_lse=False,
-    descale=None,
-    backend: str | None = None,
-) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """Attention with the named backend (or the one chosen by `use_backend`, default 'sdpa')."""
-    extras = {"window": window, "mask_mod": mask_mod, "document_ids": document_ids, "softcap": softcap}
-    extras |= {"score_mod": score_mod, "alibi_slopes": alibi_slopes, "sinks": sinks, "return_lse": return_lse}
-    extras["descale"] = descale
-    return get_backend(backend)(q, k, v, causal=causal, dropout_p=dropout_p, scale=scale, **extras)
+def attend(q, k, v, /, *, backend: str | None = None, **keywords) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Attention with the named backend (or the one chosen by `use_backend`, default 'sdpa'); `keywords` are the
+    contract's (call.AttentionCall: causal=True, dropout_p, scale, window, mask_mod, document_ids, softcap, score_mod,
+    alibi_slopes, sinks, return_lse, descale)."""
+    return get_backend(backend)(q, k, v, **keywords)

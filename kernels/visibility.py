@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .contract import AttentionInputError
+from .errors import AttentionInputError
 
 
 def index_grid(b: int, hq: int, tq: int, tk: int, device) -> tuple[torch.Tensor, ...]:

@@ -27,7 +27,7 @@ def pytest_runtest_logreport(report):
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     if _kill_rows:
         terminalreporter.write_sep(
-            "=", "mutation kill table (x = killed by an assertion, E = crashed, . = survived, - = n/a, blank = not run)"
+            "=", "mutation kill table (x = killed, E = error in the mutant, . = survived, - = n/a, blank = not run)"
         )
         terminalreporter.write_line(kill_table(sorted(_kill_rows, key=lambda r: r["order"])))
 

@@ -26,7 +26,7 @@ import math
 
 import torch
 import torch.nn.functional as F
-from attnbench.contract import BASE_FEATURES
+from attnbench.call import BASE_FEATURES
 from mutants import Mutant, one_bug
 
 ALL = frozenset(BASE_FEATURES)

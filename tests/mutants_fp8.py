@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 
 import torch
-from attnbench.contract import FP8
+from attnbench.call import FP8
 from attnbench.dense import dequantize
 from attnbench.manual import manual_attention
 from mutants import Mutant

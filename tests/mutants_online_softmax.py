@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from attnbench import chunked
+from attnbench import Scores, Visibility, chunked
 from attnbench.dense import default_scale
 from mutants import Mutant
 
@@ -78,18 +78,21 @@ class _LseWithoutMax(chunked._ChunkedAttention):
     """The chunked backend, but it saves log(den) instead of m + log(den) for the backward's recompute."""
 
     @staticmethod
-    def forward(ctx, q, k, v, plan, scale, softcap, dropout_p):
-        out = chunked._ChunkedAttention.forward(ctx, q, k, v, plan, scale, softcap, dropout_p)
-        q3, k3, v3, out3, _ = ctx.saved_tensors
-        _, m, den = chunked.online_softmax_forward(q3 * scale, k3, v3, plan, dropout_p, ctx.seed, softcap)
-        ctx.save_for_backward(q3, k3, v3, out3, torch.log(den))  # bug: the running max is left out
-        return out
+    def forward(ctx, q, k, v, sinks, plan, scale, dropout_p):
+        out, lse = chunked._ChunkedAttention.forward(ctx, q, k, v, sinks, plan, scale, dropout_p)  # sets ctx.seed
+        cdt, hkv = chunked._compute_dtype(q.dtype), k.size(1)
+        q3 = chunked.to_rows(q, hkv).to(cdt)  # (BHkv, Tq * group, D), as the forward lays it out
+        k3, v3 = (t.reshape(-1, *t.shape[-2:]).to(cdt) for t in (k, v))  # (BHkv, Tk, D)
+        out3, m, den = chunked.online_softmax_forward(q3 * scale, k3, v3, plan, dropout_p, ctx.seed)
+        ctx.save_for_backward(q3, k3, v3, out3, torch.log(den), None)  # bug: the running max is left out
+        return out, lse
 
 
 def lse_without_max(q, k, v, *, causal=True, dropout_p=0.0, scale=None):
-    b, hq, tq, _ = q.shape
-    plan = chunked.Plan(tq, k.size(-2), b, k.size(1), hq // k.size(1), causal, block_size(k.size(-2)))
-    return _LseWithoutMax.apply(q, k, v, plan, default_scale(q, scale), None, dropout_p)
+    (b, hq, tq, _), (hkv, tk) = q.shape, k.shape[1:3]
+    plan = chunked.Plan(tq, tk, b, hkv, hq // hkv, block_size(tk), Visibility(causal), Scores())
+    out, _ = _LseWithoutMax.apply(q, k, v, None, plan, default_scale(q, scale), dropout_p)
+    return out
 
 
 MUTANTS: list[Mutant] = [

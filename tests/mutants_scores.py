@@ -27,7 +27,8 @@ import math
 import torch
 import torch.nn.functional as F
 from attnbench import FEATURES
-from attnbench.dense import repeat_kv, score_indices, visible_mask
+from attnbench.dense import repeat_kv, visible_mask
+from attnbench.visibility import index_grid
 from mutants import Mutant, one_bug
 
 ALL = frozenset(FEATURES)
@@ -44,7 +45,7 @@ def _attend(q, k, v, *, causal=True, dropout_p=0.0, scale=None, window=None, mas
     s_unscaled, s = s, s * scale
     if softcap is not None:
         s = softcap * torch.tanh(s / softcap)
-    bi, hi, pos, keys = score_indices(q, k)
+    bi, hi, pos, keys = index_grid(b, hq, tq, tk, q.device)
     from_zero = pos - (tk - tq)  # (1, 1, Tq, 1) the query's index
     if score_mod is not None:
         s = score_mod(s, bi, hi, from_zero if bug == "score_mod_relative_q" else pos, keys).to(s.dtype)

@@ -6,7 +6,7 @@ import functools
 
 import pytest
 import torch
-from attnbench import FEATURES, Backend, chunked
+from attnbench import FEATURES, Backend, Scores, Visibility, chunked
 from attnbench.conformance.properties import PROPERTIES, run_property
 from hypothesis import Phase
 
@@ -37,7 +37,7 @@ def _visited_pairs(plan: chunked.Plan) -> int:
 
 
 def _plan(t, block, **kw):
-    return chunked.Plan(t, t, 1, 1, 1, True, block, **kw)
+    return chunked.Plan(t, t, 1, 1, 1, block, Visibility(True, **kw), Scores())
 
 
 def test_window_work_grows_linearly_in_t():

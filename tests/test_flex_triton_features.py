@@ -30,14 +30,16 @@ FLEX_CASES = {
     "batch mask_mod+docs+empty rows": dict(causal=True, mask="empty_rows", docs=True),
     "score_mod on absolute positions+softcap": dict(causal=True, score="relative", softcap=5.0),
     "score_mod per head and batch item": dict(causal=False, score="per_head"),
+    "ALiBi per head+softcap+window": dict(causal=True, alibi=(4,), softcap=5.0, window=9),
+    "ALiBi per batch item and head+score_mod": dict(causal=False, alibi=(2, 4), score="relative"),
 }
 
 
 @pytest.mark.parametrize("name", FLEX_CASES)
 def test_flex_features_forward_on_cpu(name):
-    """flex's mask_mod, BlockMask, score_mod and enable_gqa against the float64 masked formula (fp32), eager: on
-    CPU only the no-grad forward exists, and the compiled CPU forward is not trusted with these masks (see the
-    flex module)."""
+    """flex's mask_mod, BlockMask, score_mod (softcap and ALiBi are score_mods too) and enable_gqa against the
+    float64 masked formula (fp32), eager: on CPU only the no-grad forward exists, and the compiled CPU forward is
+    not trusted with these masks (see the flex module)."""
     spec = FLEX_CASES[name]
     q, k, v, docs = _problem()
     f = Features(
@@ -46,6 +48,7 @@ def test_flex_features_forward_on_cpu(name):
         document_ids=docs if spec.get("docs") else None,
         softcap=spec.get("softcap"),
         score_mod=SCORE_MODS.get(spec.get("score")),
+        alibi_slopes=torch.rand(spec["alibi"]) if "alibi" in spec else None,  # slopes in [0, 1)
     )
     with torch.no_grad():
         got = flex.flex_attention_fn(q, k, v, causal=spec["causal"], compiled=False, **f.kwargs())

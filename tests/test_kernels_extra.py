@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from attnbench import chunked, compiled_manual, flex, get_backend
+from attnbench import AttentionInputError, chunked, compiled_manual, flex, get_backend
 from attnbench.bench.measuring.measure import peak_memory_bytes, score_matrix_bytes
 from attnbench.conformance.properties import PROPERTIES, run_property
 from attnbench.conformance.reference import attention_formula
 from attnbench.conformance.strategies import toy_sizes_only
-from attnbench.contract import AttentionInputError
 from spine_helpers import needs_triton
 
 

@@ -6,7 +6,9 @@ shrinking: seconds a mutant. `pytest tests/test_mutation_kill.py --full-kill-tab
 every mutant (about 4 minutes on 2 cores) and requires the named one among those that kill it. The kill table
 (mutant x property) is printed in pytest's terminal summary (tests/conftest.py assembles it from the test
 reports, so it is complete under pytest-xdist too):
-  x = killed by an assertion (the property caught it), E = killed by a crash, . = survived,
+  x = killed: a pass rule failed or the contract's output check refused the output (the property caught it),
+  E = an error in the mutant's code (never counted as a kill: a mutant with a stale signature proves nothing),
+  . = survived,
   - = not applicable (the property needs a feature the mutant does not declare), blank = not run.
 """
 
@@ -16,7 +18,7 @@ import json
 
 import pytest
 import torch
-from attnbench import Backend
+from attnbench import Backend, BackendOutputError
 from attnbench.conformance.core import missing_feature
 from attnbench.conformance.properties import PROPERTIES, run_property
 from hypothesis import Phase
@@ -129,15 +131,16 @@ def _verdict(prop_name: str, backend: Backend) -> str:
             phases=[Phase.explicit, Phase.generate],  # no shrinking: we only need "caught or not"
             report_multiple_bugs=False,
         )
-    except Exception as e:  # noqa: BLE001  a crash (shape errors...) also exposes the bug
-        return "x" if _only_assertions(e) else "E"
+    except Exception as e:  # noqa: BLE001  any other error is "E": a crash in the mutant's code proves nothing
+        return "x" if _caught(e) else "E"
     return "."
 
 
-def _only_assertions(e: BaseException) -> bool:
-    """True for an AssertionError, or a group of them (hypothesis groups the failures of a flaky mutant)."""
+def _caught(e: BaseException) -> bool:
+    """True for a failed pass rule (AssertionError) or the contract's output check (BackendOutputError), or a group
+    of them (hypothesis groups the failures of a flaky mutant): the property itself caught the bug."""
     inner = getattr(e, "exceptions", None)
-    return all(_only_assertions(x) for x in inner) if inner else isinstance(e, AssertionError)
+    return all(_caught(x) for x in inner) if inner else isinstance(e, AssertionError | BackendOutputError)
 
 
 @pytest.mark.parametrize("mutant", all_mutants(), ids=lambda m: m.name)
@@ -158,9 +161,12 @@ def test_mutant_is_killed(mutant: Mutant, record_property, request):
     # The row travels on the test report (pytest-xdist sends it from the worker), and tests/conftest.py
     # assembles the table in the process that prints the summary.
     record_property(KILL_ROW, json.dumps({"mutant": mutant.name, "order": all_mutants().index(mutant), **verdicts}))
-    killers = [n for n, v in verdicts.items() if v in "xE"]
+    # Pass: the named property fails on the mutant by its own rule; an error in the mutant's code (a TypeError from
+    # a stale signature, say) is "E" and does not count: such a mutant would prove nothing.
+    killers = [n for n, v in verdicts.items() if v == "x"]
     assert named in killers, (
         f"mutant {mutant.name!r} ({mutant.bug}) survived {named}, the property designed to catch it"
+        + (f" (it raised an error: {verdicts[named]})" if verdicts[named] == "E" else "")
         + (f"; killed by {killers}" if killers else "")
     )
 

@@ -262,8 +262,8 @@ def test_unknown_declared_feature_is_rejected(scratch_registry):
 
 def test_features_in_use():
     q, k, v = qkv(H=4)
-    assert attnbench.contract.features_in_use(q, k) == []
-    assert attnbench.contract.features_in_use(q, k[:, :1], window=3, softcap=1.0) == ["gqa", "window", "softcap"]
+    assert attnbench.AttentionCall().features(q, k) == []
+    assert attnbench.AttentionCall(window=3, softcap=1.0).features(q, k[:, :1]) == ["gqa", "window", "softcap"]
 
 
 @pytest.mark.parametrize("name", ["manual", "per_head_loop"])

@@ -16,7 +16,7 @@ import os
 import statistics
 
 import torch
-from attnbench import get_backend
+from attnbench import AttentionCall, get_backend
 from attnbench.bench.measuring.interleaved import interleaved_times, ratio_summary
 from attnbench.bench.measuring.measure import (
     attention_call,
@@ -32,7 +32,6 @@ from attnbench.bench.schema import make_row
 from attnbench.bench.suites.bench_interleaved import config_measurement, interleaved_rounds
 from attnbench.bench.suites.bench_ops import budget_skip_reason
 from attnbench.bench.suites.pytest_benchmark_adapter import record_rounds
-from attnbench.contract import features_in_use
 
 B, D = 1, 64
 
@@ -46,7 +45,7 @@ def skip_reason(backend, c, q, k) -> str | None:
     """Why `backend` cannot run case c here (device, dtype, backward, a feature it lacks), or None."""
     if reason := unavailable_reason(backend, c.device, getattr(torch, c.dtype), backward=c.mode == "fwd+bwd"):
         return reason
-    for feature in features_in_use(q, k, **feature_kwargs(c)):
+    for feature in AttentionCall.of(feature_kwargs(c)).features(q, k):
         if reason := backend.why_no_feature(feature, c.device):
             return reason
     return None

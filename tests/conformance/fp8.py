@@ -1,4 +1,4 @@
-"""fp8 (e4m3) inputs with descales, FlashAttention-3's convention (the contract: attnbench.contract), judged by a
+"""fp8 (e4m3) inputs with descales, FlashAttention-3's convention (the contract: attnbench.call), judged by a
 bound derived for quantized inputs.
 
 The reference is exact: each e4m3 value times its float32 descale is dequantized in float64 and attention runs in
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 from attnbench import Backend
-from attnbench.contract import FP8
+from attnbench.call import FP8
 from attnbench.dense import dequantize
 from hypothesis import strategies as st
 
