@@ -269,14 +269,22 @@ class Backend:
 
 
 def check_output(name: str, out, q: torch.Tensor, v: torch.Tensor) -> None:
-    """Raise BackendOutputError unless `out` is what the contract promises: (B, Hq, Tq, D) like q, on q's device."""
-    expected, dtype = (*q.shape[:-1], v.size(-1)), output_dtype(q.dtype)
-    if not isinstance(out, torch.Tensor):
-        raise BackendOutputError(f"backend {name!r} returned {type(out).__name__}, not a torch.Tensor")
-    if tuple(out.shape) != expected or out.dtype != dtype or out.device != q.device:
+    """Raise BackendOutputError unless `out` is what the contract promises: (B, Hq, Tq, Dv), on q's device."""
+    _check_returned(name, "an output", out, (*q.shape[:-1], v.size(-1)), output_dtype(q.dtype), q.device)
+
+
+def check_lse(name: str, lse, q: torch.Tensor) -> None:
+    """Raise BackendOutputError unless `lse` is (B, Hq, Tq) in lse_dtype(q.dtype), on q's device."""
+    _check_returned(name, "an lse", lse, tuple(q.shape[:-1]), lse_dtype(q.dtype), q.device)
+
+
+def _check_returned(name: str, what: str, t, shape: tuple, dtype: torch.dtype, device: torch.device) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise BackendOutputError(f"backend {name!r} returned {what} of type {type(t).__name__}, not a torch.Tensor")
+    if tuple(t.shape) != tuple(shape) or t.dtype != dtype or t.device != device:
         raise BackendOutputError(
-            f"backend {name!r} returned shape {tuple(out.shape)} {out.dtype} on {out.device}; the contract needs "
-            f"shape {expected} {dtype} on {q.device}"
+            f"backend {name!r} returned {what} of shape {tuple(t.shape)} {t.dtype} on {t.device}; the contract "
+            f"needs shape {tuple(shape)} {dtype} on {device}"
         )
 
 
@@ -288,18 +296,6 @@ def output_dtype(dtype: torch.dtype) -> torch.dtype:
 def lse_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype of a returned lse: float64 for float64 inputs, else float32 (what flash kernels return)."""
     return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def check_lse(name: str, lse, q: torch.Tensor) -> None:
-    """Raise BackendOutputError unless `lse` is (B, Hq, Tq) in lse_dtype(q.dtype), on q's device."""
-    expected, dtype = tuple(q.shape[:-1]), lse_dtype(q.dtype)
-    if not isinstance(lse, torch.Tensor):
-        raise BackendOutputError(f"backend {name!r} returned an lse of type {type(lse).__name__}, not a torch.Tensor")
-    if tuple(lse.shape) != expected or lse.dtype != dtype or lse.device != q.device:
-        raise BackendOutputError(
-            f"backend {name!r} returned an lse of shape {tuple(lse.shape)} {lse.dtype} on {lse.device}; the "
-            f"contract needs (B, Hq, Tq) = {expected} {dtype} on {q.device}"
-        )
 
 
 CHECK_MEMORY_ABOVE = 1 << 30  # working sets below 1 GiB are never refused (and never cost a memory query)

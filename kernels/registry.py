@@ -13,16 +13,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-from .contract import (
-    AttendFn,
-    Backend,
-    EmptyRowDeparture,
-    NanDeparture,
-    PrecisionDeparture,
-    always_supported,
-    declared_features_supported,
-    dropout_supported,
-)
+from .contract import AttendFn, Backend, always_supported
 from .errors import UnknownBackendError
 
 ENTRY_POINT_GROUP = "attnbench.backends"
@@ -46,41 +37,14 @@ def register_backend(
     description: str,
     unsupported_reason: Callable[[torch.device, torch.dtype], str | None] = always_supported,
     *,
-    no_dropout_reason: Callable[[torch.device], str | None] = dropout_supported,
-    features: frozenset[str] | set[str] | tuple[str, ...] = frozenset(),
-    no_feature_reason: Callable[[str, torch.device], str | None] = declared_features_supported,
-    no_backward_reason: str | Callable[[torch.device], str | None] | None = None,
-    working_set: Callable[[torch.Tensor, torch.Tensor], int] | None = None,
-    nan_departure: NanDeparture | None = None,
-    empty_row_departure: EmptyRowDeparture | None = None,
-    precision_departure: PrecisionDeparture | None = None,
-    batch_invariant: bool = False,
-    varlen: Callable[..., torch.Tensor] | None = None,
-    paged: Callable[..., torch.Tensor] | None = None,
-    nondeterministic: bool = False,
     replace: bool = False,
+    **declared,
 ) -> Backend:
-    """Register `fn` under `name`; returns the Backend. Re-registering a name needs replace=True."""
+    """Register `fn` under `name`; returns the Backend. `declared`: any other field of Backend (features,
+    no_dropout_reason, nan_departure, ...), by name. Re-registering a name needs replace=True."""
     if name in _REGISTRY and not replace:
         raise ValueError(f"backend {name!r} is already registered ({_REGISTRY[name].description})")
-    backend = Backend(
-        name,
-        fn,
-        description,
-        unsupported_reason,
-        no_dropout_reason,
-        frozenset(features),
-        no_feature_reason,
-        no_backward_reason=no_backward_reason,
-        working_set=working_set,
-        nan_departure=nan_departure,
-        empty_row_departure=empty_row_departure,
-        precision_departure=precision_departure,
-        batch_invariant=batch_invariant,
-        varlen=varlen,
-        paged=paged,
-        nondeterministic=nondeterministic,
-    )
+    backend = Backend(name, fn, description, unsupported_reason, **declared)
     _REGISTRY[name] = backend
     return backend
 
