@@ -25,7 +25,7 @@ from .masked_reference import (
     reference_visible,
 )
 from .reference import RuleResult, abs_logit_bound, check_rule, rounding_noise
-from .strategies import Case, cases
+from .strategies import MAX_T, Case, cases, grouped_heads
 
 MASK_MODS = {  # named mask_mods on absolute positions, tensor ops only (FlexAttention traces them)
     "causal": lambda b, h, q, kv: kv <= q,
@@ -185,13 +185,12 @@ def _document_ids(draw, batch: int, tk: int, interleaved: bool) -> tuple[tuple[i
 @st.composite
 def feature_cases(draw, dtypes, *, need=(), contiguous_docs: bool = False, **kw) -> FeatureCase:
     """A FeatureCase drawing each feature on or off (those in `need` always on; window needs causal)."""
-    group, hkv = draw(st.integers(1, 4)), draw(st.integers(1, 2))
     if "window" in need:
         kw["causal"] = True
-    base = draw(cases(dtypes, max_h=1, **kw)).with_(H=group * hkv)
+    base, hkv = draw(grouped_heads(draw(cases(dtypes, max_h=1, **kw)), max_t=kw.get("max_t", MAX_T)))
     if "window" in need:
         base = base.with_(causal=True)  # the kernel-sized draws of `cases` pick causality themselves
-    if "gqa" in need and group == 1:
+    if "gqa" in need and base.H == hkv:
         base = base.with_(H=2 * hkv)
 
     def on(feature):  # each feature on 3 times in 4: combinations are common, and shrinking turns them off

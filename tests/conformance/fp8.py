@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from .core import conformance_property
 from .masked_reference import Features, masked_attention_formula
 from .reference import RuleResult, abs_logit_bound, check_rule, rounding_noise
-from .strategies import Case, cases
+from .strategies import Case, cases, grouped_heads
 
 E4M3_MAX = 448.0  # the largest e4m3 value: a tensor's amax maps to it
 P_PRESCALE = 2.0**8  # P = 2^8 exp(s - max) before its cast to e4m3 (FlashAttention-3's Max_offset 8)
@@ -86,9 +86,8 @@ class Fp8Case:
 
 @st.composite
 def fp8_cases(draw, dtypes) -> Fp8Case:
-    base = draw(cases([torch.float32], max_h=1))
-    group, hkv = draw(st.integers(1, 4)), draw(st.integers(1, 3))
-    base = base.with_(H=group * hkv, magnitude=draw(st.sampled_from([0.5, 2.0, 4.0])))
+    base, hkv = draw(grouped_heads(draw(cases([torch.float32], max_h=1)), kv_heads=3))
+    base = base.with_(magnitude=draw(st.sampled_from([0.5, 2.0, 4.0])))
     return Fp8Case(base, hkv, per_head=draw(st.booleans()), spread=draw(st.sampled_from(HEAD_SPREAD)))
 
 

@@ -10,7 +10,9 @@ Two kinds of sizes are drawn, and every property gets both:
   first), specialise head dims 64/80/96/128/256 (a separate code path each), launch one program per
   (batch, head) (a bug indexes the wrong program or drops those past a launch limit), and switch to split-KV
   paths for long key rows in decoding. One regime per draw keeps each example affordable: long rows with one
-  or two heads, real head dims on short rows, or many programs on short rows and small heads.
+  or two heads, real head dims on short rows, or many programs on short rows and small heads. Grouped-query
+  draws (every feature, fp8) use the head layouts of shipped models there (`grouped_heads`): 32:8, 64:8, 16:8,
+  28:4, 32:1 and 32:32 in the many-programs regime, one key/value head with a group of 1, 2, 4, 7 or 8 on rows.
 On top of what hypothesis draws, `boundary_cases` are fixed kernel-size examples every property runs in every
 profile, so the tile boundaries are always exercised however few examples a profile draws.
 """
@@ -40,6 +42,10 @@ KERNEL_HEAD_DIMS = (64, 80, 96, 128, 256)  # the head dims kernels compile a spe
 LONG_ROW_HEAD_DIMS = (16, 32, 64)  # head dims for long rows: 64 is the most common, smaller ones keep T cheap
 MANY_HEADS = (16, 32)  # many programs: B * H >= 64 with H up to 32 (B from ceil(64 / H) to 4)
 MIN_PROGRAMS = 64
+# (Hq, Hkv) of models people ship, for grouped draws in the many-programs regime: Llama 3 8B and Mistral 7B 32:8,
+# Llama 3 70B and gpt-oss-120b 64:8, Gemma 2 9B 16:8, Qwen2 7B 28:4 (a group of 7), multi-query 32:1, Llama 2 7B 32:32
+MODEL_HEADS = ((32, 8), (64, 8), (16, 8), (28, 4), (32, 1), (32, 32))
+MODEL_GROUPS = (1, 2, 4, 7, 8)  # their group sizes up to 8: the query heads of one key/value head on long rows
 THOROUGH_PROFILE = "thorough"  # the profile that also draws LONG_LENGTHS
 KERNEL_SHARE = 4  # one draw in KERNEL_SHARE is kernel-sized (the rest toy): enough to reach every regime in ci
 KERNEL_DTYPE = torch.float32  # kernel-sized draws run in fp32 where the backend has it (toy draws: every dtype):
@@ -140,6 +146,20 @@ def kernel_shapes(draw, *, min_tq: int = 1, long: bool = False, tq_eq_tk=None) -
     same = draw(st.booleans()) if tq_eq_tk is None else tq_eq_tk
     tq = tk if same or not shorter else draw(st.sampled_from(shorter))
     return b, h, tq, tk, d
+
+
+@st.composite
+def grouped_heads(draw, base: Case, *, max_t: int = MAX_T, kv_heads: int = 2) -> tuple[Case, int]:
+    """(base with H = Hq, Hkv) for a grouped-query draw, by the regime `cases` drew base in: many programs take a
+    real model's layout (MODEL_HEADS, B * Hq >= 64); kernel-sized rows one key/value head and a real model's group
+    (MODEL_GROUPS); toy sizes a group of 1 to 4 over 1 to `kv_heads` key/value heads."""
+    if base.H in MANY_HEADS:  # kernel_shapes' many-programs regime
+        hq, hkv = draw(st.sampled_from(MODEL_HEADS))
+        return base.with_(B=max(base.B, math.ceil(MIN_PROGRAMS / hq)), H=hq), hkv
+    if base.Tk > max_t:  # kernel-sized rows or head dims
+        return base.with_(H=draw(st.sampled_from(MODEL_GROUPS))), 1
+    group, hkv = draw(st.integers(1, 4)), draw(st.integers(1, kv_heads))
+    return base.with_(H=group * hkv), hkv
 
 
 @st.composite
