@@ -14,6 +14,7 @@ from . import (  # noqa: F401  (importing a backend module registers it)
     chunked,
     compiled_manual,
     flash_attn_cuda,
+    flashinfer_cuda,
     flex,
     hf_attention,
     jax_dpa,
