@@ -12,6 +12,10 @@ the correct dense `manual` formula, each a bug seen in real serving kernels. Tes
 - cu_seqlens_off_by_one: each sequence's key range ends one past cu_seqlens_k[b + 1] (an inclusive end), reading
   the first key of the next sequence.
 - varlen_top_left: causal aligned to the top left within each sequence (query i sees keys 0..i when Lq < Lk).
+- shared_page_grad_overwritten: the backward writes each gathered page's gradient into the cache gradient with
+  `index_put_(..., accumulate=False)`, so a page of a prefix shared by several sequences keeps one sequence's
+  gradient instead of their sum (duplicate indices without accumulate: the write torch.Tensor.index_put_ leaves
+  undefined).
 """
 
 from __future__ import annotations
@@ -85,6 +89,35 @@ def _large_page_off_by_one(q, k_cache, v_cache, block_table, cache_seqlens, **kw
     return paged_by_gather(manual_attention, q, k_cache, v_cache, block_table, read, **kw)
 
 
+class _OverwritingGather(torch.autograd.Function):
+    """cache[pages]; its backward writes, not adds, each gathered page's gradient (a shared page: one of them)."""
+
+    @staticmethod
+    def forward(ctx, cache, pages):
+        ctx.save_for_backward(pages)
+        ctx.shape = cache.shape
+        return cache[pages]  # (pages, page_size, Hkv, D)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (pages,) = ctx.saved_tensors
+        return grad.new_zeros(ctx.shape).index_put_((pages,), grad, accumulate=False), None
+
+
+def _shared_page_grad_overwritten(q, k_cache, v_cache, block_table, cache_seqlens, *, causal=True, scale=None):
+    # q: (B, Tq, Hq, D); every sequence's pages gathered in one call, each sequence then through the dense formula
+    page_size = k_cache.size(1)
+    counts = ((cache_seqlens.long() + page_size - 1) // page_size).tolist()  # pages each sequence reads
+    pages = torch.cat([block_table[b, :n] for b, n in enumerate(counts)]).long()  # (total,), shared pages repeated
+    k_all, v_all = (_OverwritingGather.apply(c, pages) for c in (k_cache, v_cache))  # (total, page_size, Hkv, D)
+    outs, start = [], 0
+    for b, (n, length) in enumerate(zip(counts, cache_seqlens.tolist(), strict=True)):
+        k, v = (x[start : start + n].flatten(0, 1)[:length].transpose(0, 1)[None] for x in (k_all, v_all))
+        start += n
+        outs.append(manual_attention(q[b].transpose(0, 1)[None], k, v, causal=causal, scale=scale)[0].transpose(0, 1))
+    return torch.stack(outs)  # (B, Tq, Hq, D)
+
+
 def _dense(q, k, v, **kw):
     """The correct dense formula (`manual`'s), as a function of the mutants' own: a mutant's fn is never a
     registered backend's (test_catalogue_is_never_registered)."""
@@ -113,4 +146,9 @@ MUTANTS = [
         "cu_seqlens_off_by_one", "each sequence's keys end one past cu_seqlens_k[b + 1]", varlen=_cu_seqlens_off_by_one
     ),
     _mutant("varlen_top_left", "causal aligned top-left within each sequence", features=(), varlen=_varlen_top_left),
+    _mutant(
+        "shared_page_grad_overwritten",
+        "a shared page's cache gradient overwritten per sequence, not summed",
+        paged=_shared_page_grad_overwritten,
+    ),
 ]

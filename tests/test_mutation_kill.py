@@ -83,6 +83,7 @@ KILLED_BY = {  # mutant -> the property designed to catch it (the full table sho
     "large_page_off_by_one": "paged_poison",
     "cu_seqlens_off_by_one": "varlen_alone",
     "varlen_top_left": "varlen_alone",
+    "shared_page_grad_overwritten": "paged_contiguous",
     "seeds_global_rng": "global_state",
     "sets_default_dtype": "global_state",
     "enables_deterministic": "global_state",

@@ -4,7 +4,8 @@
   gradients (empty sequences give no rows and zero key gradients, padding rows get zero gradients);
 - varlen_empty: the same on batches full of empty sequences (Lq = 0, with or without keys), and nothing is NaN;
 - varlen_padding: NaN in the padding rows past cu_seqlens[-1] never reaches the output;
-- paged_contiguous: attention over the paged cache equals attention over each sequence's contiguous cache;
+- paged_contiguous: attention over the paged cache equals attention over each sequence's contiguous cache,
+  forward and gradients (a shared page's gradient sums its sequences', an unread page gets none);
 - paged_poison: NaN in the pages no sequence names, in the block-table tails past a sequence's pages (pointing
   at those pages) and in the cache rows past a sequence's length never reaches the output.
 A backend is checked through its own layout implementation where it declares one, else through the default.
@@ -20,11 +21,11 @@ from dataclasses import dataclass, replace
 
 import torch
 from attnbench import Backend
-from attnbench.layouts import attend_paged, attend_varlen
+from attnbench.layouts import attend_paged, attend_varlen, contiguous_cache
 from hypothesis import strategies as st
 
 from .core import assert_within, conformance_property, has_backward, two_run_bounds
-from .strategies import KERNEL_DTYPE, Case, kernel_sizes_enabled
+from .strategies import KERNEL_DTYPE, MODEL_GROUPS, Case, kernel_sizes_enabled
 
 PAGE_SIZES = (1, 16, 256)  # one token a page, the common 16, and the largest page size kernels specialise
 MANY_LENGTHS = (0, 1, 2, 17, 63, 64, 65)  # many sequences: empty, one token, around a 64-tile
@@ -155,6 +156,10 @@ class PagedCase:
         lengths = torch.tensor(self.lengths, dtype=torch.int32, device=device)
         return q, caches[0], caches[1], table.to(device=device, dtype=torch.int32), lengths
 
+    def upstream(self, device) -> torch.Tensor:
+        g = torch.Generator().manual_seed(self.seed + 1)
+        return _randn(g, (self.B, self.tq, self.hq, self.D), 1.0, self.dtype, device)  # (B, Tq, Hq, D)
+
     def run(self, backend: Backend, q, k_cache, v_cache, table, lengths) -> torch.Tensor:
         return attend_paged(q, k_cache, v_cache, table, lengths, causal=self.causal, scale=self.scale, backend=backend)
 
@@ -165,14 +170,15 @@ class PagedCase:
 # ------------------------------------------------------------------------------------------- strategies
 
 
-def _heads(draw) -> tuple[int, int]:
+def _heads(draw, big: bool) -> tuple[int, int]:
+    """(Hq, Hkv): at kernel sizes the group of a shipped model (MODEL_GROUPS: 1, 2, 4, 7, 8), else 1 to 3."""
     hkv = draw(st.integers(1, 2))
-    return hkv * draw(st.integers(1, 3)), hkv
+    return hkv * draw(st.sampled_from(MODEL_GROUPS) if big else st.integers(1, 3)), hkv
 
 
 def _common(draw, dtypes, big: bool) -> dict:
     dtypes = [KERNEL_DTYPE] if big and KERNEL_DTYPE in dtypes else list(dtypes)
-    hq, hkv = _heads(draw)
+    hq, hkv = _heads(draw, big)
     return dict(
         hq=hq,
         hkv=hkv,
@@ -357,19 +363,40 @@ def varlen_padding(backend: Backend, case: VarlenCase, device: str) -> None:
 
 
 @conformance_property(
-    "paged_contiguous", "serving", lambda d: paged_cases(d), "paged = contiguous cache", examples=_paged_examples
+    "paged_contiguous",
+    "serving",
+    lambda d: paged_cases(d),
+    "paged = contiguous cache, forward and gradients",
+    examples=_paged_examples,
 )
 def paged_contiguous(backend: Backend, case: PagedCase, device: str) -> None:
-    """The paged cache gives what each sequence's contiguous cache gives through the backend's dense call."""
+    """The paged cache gives what each sequence's contiguous cache gives through the backend's dense call, out and
+    gradients: dq per sequence, and the cache gradients as each sequence's scattered back to its pages (a page of
+    the shared prefix sums them over the sequences; a page or row no sequence reads gets none)."""
     case = case.restricted(backend, device)
-    with torch.no_grad():
-        out = case.run(backend, *case.paged(device))  # (B, Tq, Hq, D)
-        q, ks, vs = case.contiguous(device)
-        for b, (k, v) in enumerate(zip(ks, vs, strict=True)):
-            dense = [t.transpose(0, 1)[None] for t in (q[b], k, v)]  # (1, H, T, D)
-            want = backend(*dense, causal=case.causal, scale=case.scale)[0].transpose(0, 1)  # (Tq, Hq, D)
-            bounds = functools.partial(_alone_bounds, case, *dense, torch.zeros_like(dense[0]), case.tq, len(k))
-            _assert_close(f"out of sequence {b}", out[b], want, bounds, _ctx(backend, device, case))
+    q, k_cache, v_cache, table, lengths = case.paged(device)
+    q, k_cache, v_cache = _leaves(backend, device, q, k_cache, v_cache)
+    dout, ctx = case.upstream(device), _ctx(backend, device, case)
+    out = case.run(backend, q, k_cache, v_cache, table, lengths)  # (B, Tq, Hq, D)
+    grads = _grads(out, (q, k_cache, v_cache), dout) if q.requires_grad else None
+    want_grads, sequence_bounds = [torch.zeros_like(t) for t in (q, k_cache, v_cache)], []
+    for b, length in enumerate(case.lengths):
+        k, v = (contiguous_cache(c, table[b], length) for c in (k_cache, v_cache))  # (L, Hkv, D), from the leaves
+        dense = [t.transpose(0, 1)[None] for t in (q[b], k, v)]  # (1, H, T, D)
+        dout_b = dout[b].transpose(0, 1)[None]  # (1, Hq, Tq, D)
+        want = backend(*dense, causal=case.causal, scale=case.scale)  # (1, Hq, Tq, D)
+        detached = [t.detach() for t in dense]
+        bounds = functools.cache(functools.partial(_alone_bounds, case, *detached, dout_b, case.tq, length))
+        _assert_close(f"out of sequence {b}", out[b], want[0].transpose(0, 1), bounds, ctx)
+        if grads is not None:
+            for total, g in zip(want_grads, _grads(want, (q, k_cache, v_cache), dout_b), strict=True):
+                total += g  # autograd's gather backward scatters a sequence's dk, dv into its pages
+            _assert_close(f"dq of sequence {b}", grads[0][b], want_grads[0][b], bounds, ctx)
+            sequence_bounds.append(bounds)
+    if grads is not None:  # a shared page sums every sequence's gradient: within the sum of their bounds
+        summed = functools.cache(lambda: {n: sum(bs()[n] for bs in sequence_bounds) for n in ("dk", "dv")})
+        _assert_close("dk of the k cache", grads[1], want_grads[1], summed, ctx)
+        _assert_close("dv of the v cache", grads[2], want_grads[2], summed, ctx)
 
 
 @conformance_property(
