@@ -230,8 +230,7 @@ class Job:
     def heatmap_stage(self, stage: str, bar: tqdm) -> tuple[str, str]:
         from ..measuring import heatmap
 
-        device = "cuda" if self.cfg.device == "cuda" else "cpu"
-        steps = self.cfg.heat_steps  # resolved by RunConfig.resolve
+        device, steps = self.cfg.heat_device, self.cfg.heat_steps  # resolved by RunConfig.resolve
         model, tok, val = heatmap.train_small_model(self.cfg.data, steps, device, log=bar.write)
         heat = heatmap.compute(model, tok, HEAT_PROMPT, self.cfg.run_backends, device)
         heat["model"] = f"2 layers, 4 heads, width 64, {steps} steps, val loss {val:.3f}, trained with 'manual'"
@@ -265,7 +264,7 @@ class Job:
         (self.dir / schema.LOGS).mkdir()
         started = time.time()
         try:
-            cfg = self.cfg = cfg.resolve()  # the backend list, once: every stage reads it from run-config.json
+            cfg = self.cfg = cfg.resolve()  # the plan, once: every stage reads it from run-config.json
             names = cfg.run_backends
             support = support_matrix(names)  # also validates --backends: unknown names fail here, clearly
             cfg.write(self.dir / schema.CONFIG)
