@@ -312,6 +312,21 @@ def test_interrupted_run_leaves_earlier_reports_intact(tmp_path, monkeypatch):
     assert sorted(p.name for p in earlier.iterdir()) == before
 
 
+def test_each_stage_is_declared_once_with_its_files_and_report_sections():
+    """schema.STAGES, in order, gives the main job's stages, the benchmark files the report reads (those of a
+    command of their own after the main job's) and the report: its headline, each stage's sections, the tail."""
+    from attnbench.bench import schema
+    from attnbench.bench.job import main_job
+
+    ran = ["bench_ops", "bench_interleaved", "bench_model", "bench_train_to_target", "correctness", "heatmap"]
+    assert [spec.name for spec in main_job.Job(RunConfig(), "attnbench run").plan()] == ran
+    assert schema.BENCH_FILES == tuple(f"{s}.json" for s in ran[:4])
+    assert schema.OPTIONAL_BENCH_FILES == ("bench_features.json",)
+    headline = ["header", "stages", "verdict", "speedup"]
+    own = ["op_level", "memory", "feature_sweep", "model_level", "training_to_target", "heatmaps"]
+    assert [f.__name__ for f in sections.SECTIONS] == [*headline, *own, "repeat_this_run"]
+
+
 def test_every_stage_reads_the_one_resolved_plan(tmp_path, monkeypatch):
     """No --backends: the job resolves every registered backend once; run-config.json, the correctness stage's
     --backend values, the heat map and run.json all carry that same list (the benchmarks read run-config.json)."""
