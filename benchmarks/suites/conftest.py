@@ -1,8 +1,9 @@
 """pytest wiring of the attnbench benchmarks: options, the sweep's cases, session state, the JSON summary.
 
 `pytest` alone never collects bench_*.py (the default run stays fast); `pytest --benchmark-only` runs them.
-Cases are generated here from the options, over the backend registry, so a newly registered backend is
-benchmarked without any edit. The README's "Benchmarks" section lists the options and the fields of a row.
+Cases are generated here from the session's resolved plan (options.RunConfig.resolve: --bench-config's file,
+else the options), over the backend registry, so a newly registered backend is benchmarked without any edit.
+The README's "Benchmarks" section lists the options and the fields of a row.
 """
 
 from __future__ import annotations
@@ -237,7 +238,7 @@ def session_plan(config) -> RunConfig:
         nanogpt=config.getoption("nanogpt", None),
     )
     stage = StageOptions(
-        interleaved_T=parse_T(config.getoption("bench_interleaved_T", None), "--bench-interleaved-T"),
+        interleaved_T=parse_T(config.getoption("bench_interleaved_T") or None, "--bench-interleaved-T"),
         ttt_backends=csv_list(config.getoption("ttt_backends", None)),
         ttt_quick=config.getoption("ttt_quick", False),
         ttt_full=config.getoption("ttt_full", False),
