@@ -25,22 +25,38 @@ import pandas as pd
 
 @dataclass(frozen=True)
 class Stage:
+    """A stage of a run, declared once: the files it writes into the run directory and the report's sections
+    that show them."""
+
     name: str
     outputs: tuple[str, ...]  # files the stage writes into the run directory
+    sections: tuple[str, ...] = ()  # its report sections: functions of report/sections.py, in report order
+    benchmark: bool = False  # the pytest-benchmark suite suites/<name>.py, writing <name>.json: rows of results.csv
+    main_job: bool = True  # run by `attnbench run`; else a command of its own writes its file into a run directory
 
 
-BENCH_STAGES = ("bench_ops", "bench_interleaved", "bench_model", "bench_train_to_target")
-STAGES = (
-    *(Stage(s, (f"{s}.json",)) for s in BENCH_STAGES),
-    Stage("correctness", ("correctness.xml",)),
-    Stage("heatmap", ("heatmap.json",)),
-)
-STAGE_FILES = {s.name: s.outputs for s in STAGES}
-BENCH_FILES = tuple(f"{s}.json" for s in BENCH_STAGES)
-# written by a command of its own (too long for the main job), read when the run directory holds it
-OPTIONAL_BENCH_FILES = ("bench_features.json",)
+def bench_stage(name: str, *sections: str, main_job: bool = True) -> Stage:
+    """The stage of the benchmark suite suites/<name>.py, writing <name>.json, shown by `sections`."""
+    return Stage(name, (f"{name}.json",), sections, benchmark=True, main_job=main_job)
+
+
 CORRECTNESS_XML = "correctness.xml"
 HEATMAP = "heatmap.json"
+# Every stage, in the order `attnbench run` runs them and the report shows their sections (after its headline:
+# report/sections.py SECTIONS). A new benchmark stage is its suite and one line here.
+STAGES = (
+    bench_stage("bench_ops", "op_level", "memory"),
+    bench_stage("bench_interleaved"),  # its speed-ups head the report, beside the verdict (report/sections.py)
+    bench_stage("bench_features", "feature_sweep", main_job=False),  # too long for the main job: its own command
+    bench_stage("bench_model", "model_level"),
+    bench_stage("bench_train_to_target", "training_to_target"),
+    Stage("correctness", (CORRECTNESS_XML,)),  # shown by the verdict
+    Stage("heatmap", (HEATMAP,), ("heatmaps",)),
+)
+STAGE_FILES = {s.name: s.outputs for s in STAGES}
+BENCH_FILES = tuple(s.outputs[0] for s in STAGES if s.benchmark and s.main_job)
+# written by a command of its own (too long for the main job), read when the run directory holds it
+OPTIONAL_BENCH_FILES = tuple(s.outputs[0] for s in STAGES if s.benchmark and not s.main_job)
 RUN_INFO = "run.json"  # command, config, backends, support matrix, the stage records
 ENV = "env.json"
 CONFIG = "run-config.json"  # the one serialized configuration every stage reads

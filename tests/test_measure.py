@@ -29,8 +29,8 @@ from attnbench.bench.measuring.measure import (
 )
 from attnbench.bench.measuring.roofline import attention_flops
 from attnbench.bench.measuring.scaling import fit_exponent, scaling_table
-from attnbench.bench.options import parse_threads
-from attnbench.bench.suites.conftest import pytest_ignore_collect
+from attnbench.bench.options import RunConfig, parse_threads
+from attnbench.bench.suites.conftest import pytest_ignore_collect, session_plan
 from attnbench.bench.suites.pytest_benchmark_adapter import check_version, record_rounds
 from attnbench.gpt.atomic import AtomicFile
 from torch.utils.flop_counter import FlopCounterMode
@@ -196,6 +196,23 @@ class StubConfig:
 
     def getoption(self, name, default=None):
         return self.options.get(name, default)
+
+
+def test_the_plugin_alone_resolves_its_options_as_the_plan(tmp_path):
+    """Without --bench-config the plugin resolves its own options (RunConfig.resolve): --bench-T and --bench-backends
+    reach the sweeps, the ratios and the training to target have options of their own; with it, the file is the plan."""
+    own = {"bench_device": "cpu", "ttt_recipe": "fast"}
+    plan = session_plan(StubConfig(**own, bench_T="128:512", bench_backends="manual,sdpa"))
+    assert plan.Ts == {"cpu": [128, 256, 512]} and plan.feature_Ts == [128, 256, 512]
+    assert plan.run_backends == plan.feature_backends == ["manual", "sdpa"]
+    assert plan.interleaved_Ts == {"cpu": [1024, 2048, 4096]} and plan.ttt_backends == ["sdpa", "manual"]
+    plan = session_plan(StubConfig(**own, bench_quick=True, bench_interleaved_T="512", ttt_backends="manual"))
+    assert plan.interleaved_Ts == {"cpu": [512]} and plan.ttt_backends == ["manual"] and plan.ttt_recipe == "fast"
+    assert session_plan(StubConfig(**own, ttt_quick=True)).ttt_recipe == "quick"
+    assert session_plan(StubConfig(**{**own, "ttt_recipe": "gqa_window"})).ttt_backends == backend_names()
+    RunConfig(T=[128, 256], quick=True).resolve().write(tmp_path / "run-config.json")
+    read = session_plan(StubConfig(bench_config=str(tmp_path / "run-config.json"), bench_T="1024"))
+    assert read == RunConfig.read(tmp_path / "run-config.json") and read.interleaved_Ts["cpu"] == [128, 256]
 
 
 def test_bench_files_are_ignored_without_benchmark_only():

@@ -18,7 +18,7 @@ import torch
 from attnbench.bench.cli import main as cli
 from attnbench.bench.measuring import heatmap
 from attnbench.bench.measuring.scaling import scaling_table
-from attnbench.bench.options import RunConfig
+from attnbench.bench.options import DEVICE_DEFAULTS, RunConfig
 from attnbench.bench.report import build, compare, plots, sections, tables
 from attnbench.bench.schema import ReportInputError, load_benchmark_json
 
@@ -312,6 +312,21 @@ def test_interrupted_run_leaves_earlier_reports_intact(tmp_path, monkeypatch):
     assert sorted(p.name for p in earlier.iterdir()) == before
 
 
+def test_each_stage_is_declared_once_with_its_files_and_report_sections():
+    """schema.STAGES, in order, gives the main job's stages, the benchmark files the report reads (those of a
+    command of their own after the main job's) and the report: its headline, each stage's sections, the tail."""
+    from attnbench.bench import schema
+    from attnbench.bench.job import main_job
+
+    ran = ["bench_ops", "bench_interleaved", "bench_model", "bench_train_to_target", "correctness", "heatmap"]
+    assert [spec.name for spec in main_job.Job(RunConfig(), "attnbench run").plan()] == ran
+    assert schema.BENCH_FILES == tuple(f"{s}.json" for s in ran[:4])
+    assert schema.OPTIONAL_BENCH_FILES == ("bench_features.json",)
+    headline = ["header", "stages", "verdict", "speedup"]
+    own = ["op_level", "memory", "feature_sweep", "model_level", "training_to_target", "heatmaps"]
+    assert [f.__name__ for f in sections.SECTIONS] == [*headline, *own, "repeat_this_run"]
+
+
 def test_every_stage_reads_the_one_resolved_plan(tmp_path, monkeypatch):
     """No --backends: the job resolves every registered backend once; run-config.json, the correctness stage's
     --backend values, the heat map and run.json all carry that same list (the benchmarks read run-config.json)."""
@@ -339,6 +354,33 @@ def test_every_stage_reads_the_one_resolved_plan(tmp_path, monkeypatch):
     assert handed["heatmap"] == (backend_names(), 150)
     assert json.loads((tmp_path / "plan" / "run.json").read_text())["backends"] == backend_names()
     assert RunConfig(backends=["manual"], heat_steps=7).resolve().run_backends == ["manual"]
+    assert plan.ttt_recipe == "quick" and plan.Ts == {d: DEVICE_DEFAULTS[d].quick_Ts for d in plan.devices}
+
+
+def test_the_plan_resolves_each_stages_defaults_once():
+    """attnbench run's T, backends and quick reach every stage: the ratios at the largest three T, the training on
+    the backends asked (or the quick recipe's every CPU backend); the resolved plan survives run-config.json."""
+    from attnbench.bench.measuring.train_to_target import cpu_backends
+    from attnbench.bench.options import FEATURE_TS, POW2, QUICK_INTERLEAVED_T
+
+    full = RunConfig(device="cpu").resolve()
+    assert full.devices == ["cpu"] and full.dtypes == {"cpu": ["float32"]} and full.Ts == {"cpu": POW2[:6]}
+    assert full.interleaved_Ts == {"cpu": [1024, 2048, 4096]} and full.feature_Ts == FEATURE_TS
+    assert full.ttt_backends == ["sdpa", "manual"] and full.ttt_recipe == "fast"
+    assert full.heat_steps == 500 and full.heat_device == "cpu"
+    quick = RunConfig(device="cpu", quick=True).resolve()
+    assert quick.interleaved_Ts == {"cpu": QUICK_INTERLEAVED_T} and quick.feature_Ts == [128, 256]
+    assert (quick.ttt_backends, quick.ttt_recipe) == (cpu_backends("cpu"), "quick")
+    asked = RunConfig(backends=["manual", "sdpa"], T=[128, 256, 512, 1024], dtype=["bfloat16"], quick=True).resolve()
+    assert asked.interleaved_Ts == {d: [256, 512, 1024] for d in asked.devices} and asked.feature_Ts == asked.T
+    assert asked.feature_backends == asked.ttt_backends == ["manual", "sdpa"]
+    assert asked.dtypes == {d: ["bfloat16"] for d in asked.devices}
+
+
+def test_the_resolved_plan_round_trips_through_run_config_json(tmp_path):
+    plan = RunConfig(backends=["manual"], T=[128, 256], quick=True).resolve()
+    plan.write(tmp_path / "run-config.json")
+    assert RunConfig.read(tmp_path / "run-config.json") == plan
 
 
 def test_parse_T():

@@ -1,9 +1,9 @@
 """`attnbench run`: the whole sweep on this machine, written to reports/<name>/ with a progress bar.
 
-The job is the table `STAGES` below: each stage measures one thing and writes its files (schema.STAGE_FILES)
-into the run directory; the report is then rendered from that directory alone. The benchmark and correctness
-stages are pytest subprocesses reading the one serialized configuration (run-config.json); the heat-map
-stage trains a small model. Everything is written into a hidden `.partial-*` directory (with the pid of its
+The job runs the stages of schema.STAGES (those of the main job, in order): each measures one thing and writes
+its files (schema.STAGE_FILES) into the run directory; the report is then rendered from that directory alone.
+The benchmark and correctness stages are pytest subprocesses reading the one resolved plan (run-config.json);
+the heat-map stage trains a small model. Everything is written into a hidden `.partial-*` directory (with the pid of its
 writer) renamed into place at the end, so an interrupted run (Ctrl-C) leaves earlier reports untouched; the
 partial directories of runs that were killed are removed by the next run. A failed stage is recorded and
 the report still written.
@@ -230,8 +230,7 @@ class Job:
     def heatmap_stage(self, stage: str, bar: tqdm) -> tuple[str, str]:
         from ..measuring import heatmap
 
-        device = "cuda" if self.cfg.device == "cuda" else "cpu"
-        steps = self.cfg.heat_steps  # resolved by RunConfig.resolve
+        device, steps = self.cfg.heat_device, self.cfg.heat_steps  # resolved by RunConfig.resolve
         model, tok, val = heatmap.train_small_model(self.cfg.data, steps, device, log=bar.write)
         heat = heatmap.compute(model, tok, HEAT_PROMPT, self.cfg.run_backends, device)
         heat["model"] = f"2 layers, 4 heads, width 64, {steps} steps, val loss {val:.3f}, trained with 'manual'"
@@ -240,9 +239,10 @@ class Job:
         return "ok", f"{len(diffs)} backends, max diff {max(diffs.values(), default=float('nan')):.1e}"
 
     def plan(self) -> list[StageSpec]:
-        """The stages in order: each writes schema.STAGE_FILES[name] into the run directory."""
+        """The main job's stages in order (schema.STAGES): each writes schema.STAGE_FILES[name] into the run
+        directory; a benchmark stage runs its suite (bench_stage)."""
         runs = {"correctness": self.correctness_stage, "heatmap": self.heatmap_stage}
-        return [StageSpec(s.name, runs.get(s.name, self.bench_stage)) for s in schema.STAGES]
+        return [StageSpec(s.name, runs.get(s.name, self.bench_stage)) for s in schema.STAGES if s.main_job]
 
     # ---------------------------------------------------------------------------------------------- run
 
@@ -265,7 +265,7 @@ class Job:
         (self.dir / schema.LOGS).mkdir()
         started = time.time()
         try:
-            cfg = self.cfg = cfg.resolve()  # the backend list, once: every stage reads it from run-config.json
+            cfg = self.cfg = cfg.resolve()  # the plan, once: every stage reads it from run-config.json
             names = cfg.run_backends
             support = support_matrix(names)  # also validates --backends: unknown names fail here, clearly
             cfg.write(self.dir / schema.CONFIG)

@@ -1,5 +1,7 @@
 """The report's sections, in order (SECTIONS): each a function that writes its headings, tables, plots and text into
-the document from the loaded run. A new section is one function here and one line in SECTIONS."""
+the document from the loaded run. The report is its headline (the run, its stages, the verdict, the interleaved
+speed-ups), then each stage's own sections in the order of schema.STAGES, then how to repeat the run: a stage's
+section is one function here, named in the stage's line of schema.STAGES."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ import json
 
 import pandas as pd
 
-from ..schema import PLOTS, Run, select
+from ..schema import PLOTS, STAGES, Run, select
 from . import plots
 from .document import Doc
 from .tables import (
@@ -252,12 +254,7 @@ SECTIONS = [
     header,
     stages,
     verdict,
-    speedup,
-    op_level,
-    memory,
-    feature_sweep,
-    model_level,
-    training_to_target,
-    heatmaps,
+    speedup,  # the headline: the run, its stages, the verdict per backend, the interleaved speed-ups
+    *(globals()[name] for stage in STAGES for name in stage.sections),  # each stage's own, in the order of STAGES
     repeat_this_run,
 ]  # the report, top to bottom

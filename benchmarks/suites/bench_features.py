@@ -1,5 +1,5 @@
 """Feature sweep: grouped-query attention (8:1, 4:1 query heads per key/value head) and a 256-key sliding window,
-per backend, T and mode (cases from conftest.py: FEATURE_SPECS, FEATURE_TS), against dense-masked SDPA.
+per backend, T and mode (cases from conftest.py: FEATURE_SPECS at the plan's feature_Ts), against dense-masked SDPA.
 
 Per configuration (feature, device, dtype, T, mode) every backend that implements the feature is warmed up
 and measured once under the allocator's memory events (peak_mem_bytes), then all of them are timed
@@ -57,7 +57,7 @@ def measure_config(c, state) -> dict:
     s = state.settings
     calls, first_s, warm_s, peaks, skipped, series = {}, {}, {}, {}, {}, {}
     with cpu_threads(s.interleaved_cpu_threads if c.device == "cpu" else None):
-        for name in dict.fromkeys([c.baseline, *s.feature_backends]):  # the baseline is timed even when not selected
+        for name in dict.fromkeys([c.baseline, *s.plan.feature_backends]):  # the baseline is timed, selected or not
             backend = get_backend(name)
             series[name] = state.feature_series.setdefault((name, c.feature, c.device, c.dtype, c.mode), {})
             q, k, v, do = attention_inputs(
@@ -81,7 +81,7 @@ def measure_config(c, state) -> dict:
                 skipped[name] = f"{warm_s[name]:.1f} s per call > budget {s.max_call_s[c.device]:.0f} s"
                 continue
             calls[name] = call
-        rounds = interleaved_rounds(sum(warm_s[name] for name in calls), c.device, s.quick)
+        rounds = interleaved_rounds(sum(warm_s[name] for name in calls), c.device, s.plan.quick)
         times = interleaved_times(calls, rounds, c.device, seed=c.T)
         threads = torch.get_num_threads()
     for name, ts in times.items():

@@ -55,7 +55,7 @@ def time_backends(c, state) -> dict:
     dtype = getattr(torch, c.dtype)
     B, H, D = s.shape(c.device)
     calls, first_s, warm_s, skipped = {}, {}, {}, {}
-    for name in dict.fromkeys([c.baseline, *s.backends]):  # the baseline is timed even when not selected
+    for name in dict.fromkeys([c.baseline, *s.plan.run_backends]):  # the baseline is timed even when not selected
         backend = get_backend(name)
         reason = unavailable_reason(backend, c.device, dtype, backward=c.mode == "fwd+bwd")
         if reason:
@@ -79,7 +79,7 @@ def time_backends(c, state) -> dict:
             warm_s[crossing_name(name)] = time_call(cross, c.device)
     if c.baseline not in calls:
         return {"skipped": skipped, "no_baseline": f"baseline {c.baseline} not timed: {skipped.get(c.baseline)}"}
-    rounds = interleaved_rounds(sum(warm_s[name] for name in calls), c.device, s.quick)
+    rounds = interleaved_rounds(sum(warm_s[name] for name in calls), c.device, s.plan.quick)
     times = interleaved_times(calls, rounds, c.device, seed=c.T)
     return {"times": times, "ratios": ratio_summary(times, c.baseline), "first_s": first_s, "skipped": skipped}
 

@@ -39,7 +39,7 @@ def build(c, bench_state, backward: bool):
         autocast = contextlib.nullcontext()
     else:
         autocast = torch.autocast(device_type=torch.device(c.device).type, dtype=dtype)
-    budget = BUDGET_S[torch.device(c.device).type] / (5 if bench_state.settings.quick else 1)
+    budget = BUDGET_S[torch.device(c.device).type] / (5 if bench_state.settings.plan.quick else 1)
     return model, autocast, budget
 
 
@@ -105,11 +105,11 @@ SIDE_BY_SIDE_STEPS = {"full": 300, "quick": 60}  # timed steps of each model, al
 @pytest.mark.parametrize("compile", [False, True], ids=["eager", "compiled"])
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_nanogpt_side_by_side(benchmark, bench_state, dtype, compile):
-    path = bench_state.settings.config.nanogpt  # --nanogpt PATH, of pytest or of attnbench run
+    path = bench_state.settings.plan.nanogpt  # --nanogpt PATH, of pytest or of attnbench run
     if not path:
         pytest.skip("no --nanogpt PATH: give nanoGPT's model.py (or its folder) to time its step against this GPT's")
     nanogpt = load_nanogpt(path)
-    steps = SIDE_BY_SIDE_STEPS["quick" if bench_state.settings.quick else "full"]
+    steps = SIDE_BY_SIDE_STEPS["quick" if bench_state.settings.plan.quick else "full"]
     tcfg = TrainConfig(dtype=dtype, compile=compile)  # both models under this precision; compile: ours only
     r = benchmark.pedantic(side_by_side, args=(nanogpt, steps), kwargs=dict(train_cfg=tcfg), rounds=1)
     benchmark.extra_info.update(

@@ -64,12 +64,12 @@ def varlen_inputs(lengths, device: str, dtype: torch.dtype, seed: int = 0):
 
 def _runnable(bench_state, backend_name: str, device: str):
     """(backend, dtype) for this session, or skip with the reason (device, dtype, or no GQA)."""
-    s = bench_state.settings
-    if device not in s.devices:
+    plan = bench_state.settings.plan
+    if device not in plan.devices:
         pytest.skip(f"{device} is not benchmarked in this session")
-    if s.backends and backend_name not in s.backends:
+    if plan.run_backends and backend_name not in plan.run_backends:
         pytest.skip(f"{backend_name} is not selected")
-    backend, dtype = get_backend(backend_name), getattr(torch, s.dtypes[device][0])
+    backend, dtype = get_backend(backend_name), getattr(torch, plan.dtypes[device][0])
     if reason := unavailable_reason(backend, device, dtype) or backend.why_no_feature("gqa", device):
         pytest.skip(reason)
     return backend, dtype

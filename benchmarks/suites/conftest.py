@@ -1,8 +1,9 @@
 """pytest wiring of the attnbench benchmarks: options, the sweep's cases, session state, the JSON summary.
 
 `pytest` alone never collects bench_*.py (the default run stays fast); `pytest --benchmark-only` runs them.
-Cases are generated here from the options, over the backend registry, so a newly registered backend is
-benchmarked without any edit. The README's "Benchmarks" section lists the options and the fields of a row.
+Cases are generated here from the session's resolved plan (options.RunConfig.resolve: --bench-config's file,
+else the options), over the backend registry, so a newly registered backend is benchmarked without any edit.
+The README's "Benchmarks" section lists the options and the fields of a row.
 """
 
 from __future__ import annotations
@@ -16,19 +17,20 @@ from pathlib import Path
 
 import pytest
 import torch
-from attnbench import backend_names, get_backend
+from attnbench import get_backend
 from attnbench.bench.measuring.interleaved import DEFAULT_BASELINE
 from attnbench.bench.measuring.measure import matmul_peak_flop_per_s
 from attnbench.bench.measuring.op_timing import OP_MODES
 from attnbench.bench.measuring.roofline import copy_bandwidth_bytes_per_s
 from attnbench.bench.measuring.scaling import scaling_table
 from attnbench.bench.measuring.timers import CacheFlush
-from attnbench.bench.measuring.train_to_target import QUICK_RECIPE, RECIPES, Recipe, cpu_backends
+from attnbench.bench.measuring.train_to_target import RECIPES, Recipe
 from attnbench.bench.options import (
+    DEVICE_DEFAULTS,
     RunConfig,
+    StageOptions,
     csv_list,
     parse_backends,
-    parse_devices,
     parse_dtypes,
     parse_T,
     parse_threads,
@@ -36,37 +38,11 @@ from attnbench.bench.options import (
 from attnbench.bench.suites.pytest_benchmark_adapter import check_version, commit_json, write_json_atomically
 
 BENCH_FILES = "bench_*.py"
-POW2 = [2**i for i in range(7, 15)]  # 128 .. 16384
-
-
-@dataclass(frozen=True)
-class DeviceDefaults:
-    B: int  # batch
-    H: int  # heads
-    D: int  # head size
-    Ts: list[int]  # sequence lengths of the op sweep
-    quick_Ts: list[int]  # ... with --bench-quick
-    dtypes: list[str]
-    interleaved_Ts: list[int]  # one interleaved configuration per T (fwd+bwd)
-    max_call_s: float  # a case whose call is estimated slower than this is skipped (with the estimate)
-    row_budget_s: float  # timed seconds per op row; sets the number of rounds
-
-
-# CPU: 4 heads (not 8) so that the whole default sweep fits in a few minutes on 2 cores; D=64 is the usual head size.
-DEFAULTS = {
-    "cpu": DeviceDefaults(1, 4, 64, POW2[:6], [128, 256, 512], ["float32"], [1024, 2048, 4096], 10.0, 1.0),
-    "cuda": DeviceDefaults(1, 8, 64, POW2, [128, 512, 2048], ["bfloat16", "float16"], [1024, 4096, 16384], 5.0, 0.5),
-}
 # Interleaved ratios on CPU are timed with one thread. With two, a run's ratios sat in one of two states for
 # minutes at a time (the kernels that synchronize threads often, against the big-matmul baseline), so two runs
 # differed by up to 25%; with one thread, five runs agreed within 5.3% of each other. Multi-thread speed: op sweep.
 INTERLEAVED_CPU_THREADS = 1
-QUICK_INTERLEAVED_T = [256]
-TTT_DEFAULT_BACKENDS = ["sdpa", "manual"]  # PyTorch's fused kernel and the explicit-mask formula: ~3 min on CPU
 GRAPH_MAX_T = 2048  # CUDA-graph rows up to this T (and every decode row): where launch overhead is a visible share
-FEATURE_TS = POW2[3:7]  # 1024 .. 8192: the feature sweep (bench_features.py), where a window's linear cost shows
-QUICK_FEATURE_TS = [128, 256]
-FEATURE_BACKENDS = ["chunked", "sdpa_flash", "manual", "flex"]  # the feature sweep's default selection
 FEATURE_MODES = ("fwd", "fwd+bwd")
 FEATURE_BASELINE = "sdpa_math"  # dense-masked SDPA: the math kernel, given a window as a (T, T) boolean mask
 
@@ -139,25 +115,17 @@ class ModelCase:
 
 @dataclass
 class BenchSettings:
-    backends: list[str]
-    devices: list[str]
-    dtypes: dict[str, list[str]]  # per device
-    Ts: dict[str, list[int]]  # per device
-    interleaved_Ts: dict[str, list[int]]
-    feature_backends: list[str]  # the feature sweep's: --bench-backends, else FEATURE_BACKENDS
-    feature_Ts: list[int]
+    plan: RunConfig  # resolved: the backends, devices, dtypes and T of every stage, the training's backends and recipe
     interleaved_cpu_threads: int | None  # None: torch's own setting (all cores)
     baseline: str
-    quick: bool
     max_call_s: dict[str, float]
-    config: RunConfig  # what was asked (the training-to-target suite reads backends, target and quick from it)
 
     def shape(self, device: str) -> tuple[int, int, int]:
-        d = DEFAULTS[device]
+        d = DEVICE_DEFAULTS[device]
         return d.B, d.H, d.D
 
     def row_budget_s(self, device: str) -> float:
-        return DEFAULTS[device].row_budget_s / (5 if self.quick else 1)
+        return DEVICE_DEFAULTS[device].row_budget_s / (5 if self.plan.quick else 1)
 
 
 @dataclass
@@ -230,8 +198,8 @@ def pytest_addoption(parser):
         "--bench-config",
         default=None,
         metavar="PATH",
-        help="run-config.json of `attnbench run`: backends, device, dtypes, T, quick and target in one file "
-        "(instead of the --bench-* and --ttt-* options)",
+        help="run-config.json of `attnbench run`: its resolved plan (backends, devices, dtypes, each sweep's T, quick, "
+        "the training's backends, recipe and target) in one file, instead of the --bench-* and --ttt-* options",
     )
     t = parser.getgroup("attnbench-ttt", "attnbench training to a target loss (bench_train_to_target.py)")
     t.addoption("--ttt-target", type=float, default=None, help="whole-split val loss to reach (default: 1.88)")
@@ -254,60 +222,43 @@ def pytest_ignore_collect(collection_path: Path, config):
     return None
 
 
-def run_config(config) -> RunConfig:
-    """The configuration of this session: --bench-config's file, else the --bench-* and --ttt-* options."""
+def session_plan(config) -> RunConfig:
+    """This session's resolved plan: --bench-config's file (resolved by the main job), else the --bench-* and --ttt-*
+    options resolved the same way (RunConfig.resolve)."""
     path = config.getoption("bench_config", None)
     if path:
         return RunConfig.read(path)
-    return RunConfig(
-        backends=csv_list(config.getoption("bench_backends", None)),
+    asked = RunConfig(
+        backends=parse_backends(csv_list(config.getoption("bench_backends", None)), "--bench-backends"),
         T=parse_T(config.getoption("bench_T", None), "--bench-T"),
-        dtype=csv_list(config.getoption("bench_dtypes", None)),
+        dtype=parse_dtypes(csv_list(config.getoption("bench_dtypes", None)), "--bench-dtypes"),
         device=config.getoption("bench_device", None),
         quick=config.getoption("bench_quick", False),
         target=config.getoption("ttt_target", None),
         nanogpt=config.getoption("nanogpt", None),
     )
-
-
-def ttt_options(config) -> tuple[list[str] | None, bool, float | None]:
-    """Training to target: (backends or None, quick, target or None), from --bench-config or the --ttt-* options."""
-    if config.getoption("bench_config", None):
-        cfg = config.stash[STATE].settings.config
-        return cfg.backends, cfg.quick, cfg.target
-    names = csv_list(config.getoption("ttt_backends", None))
-    return names, config.getoption("ttt_quick", False), config.getoption("ttt_target", None)
+    stage = StageOptions(
+        interleaved_T=parse_T(config.getoption("bench_interleaved_T") or None, "--bench-interleaved-T"),
+        ttt_backends=csv_list(config.getoption("ttt_backends", None)),
+        ttt_quick=config.getoption("ttt_quick", False),
+        ttt_full=config.getoption("ttt_full", False),
+        ttt_recipe=config.getoption("ttt_recipe"),
+    )
+    return asked.resolve(stage)
 
 
 def _settings(config) -> BenchSettings:
-    cfg = run_config(config)
-    interleaved_T = config.getoption("bench_interleaved_T")
     try:
-        # the main job's resolved list (run-config.json), else --bench-backends, else every registered backend
-        backends = cfg.run_backends or parse_backends(cfg.backends, "--bench-backends") or backend_names()
-        devices = parse_devices(cfg.device)
-        dtypes = parse_dtypes(cfg.dtype, "--bench-dtypes")
-        it = parse_T(interleaved_T, "--bench-interleaved-T") if interleaved_T else None
-        if it is None and config.getoption("bench_config", None):
-            it = cfg.interleaved_T  # the main job times its ratios at the largest three T of its sweep
+        plan = session_plan(config)
         threads = parse_threads(config.getoption("bench_interleaved_threads"), INTERLEAVED_CPU_THREADS)
     except ValueError as e:
         raise pytest.UsageError(str(e)) from None
     max_call = config.getoption("bench_max_call_s")
-    quick = cfg.quick
     return BenchSettings(
-        backends=backends,
-        devices=devices,
-        dtypes={d: dtypes or DEFAULTS[d].dtypes for d in devices},
-        Ts={d: cfg.T or (DEFAULTS[d].quick_Ts if quick else DEFAULTS[d].Ts) for d in devices},
-        interleaved_Ts={d: it or (QUICK_INTERLEAVED_T if quick else DEFAULTS[d].interleaved_Ts) for d in devices},
-        feature_backends=backends if cfg.backends else [b for b in FEATURE_BACKENDS if b in backend_names()],
-        feature_Ts=cfg.T or (QUICK_FEATURE_TS if quick else FEATURE_TS),
+        plan=plan,
         interleaved_cpu_threads=threads,
         baseline=config.getoption("bench_baseline"),
-        quick=quick,
-        max_call_s={d: max_call or DEFAULTS[d].max_call_s for d in devices},
-        config=cfg,
+        max_call_s={d: max_call or DEVICE_DEFAULTS[d].max_call_s for d in plan.devices},
     )
 
 
@@ -379,16 +330,12 @@ def attnbench_summary(bench_state) -> dict:
     return bench_state.summary
 
 
-def selected_recipe(config) -> Recipe:
-    """The training-to-target recipe of this session (--ttt-quick, else --ttt-recipe), with its target."""
-    _, quick, target = ttt_options(config)
-    recipe = QUICK_RECIPE if quick else RECIPES[config.getoption("ttt_recipe")]
-    return recipe if target is None else dataclasses.replace(recipe, target=target)
-
-
 @pytest.fixture(scope="module")
-def ttt_recipe(pytestconfig) -> Recipe:
-    return selected_recipe(pytestconfig)
+def ttt_recipe(bench_state) -> Recipe:
+    """The training-to-target recipe of this session (the plan's), with the target asked."""
+    plan = bench_state.settings.plan
+    recipe = RECIPES[plan.ttt_recipe]
+    return recipe if plan.target is None else dataclasses.replace(recipe, target=plan.target)
 
 
 def interleaved_modes(backends: list[str], device: str) -> list[str]:
@@ -401,15 +348,16 @@ def pytest_generate_tests(metafunc):
     if not cases & set(metafunc.fixturenames):
         return
     s = metafunc.config.stash[STATE].settings
-    combos = [(dev, dt) for dev in s.devices for dt in s.dtypes[dev]]
+    p = s.plan
+    combos = [(dev, dt) for dev in p.devices for dt in p.dtypes[dev]]
     if "op_case" in metafunc.fixturenames:  # T ascending within a series: larger T are estimated from smaller
         cases = [
             OpCase(b, dev, dt, T, mode, graph)
             for dev, dt in combos
-            for b in s.backends
+            for b in p.run_backends
             for mode in OP_MODES
             for graph in ((False, True) if dev == "cuda" else (False,))
-            for T in s.Ts[dev]
+            for T in p.Ts[dev]
             if not graph or T <= GRAPH_MAX_T or mode == "decode"
         ]
         metafunc.parametrize("op_case", cases, ids=[c.id for c in cases])
@@ -417,9 +365,9 @@ def pytest_generate_tests(metafunc):
         cases = [
             InterleavedCase(b, dev, dt, T, mode, baseline=s.baseline)
             for dev, dt in combos
-            for mode in interleaved_modes(s.backends, dev)
-            for T in s.interleaved_Ts[dev]
-            for b in s.backends
+            for mode in interleaved_modes(p.run_backends, dev)
+            for T in p.interleaved_Ts[dev]
+            for b in p.run_backends
         ]
         metafunc.parametrize("interleaved_case", cases, ids=[c.id for c in cases])
     if "feature_case" in metafunc.fixturenames:  # T ascending per (feature, mode): larger T estimated from smaller
@@ -428,23 +376,18 @@ def pytest_generate_tests(metafunc):
             for dev, dt in combos
             for spec in FEATURE_SPECS
             for mode in FEATURE_MODES
-            for T in s.feature_Ts
-            for b in dict.fromkeys([FEATURE_BASELINE, *s.feature_backends])  # the baseline's own row too
+            for T in p.feature_Ts
+            for b in dict.fromkeys([FEATURE_BASELINE, *p.feature_backends])  # the baseline's own row too
         ]
         metafunc.parametrize("feature_case", cases, ids=[c.id for c in cases])
     if "train_step_case" in metafunc.fixturenames:
-        cases = [ModelCase(b, dev, dt) for dev, dt in combos for b in s.backends]
+        cases = [ModelCase(b, dev, dt) for dev, dt in combos for b in p.run_backends]
         metafunc.parametrize("train_step_case", cases, ids=[c.id for c in cases])
     if "generate_case" in metafunc.fixturenames:
-        cases = [ModelCase(b, dev, dt, cache) for dev, dt in combos for b in s.backends for cache in (True, False)]
+        cases = [ModelCase(b, dev, dt, cache) for dev, dt in combos for b in p.run_backends for cache in (True, False)]
         metafunc.parametrize("generate_case", cases, ids=[c.id for c in cases])
     if "ttt_case" in metafunc.fixturenames:
-        names, quick, _ = ttt_options(metafunc.config)
-        if not names and selected_recipe(metafunc.config).model_config("").attention_features():
-            names = backend_names()  # a recipe needing features: every backend (those without them skip, saying why)
-        elif not names and (metafunc.config.getoption("ttt_full") or quick):
-            names = cpu_backends("cpu")  # every backend (those that cannot run on a device skip with the reason)
-        cases = [(b, dev) for dev in s.devices for b in names or TTT_DEFAULT_BACKENDS]
+        cases = [(b, dev) for dev in p.devices for b in p.ttt_backends]
         metafunc.parametrize("ttt_case", cases, ids=[f"{b}-{dev}" for b, dev in cases])
 
 
@@ -470,7 +413,7 @@ def pytest_benchmark_update_json(config, benchmarks, output_json):
             "peak_flop_per_s_by": peaks,  # "device/dtype" -> FLOP/s
             "bandwidth_bytes_per_s_by": dict(state.bandwidths),  # device -> copy bytes/s
             "op_shape": {
-                dev: dict(zip("BHD", state.settings.shape(dev), strict=True)) for dev in state.settings.devices
+                dev: dict(zip("BHD", state.settings.shape(dev), strict=True)) for dev in state.settings.plan.devices
             },
             "scaling": scaling_table(rows),
             "feature_scaling": scaling_table(rows, kind="feature_op"),  # per feature too (bench_features.py)
