@@ -266,6 +266,21 @@ def test_features_in_use():
     assert attnbench.AttentionCall(window=3, softcap=1.0).features(q, k[:, :1]) == ["gqa", "window", "softcap"]
 
 
+def test_a_keyword_the_contract_lacks_is_named_with_the_ones_it_has():
+    # Pass: a misspelt keyword is a TypeError listing the contract's keywords, never silently dropped.
+    with pytest.raises(
+        TypeError, match=r"unknown attention keyword\(s\) \['windw'\].*causal, dropout_p, scale, window"
+    ):
+        attend(*qkv(), backend="manual", windw=3)
+
+
+def test_a_backend_function_gets_only_the_keywords_in_use():
+    # Pass: causal, dropout_p and scale always; a feature keyword only when given (an old-style plug-in takes no more).
+    call = attnbench.AttentionCall(window=4, return_lse=False, sinks=None)
+    assert call.keywords() == {"causal": True, "dropout_p": 0.0, "scale": None, "window": 4}
+    assert attnbench.AttentionCall(return_lse=True).keywords()["return_lse"] is True
+
+
 @pytest.mark.parametrize("name", ["manual", "per_head_loop"])
 def test_a_query_that_sees_no_key_outputs_zeros_with_zero_gradients(name):
     """The contract's definition of an empty row: output 0, and no gradient flows through it (not NaN)."""
