@@ -17,9 +17,10 @@ softcap, a user score_mod, ALiBi) become one score_mod on absolute positions (q_
 mask). A BlockMask that depends only on (Tq, Tk, causal, window) is cached; one with documents or a mask_mod is
 built per call.
 On CPU the features are checked on eager flex's forward (tests/test_flex_triton_features.py); the compiled CPU
-forward gave a wrong output with a per-head mask_mod and GQA in torch 2.13, and with a window and a score_mod that
-reads q_idx (max error 2.9 on unit-scale values); on CPU inductor's flex template fails to build an ALiBi score_mod
-(CppCompileError). The suite cannot cover these (flex is unsupported on CPU) and a GPU must check.
+forward gave a wrong output with a per-head mask_mod and GQA in torch 2.13, and with this module's window mask_mod
+and softcap-then-score_mod together (max error 2.9 against eager flex on unit-scale values; either of them beside a
+plain lambda compiles right, so the trigger is not isolated); inductor's CPU flex template fails to build an ALiBi
+score_mod (CppCompileError). The suite cannot cover these (flex is unsupported on CPU) and a GPU must check.
 """
 
 from __future__ import annotations
