@@ -89,7 +89,7 @@ def call_score_mod(tq: int, tk: int, scores: Scores, device):
         scores = dataclasses.replace(scores, softcap=torch.tensor(scores.softcap, device=device))  # (InductorError)
     off = tk - tq
 
-    def capped(score, b, h, q_idx, kv_idx):  # no index arithmetic: inductor's CPU template miscompiled it (2.13)
+    def capped(score, b, h, q_idx, kv_idx):  # softcap alone reads no index (with one, see the CPU note above)
         return scores.cap(score)
 
     def shaped(score, b, h, q_idx, kv_idx):

@@ -31,13 +31,13 @@ from pathlib import Path
 
 import torch
 
-from .call import AttentionCall
 from .contract import NAN_IN_FUTURE_KEY_OR_VALUE, EmptyRowDeparture, NanDeparture
-from .dense import default_scale
+from .dense import default_scale, visible_mask
 from .flex import CUDA_DTYPES, block_mask
 from .foreign import missing_package_reason
 from .registry import register_backend
 from .sdpa import SDPA_CPU_NAN
+from .visibility import Visibility
 
 INSTALL = "pip install 'attnbench[transformers]'"
 MASK_FEATURES = {"gqa", "window", "mask_mod", "document_ids"}
@@ -89,9 +89,8 @@ def _call(kind: str, q, k, v, *, causal=True, dropout_p=0.0, scale=None, **masks
     """q: (B, Hq, Tq, D), k, v: (B, Hkv, Tk, D) -> (B, Hq, Tq, D) through transformers' `kind` attention function;
     masks: the contract's window, mask_mod and document_ids keywords."""
     module = _Module(q.size(1) // k.size(1), causal, training=dropout_p > 0)
-    sees = AttentionCall.of({"causal": causal, **masks}).visibility
-    vis = sees.dense(q.size(0), q.size(1), q.size(2), k.size(2), q.device)  # (B|1, Hq|1, Tq, Tk), None: all
-    plain_causal = causal and sees.positional and sees.window is None
+    vis = visible_mask(q, k, causal=causal, **masks)  # (B or 1, Hq or 1, Tq, Tk); None: every key visible
+    plain_causal = causal and all(m is None for m in masks.values())
     if kind == "sdpa" and plain_causal and q.size(2) == k.size(2):
         mask = None  # what a model passes sdpa for plain causal prefill: is_causal, no mask (eager always gets one)
     elif vis is None:
@@ -112,7 +111,7 @@ def _flex(q, k, v, *, causal=True, dropout_p=0.0, scale=None, softcap=None, sink
     """q: (B, Hq, Tq, D), k, v: (B, Hkv, Tk, D) -> (B, Hq, Tq, D) through transformers' flex_attention_forward;
     masks: the contract's window, mask_mod and document_ids keywords."""
     module = _Module(q.size(1) // k.size(1), causal, training=False)
-    mask = block_mask(q, k, AttentionCall.of({"causal": causal, **masks}).visibility)
+    mask = block_mask(q, k, Visibility(causal, **masks))
     scaling = default_scale(q, scale)
     out, _ = _functions()["flex"](module, q, k, v, mask, scaling=scaling, softcap=softcap, s_aux=sinks)
     return out.transpose(1, 2)  # (B, Tq, Hq, D) -> (B, Hq, Tq, D)

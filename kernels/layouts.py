@@ -130,16 +130,6 @@ def check_paged_inputs(q, k_cache, v_cache, block_table, cache_seqlens, causal=T
         raise AttentionInputError(f"block_table names pages outside 0 .. {k_cache.size(0) - 1}: {pages.tolist()}")
 
 
-def _run_checks(backend: Backend, q, k) -> None:
-    """The refusals a backend's dense call makes, for a call that goes to its own layout implementation."""
-    if reason := backend.why_unsupported(q.device, q.dtype):
-        raise AttentionInputError(f"{backend.name} cannot run on {q.device}/{q.dtype}: {reason}")
-    if q.size(-2) != k.size(-2) and (reason := backend.why_no_feature("gqa", q.device)):
-        raise AttentionInputError(f"{backend.name} cannot run gqa on {q.device.type}: {reason}")
-    if torch.is_grad_enabled() and q.requires_grad and (reason := backend.why_no_backward(q.device)):
-        raise AttentionInputError(f"{backend.name} is forward-only on {q.device.type} ({reason})")
-
-
 def varlen_by_sequence(backend: Backend, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, **kw):
     """The exact default: each non-empty sequence through `backend`'s dense call, in packing order (an empty one
     adds no row), then zeros for the padding rows. q: (total_q, Hq, D); k, v: (total_k, Hkv, D) -> (total_q, Hq, D)."""
@@ -208,8 +198,10 @@ def _dispatch(backend, layout: str, default, args, **kw) -> torch.Tensor:
     native = getattr(impl, layout)
     if native is None:
         return default(impl, *args, **kw)
-    q, k = args[:2]
-    _run_checks(impl, q, k)
+    q, k = args[:2]  # (rows, H, D): the refusals of the backend's dense call
+    features = ["gqa"] if q.size(-2) != k.size(-2) else []
+    if why := impl.why_not(q.device, q.dtype, features=features, backward=torch.is_grad_enabled() and q.requires_grad):
+        raise AttentionInputError(f"{impl.name} {why}")
     out = native(*args, **kw)
     _check_layout_output(impl.name, out, q)
     return out
